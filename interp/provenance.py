@@ -1,0 +1,80 @@
+"""How a result was made: command, model, seed, package versions, git commit, timings."""
+
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+PACKAGES = ("interp", "torch", "transformer-lens", "transformers", "numpy", "plotly")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str:
+    """HEAD of the repo this package lives in, with "-dirty" if the tree has changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (head or "unknown") + ("-dirty" if dirty.strip() else "")
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+class Provenance:
+    """Collects the facts of a run; `record()` returns the dict stored in summary.json.
+
+    Example:
+        >>> prov = Provenance(model="smollm2-135m", seed=0)
+        >>> with prov.stage("dataset"):
+        ...     pass
+        >>> prov.record()["seed"]
+        0
+    """
+
+    def __init__(self, model: str, seed: int, **extra):
+        self.model = model
+        self.seed = seed
+        self.extra = extra
+        self.stages: dict[str, float] = {}
+        self.started = datetime.now(timezone.utc)
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - t0, 3)
+
+    def record(self) -> dict:
+        return {
+            "command": command_line(),
+            "model": self.model,
+            "seed": self.seed,
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "started_utc": self.started.isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "processor": platform.machine()},
+            "wall_time_s": self.stages,
+            **self.extra,
+        }
