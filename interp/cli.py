@@ -1,7 +1,7 @@
 """The `interp` command line. Each module in `interp.commands` adds one subcommand.
 
-A command module (not starting with "_") defines `register(subparsers)`, which adds a parser whose `func(args)`
-runs the command and returns an exit code.
+A command module (name not starting with "_") defines `register(subparsers)`, which adds a
+parser whose `func(args)` runs the command and returns an exit code.
 """
 
 import argparse

@@ -30,7 +30,7 @@ from interp.nodes import Head, Mlp, Node, model_node
 
 # None: all positions; an int or a list of ints: the same positions in every prompt;
 # a LongTensor [batch]: one position per prompt (e.g. each prompt's END under right padding).
-Positions = None | int | Sequence[int] | Int[Tensor, "batch"]
+Positions = None | int | Sequence[int] | Int[Tensor, " batch"]
 
 
 @dataclass
@@ -162,14 +162,14 @@ def ablate_mlp(layer: int, kind: str = "zero", reference_cache=None,
     raise ValueError(f"kind must be 'zero' or 'mean', got '{kind}'")
 
 
-def set_mlp_out(layer: int, vector: Float[Tensor, "d_model"], positions: Positions = -1,
+def set_mlp_out(layer: int, vector: Float[Tensor, " d_model"], positions: Positions = -1,
                 model=None) -> Intervention:
     """Replace MLP `layer`'s output with a fixed vector at the given positions."""
     node = _resolve(model, Mlp(layer))
     return Intervention(node.hook_name, vector, None, positions, label=f"set {node}")
 
 
-def add_to_resid(layer: int, position: Positions, vector: Float[Tensor, "d_model"],
+def add_to_resid(layer: int, position: Positions, vector: Float[Tensor, " d_model"],
                  where: str = "resid_pre") -> Intervention:
     """Add a vector to the residual stream before (`resid_pre`) or after a block."""
     if where not in ("resid_pre", "resid_mid", "resid_post"):

@@ -1,0 +1,36 @@
+"""Metrics read from logits at one position per prompt.
+
+A metric maps logits `[..., batch, d_vocab]` (already taken at the position it reads) to
+per-prompt values `[..., batch]`; the leading dims let sweeps evaluate many patched runs
+(e.g. senders x prompts) in one call.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def gather_last(logits: Float[Tensor, "... batch vocab"],
+                ids: Int[Tensor, " batch"]) -> Float[Tensor, "... batch"]:
+    """`logits[..., b, ids[b]]` for every b."""
+    index = ids.to(logits.device).expand(*logits.shape[:-1]).unsqueeze(-1)
+    return logits.gather(-1, index).squeeze(-1)
+
+
+@dataclass
+class LogitDiff:
+    """logit(answer) - logit(wrong) per prompt, e.g. IOI's logit(IO) - logit(S)."""
+
+    answer: Int[Tensor, " batch"]
+    wrong: Int[Tensor, " batch"]
+
+    def __call__(self, logits: Float[Tensor, "... batch vocab"]) -> Float[Tensor, "... batch"]:
+        return gather_last(logits, self.answer) - gather_last(logits, self.wrong)
+
+
+def logits_at(logits: Float[Tensor, "batch pos vocab"],
+              positions: Int[Tensor, " batch"]) -> Float[Tensor, "batch vocab"]:
+    """Each prompt's logits at its own position."""
+    return logits[torch.arange(logits.shape[0], device=logits.device), positions.to(logits.device)]
