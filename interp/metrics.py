@@ -29,6 +29,9 @@ class LogitDiff:
     def __call__(self, logits: Float[Tensor, "... batch vocab"]) -> Float[Tensor, "... batch"]:
         return gather_last(logits, self.answer) - gather_last(logits, self.wrong)
 
+    def subset(self, index: Int[Tensor, " n"]) -> "LogitDiff":
+        return LogitDiff(self.answer[index], self.wrong[index])
+
 
 def logits_at(logits: Float[Tensor, "batch pos vocab"],
               positions: Int[Tensor, " batch"]) -> Float[Tensor, "batch vocab"]:
