@@ -1,0 +1,172 @@
+"""Path patching (Wang et al. 2022, Algorithm 1), exact and near the FLOP floor.
+
+For a sender head s, the paper's patched run gives s its corrupted output, freezes every other
+head to its clean output, and recomputes MLPs and norms. With all attention frozen, s's
+change reaches later layers only through MLPs, and MLPs act per position. So we propagate,
+at the positions the receivers read, `resid_mid[L] + delta_s` through MLP L, then
+(frozen clean attention output + recomputed MLP) per later layer; no attention is recomputed.
+
+- receivers = "logits": the final residual at the metric's read position gives the metric.
+- receivers = q/k/v inputs of heads at named positions: the propagated residual at each
+  receiver's layer gives its new q/k/v (LN1 then W_Q/W_K/W_V); a final clean run, resumed at
+  the first receiver layer, with those inputs patched, gives the metric.
+
+Senders of one layer are batched (senders x prompts) under a memory budget. The naive
+reference (one full forward per sender and step) is `interp.patching.naive`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.forward import repeat_kwargs, run_blocks
+from interp.interventions import Intervention, applied
+from interp.nodes import Head
+from interp.patching.runs import (Runs, check_sequential, chunk_size, head_out,
+                                  metric_from_resid, mlp_step, read_rows)
+
+INPUTS = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """The q, k or v input of a head, read at a named position (e.g. "END", "S2")."""
+
+    head: Head
+    input: str
+    position: str
+
+    def __post_init__(self):
+        if self.input not in INPUTS:
+            raise ValueError(f"receiver input must be one of {INPUTS}, got '{self.input}'")
+
+    def hook_name(self) -> str:
+        return f"blocks.{self.head.layer}.attn.hook_{self.input}"
+
+    def slot(self, model) -> int:
+        """Index in hook_q/k/v. On GQA models k/v are shared by a group of query heads: the
+        receiver is the shared key/value head, so patching it affects the whole group."""
+        if self.input == "q":
+            return self.head.head
+        n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+        return self.head.head // (model.cfg.n_heads // n_kv)
+
+
+def _project(model, receiver: Receiver, resid_pre: Float[Tensor, "n d_model"]):
+    """The receiver's q/k/v vector computed from a residual stream (LN1, then W, then b)."""
+    layer, slot = receiver.head.layer, receiver.slot(model)
+    attn = model.blocks[layer].attn
+    w = getattr(model, f"W_{receiver.input.upper()}")[layer][slot]  # [d_model, d_head]
+    bias = getattr(attn, f"b_{receiver.input.upper()}", None)
+    out = model.blocks[layer].ln1(resid_pre) @ w
+    return out + bias[slot] if bias is not None else out
+
+
+def _propagate(model, runs: Runs, layer: int, delta, pos_names: list[str], stop: int):
+    """Residual vectors at `pos_names`, from resid_mid[layer] + delta up to resid_pre[stop].
+
+    Returns {l: [k, batch, n_pos, d]} for every resid_pre layer l in (layer, stop], where
+    attention is frozen to its clean output and MLPs are recomputed.
+    """
+    cache, batch = runs.clean_cache, runs.batch
+    rows = torch.arange(len(batch))[:, None]
+    pos = torch.stack([batch.positions[p] for p in pos_names], -1)  # [batch, n_pos]
+
+    def at(name: str):
+        return cache[name][rows, pos]  # [batch, n_pos, d]
+
+    x = at(f"blocks.{layer}.hook_resid_mid") + delta
+    pre = {}
+    for cur in range(layer, stop):
+        x = mlp_step(model, cur, x)
+        pre[cur + 1] = x
+        if cur + 1 < stop:
+            x = x + at(f"blocks.{cur + 1}.hook_attn_out")
+    return pre
+
+
+def _sender_delta(model, runs: Runs, layer: int, heads, pos_names: list[str]):
+    rows = torch.arange(len(runs.batch))[:, None]
+    pos = torch.stack([runs.batch.positions[p] for p in pos_names], -1)
+    name = f"blocks.{layer}.attn.hook_z"
+    diff = runs.corrupted_cache[name][rows, pos] - runs.clean_cache[name][rows, pos]
+    return head_out(model, diff, layer, heads)  # [k, batch, n_pos, d]
+
+
+def _to_logits(model, runs: Runs, layer: int, heads) -> Float[Tensor, " k"]:
+    delta = _sender_delta(model, runs, layer, heads, ["_read"])
+    final = _propagate(model, runs, layer, delta, ["_read"], model.cfg.n_layers)
+    resid = final[model.cfg.n_layers][:, :, 0]  # [k, batch, d]
+    return (metric_from_resid(model, runs.batch, resid) - runs.clean_metric).mean(-1)
+
+
+def _to_receivers(model, runs: Runs, layer: int, heads, receivers: list[Receiver],
+                  budget: float) -> Float[Tensor, " k"]:
+    reachable = [r for r in receivers if r.head.layer > layer]
+    if not reachable:
+        return torch.zeros(len(heads))
+    pos_names = sorted({r.position for r in reachable})
+    top = max(r.head.layer for r in reachable)
+    delta = _sender_delta(model, runs, layer, heads, pos_names)
+    pre = _propagate(model, runs, layer, delta, pos_names, top)
+    values = {r: _project(model, r, pre[r.head.layer][:, :, pos_names.index(r.position)])
+              for r in reachable}  # each [k, batch, d_head]
+    start = min(r.head.layer for r in reachable)
+    return _final_run(model, runs, start, values, len(heads), budget)
+
+
+def _final_run(model, runs: Runs, start: int, values: dict, k: int, budget: float):
+    batch, n = runs.batch, len(runs.batch)
+    resid = runs.clean_cache[f"blocks.{start}.hook_resid_pre"]
+    step = chunk_size(model, n, resid.shape[1], budget)
+    out = []
+    for lo in range(0, k, step):
+        hi = min(lo + step, k)
+        ivs = [Intervention(r.hook_name(), v[lo:hi].flatten(0, 1), r.slot(model),
+                            batch.positions[r.position].repeat(hi - lo))
+               for r, v in values.items()]
+        kw = repeat_kwargs(runs.clean_kwargs, n, hi - lo)
+        with applied(model, ivs):
+            x = run_blocks(model, resid.repeat(hi - lo, 1, 1), start, kw)
+        final = read_rows(x, batch.read_positions, hi - lo).view(hi - lo, n, -1)
+        out.append((metric_from_resid(model, batch, final) - runs.clean_metric).mean(-1))
+    return torch.cat(out)
+
+
+def _with_read_position(runs: Runs) -> Runs:
+    runs.batch.positions.setdefault("_read", runs.batch.read_positions)
+    return runs
+
+
+@torch.inference_mode()
+def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
+               budget_gb: float = 2.0, progress: bool = True) -> Float[Tensor, " n_senders"]:
+    """Mean change of the metric when each sender's path to the receivers is patched.
+
+    Args:
+        runs: from `prepare_runs` (clean = the run being explained, corrupted = p_ABC).
+        senders: heads whose corrupted output is patched in, one at a time.
+        receivers: "logits" or a list of `Receiver` (q/k/v inputs of heads at positions).
+        budget_gb: activation memory budget of one batched forward.
+
+    Returns:
+        [n_senders] mean over prompts of metric(patched) - metric(clean), raw units.
+    """
+    check_sequential(model)
+    _with_read_position(runs)
+    result = torch.zeros(len(senders))
+    by_layer: dict[int, list[int]] = {}
+    for i, s in enumerate(senders):
+        by_layer.setdefault(s.layer, []).append(i)
+    for layer in tqdm(sorted(by_layer), desc="path patching", disable=not progress):
+        idx = by_layer[layer]
+        heads = torch.tensor([senders[i].head for i in idx])
+        if receivers == "logits":
+            result[idx] = _to_logits(model, runs, layer, heads).cpu()
+        else:
+            result[idx] = _to_receivers(model, runs, layer, heads, receivers,
+                                        budget_gb * 2**30).cpu()
+    return result

@@ -1,0 +1,105 @@
+"""The clean and corrupted runs every patching sweep starts from, and shared pieces.
+
+Example:
+    >>> runs = prepare_runs(model, batch)
+    >>> runs.clean_metric.shape  # [batch]
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.forward import block_kwargs, unembed
+from interp.metrics import logits_at
+from interp.tasks.base import TaskBatch
+
+CACHED_HOOKS = ("attn.hook_z", "hook_resid_pre", "hook_resid_mid", "hook_attn_out",
+                "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")
+
+
+def _keep(name: str) -> bool:
+    return name.endswith(CACHED_HOOKS) or name.startswith(("ln_final", "hook_embed",
+                                                           "hook_pos_embed"))
+
+
+@dataclass
+class Runs:
+    """Cached clean and corrupted forward passes of one `TaskBatch`."""
+
+    batch: TaskBatch
+    clean_cache: dict
+    corrupted_cache: dict
+    clean_metric: Float[Tensor, " batch"]
+    corrupted_metric: Float[Tensor, " batch"]
+    clean_kwargs: dict
+    corrupted_kwargs: dict
+
+    def cache(self, which: str) -> dict:
+        return self.clean_cache if which == "clean" else self.corrupted_cache
+
+    def kwargs(self, which: str) -> dict:
+        return self.clean_kwargs if which == "clean" else self.corrupted_kwargs
+
+
+def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch):
+    logits, cache = model.run_with_cache(tokens, names_filter=_keep)
+    metric = batch.metric(logits_at(logits, batch.read_positions))
+    return {k: v for k, v in cache.items()}, metric
+
+
+@torch.inference_mode()
+def prepare_runs(model, batch: TaskBatch) -> Runs:
+    """Run clean and corrupted prompts once, caching what the sweeps need."""
+    device = model.cfg.device
+    clean_tokens = batch.clean_tokens.to(device)
+    corrupted_tokens = batch.corrupted_tokens.to(device)
+    clean_cache, clean_metric = _cached_run(model, clean_tokens, batch)
+    corrupted_cache, corrupted_metric = _cached_run(model, corrupted_tokens, batch)
+    return Runs(batch, clean_cache, corrupted_cache, clean_metric, corrupted_metric,
+                block_kwargs(model, clean_tokens), block_kwargs(model, corrupted_tokens))
+
+
+def head_out(model, z: Float[Tensor, "... n_heads d_head"], layer: int,
+             heads: Int[Tensor, " k"]) -> Float[Tensor, "k ... d_model"]:
+    """Each selected head's contribution to the residual stream, z_h @ W_O[layer, h]."""
+    w_o = model.W_O[layer][heads]  # [k, d_head, d_model]
+    z_sel = z[..., heads, :].movedim(-2, 0)  # [k, ..., d_head]
+    return torch.einsum("k...d,kdm->k...m", z_sel, w_o)
+
+
+def mlp_step(model, layer: int, resid_mid: Float[Tensor, "... d_model"]):
+    """resid_post = resid_mid + MLP(LN2(resid_mid)) for a sequential (non-parallel) block."""
+    block = model.blocks[layer]
+    return resid_mid + block.mlp(block.ln2(resid_mid))
+
+
+def check_sequential(model) -> None:
+    """The fast sweeps assume attention then MLP (GPT-2, Llama); refuse parallel blocks."""
+    if getattr(model.cfg, "parallel_attn_mlp", False):
+        raise NotImplementedError(
+            "this model computes attention and MLP in parallel; use method='naive'.")
+
+
+def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "n batch d_model"]):
+    """Metric values [n, batch] from residual vectors at the metric's read positions."""
+    return batch.metric(unembed(model, resid_at_read))
+
+
+def chunk_size(model, n_rows_per_item: int, seq_len: int, budget_bytes: float) -> int:
+    """How many sweep items (each `n_rows_per_item` batch rows) fit in the memory budget.
+
+    A rough upper bound on live activation bytes per batch row of a full block: residual,
+    MLP hidden, q/k/v/z and the attention scores and pattern.
+    """
+    cfg = model.cfg
+    d_mlp = getattr(cfg, "d_mlp", 4 * cfg.d_model) or 4 * cfg.d_model
+    per_row = 4 * seq_len * (12 * cfg.d_model + 3 * d_mlp + 3 * cfg.n_heads * seq_len)
+    return max(1, int(budget_bytes // (per_row * n_rows_per_item)))
+
+
+def read_rows(x: Float[Tensor, "rows pos d"], positions: Int[Tensor, " batch"], repeats: int):
+    """Residual vectors at each row's read position; rows are `repeats` blocks of the batch."""
+    pos = positions.to(x.device).repeat(repeats)
+    return x[torch.arange(x.shape[0], device=x.device), pos]
