@@ -85,7 +85,7 @@ def _hover_text(str_tokens: list[str]) -> list[list[str]]:
 
 def _masked(pattern) -> np.ndarray:
     """The pattern as a float array with future keys (k > q) set to NaN (drawn blank)."""
-    grid = np.array(torch.as_tensor(pattern).float().cpu(), dtype=float)
+    grid = torch.as_tensor(pattern).detach().double().cpu().numpy().copy()
     if grid.ndim != 2 or grid.shape[0] != grid.shape[1]:
         raise ValueError(f"an attention pattern is [query, key] and square; got {grid.shape}.")
     grid[np.triu_indices_from(grid, k=1)] = np.nan

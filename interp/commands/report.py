@@ -1,0 +1,27 @@
+"""`interp report`: build the offline HTML report of a results folder."""
+
+from pathlib import Path
+
+from interp.report import build_report
+
+
+def run(args) -> int:
+    report = build_report(args.out)
+    for slug, page in report.pages.items():
+        runs = [r for r in report.runs if r.slug == slug]
+        plots = sum(len(r.plots) for r in runs)
+        views = sum(len(r.views) for r in runs)
+        broken = [r.experiment for r in runs if r.error]
+        print(f"{runs[0].model}: {len(runs)} experiments ({', '.join(r.experiment for r in runs)})"
+              f", {plots} plots, {views} attention views -> {page}"
+              + (f"  [unreadable summary: {', '.join(broken)}]" if broken else ""))
+    print(f"report: {len(report.runs)} runs of {len(report.pages)} models -> {report.index}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="build OUT/index.html and one page per model from OUT/*/*/summary.json")
+    parser.add_argument("--out", type=Path, default=Path("results"),
+                        help="results folder to scan and write into (default results/)")
+    parser.set_defaults(func=run)

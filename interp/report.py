@@ -1,0 +1,331 @@
+"""An offline report of everything under a results folder: `<out>/index.html` plus one page per
+model, `<out>/<model-slug>/index.html`.
+
+It scans `<out>/*/*/summary.json` (any experiment), shows the key numbers it knows about
+(wherever they sit in a summary), every other scalar, each run's provenance, and each
+experiment's HTML plots inline (iframes, so the plots' own relative links keep working).
+Per-head attention views (`attention_L{l}H{h}.html`) are listed as links. Nothing is loaded
+from the network: the plots reference `<out>/plotly.min.js`.
+
+Example:
+    >>> report = build_report(Path("results"))
+    >>> report.index
+    PosixPath('results/index.html')
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+from interp.outputs import write_atomic
+from interp.plotting.html import ensure_plotly_js
+
+# (label, dotted path in summary.json); a path not found as written is searched for by its
+# last component anywhere in the summary (outside "provenance" and "config").
+KEY_NUMBERS = [
+    ("clean logit diff", "clean_logit_diff"),
+    ("clean accuracy", "clean_accuracy"),
+    ("circuit faithfulness", "circuit.faithfulness"),
+    ("head classes", "head_classes"),
+    ("capital top-1 by layer", "capital_top1_by_layer"),
+    ("final accuracy", "final_accuracy"),
+    ("argument formation layer", "argument_formation_layer"),
+    ("function application layer", "function_application_layer"),
+    ("critical FFN layers", "critical_layers"),
+]
+SKIP = ("provenance", "config")
+VIEW_RE = re.compile(r"attention_L\d+H\d+\.html$")
+SIZE_RE = re.compile(r'<div style="height:(\d+)px; width:(\d+)px;">')
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1500px;color:#222}
+table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top;font-size:14px}th{background:#f3f3f3}
+.note{background:#fff4d6;border:1px solid #e0b84c;padding:8px 12px;margin:8px 0}
+.plot{border:1px solid #ddd;margin:6px 0;display:block;max-width:100%}
+code,pre{font-size:13px;background:#f6f6f6}pre{padding:8px;overflow-x:auto}
+h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}"""
+
+
+@dataclass
+class Run:
+    """One experiment run: `<out>/<slug>/<experiment>/` with its summary and plots."""
+
+    slug: str
+    experiment: str
+    folder: Path
+    summary: dict = field(default_factory=dict)
+    error: str = ""
+    plots: list[Path] = field(default_factory=list)
+    views: list[Path] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        prov = self.summary.get("provenance") or {}
+        config = self.summary.get("config") or {}
+        spec = self.summary.get("model") or prov.get("model") or config.get("model")
+        return str(spec) if isinstance(spec, str) and spec != "auto" else self.slug
+
+
+@dataclass
+class Report:
+    index: Path
+    pages: dict[str, Path]
+    runs: list[Run]
+
+
+def lookup(summary: dict, path: str):
+    """The value at dotted `path`, else the first key named like its last part (any depth)."""
+    node = summary
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _find(summary, path.split(".")[-1])
+        node = node[part]
+    return node
+
+
+def _find(node, key: str, depth: int = 0):
+    if not isinstance(node, dict) or depth > 4:
+        return None
+    if key in node:
+        return node[key]
+    for name, child in node.items():
+        found = None if name in SKIP else _find(child, key, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def key_numbers(summary: dict) -> dict[str, object]:
+    """The known key numbers present in a summary, by label."""
+    found = {label: lookup(summary, path) for label, path in KEY_NUMBERS}
+    return {label: value for label, value in found.items() if value is not None}
+
+
+def fmt(value, limit: int = 90) -> str:
+    """A short human form of a summary value (numbers to 4 significant digits)."""
+    text = _fmt(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return _fmt_list(list(value))
+    return str(value)
+
+
+def _fmt_list(values: list) -> str:
+    numeric = values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                             for v in values)
+    if numeric and len(values) > 8:
+        best = max(range(len(values)), key=lambda i: values[i])
+        return (f"max {_fmt(values[best])} at index {best}, last {_fmt(values[-1])} "
+                f"({len(values)} values)")
+    return "[" + ", ".join(_fmt(v) for v in values) + "]"
+
+
+def other_scalars(summary: dict, limit: int = 40) -> list[tuple[str, object]]:
+    """(dotted path, value) of scalars and short lists not among the key numbers."""
+    known = {path.split(".")[-1] for _, path in KEY_NUMBERS} | {"model"}
+    rows: list[tuple[str, object]] = []
+
+    def walk(node: dict, prefix: str, depth: int) -> None:
+        for key, value in node.items():
+            if len(rows) >= limit or key in known or (depth == 0 and key in SKIP):
+                continue
+            if isinstance(value, dict) and depth < 2:
+                walk(value, f"{prefix}{key}.", depth + 1)
+            elif not isinstance(value, (dict, list)) or len(value) <= 5:
+                rows.append((prefix + key, value))
+
+    walk(summary, "", 0)
+    return rows
+
+
+def find_runs(out: Path) -> list[Run]:
+    """Every `<out>/*/*/summary.json`, read (a broken one is kept, with its error)."""
+    runs = []
+    for path in sorted(Path(out).glob("*/*/summary.json")):
+        run = Run(slug=path.parent.parent.name, experiment=path.parent.name, folder=path.parent)
+        try:
+            run.summary = json.loads(path.read_text())
+            if not isinstance(run.summary, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            run.summary, run.error = {}, f"unreadable summary.json: {err}"
+        htmls = sorted(p for p in path.parent.rglob("*.html") if p.name != "index.html")
+        run.views = [p for p in htmls if VIEW_RE.search(p.name)]
+        run.plots = _order_plots([p for p in htmls if p not in run.views], run.summary)
+        runs.append(run)
+    return runs
+
+
+def _order_plots(plots: list[Path], summary: dict) -> list[Path]:
+    """Plots named in summary["plots"] first (in that order), grids last, else by name."""
+    named = summary.get("plots") if isinstance(summary.get("plots"), list) else []
+    rank = {str(name): i for i, name in enumerate(named) if isinstance(name, str)}
+
+    def key(p: Path):
+        return (rank.get(p.name, len(rank)), p.name.startswith("attention_grid"), str(p))
+
+    return sorted(plots, key=key)
+
+
+def model_note(spec: str) -> str:
+    """A warning that says whose results these are when they are not GPT-2's."""
+    if spec.startswith("random"):
+        return (f"{spec}: seeded RANDOM weights, an untrained model. These numbers only "
+                "exercise the pipeline; they are not GPT-2's and mean nothing about language.")
+    if spec.startswith("gpt2") or spec.startswith("random-gpt2"):
+        return ""
+    return (f"{spec}: these results are this model's, not GPT-2's. GPT-2 numbers from the "
+            "papers are references only, not reproduced here.")
+
+
+def _iframe(src: str, plot: Path) -> str:
+    try:
+        head = plot.read_text(errors="replace")[:4000]
+    except OSError:
+        head = ""
+    size = SIZE_RE.search(head)
+    height, width = (int(size.group(1)) + 24, int(size.group(2)) + 24) if size else (620, 1000)
+    return (f'<iframe class="plot" src="{escape(src)}" title="{escape(plot.name)}" '
+            f'style="width:{min(width, 1460)}px;height:{height}px"></iframe>'
+            f'<div><a href="{escape(src)}">{escape(plot.name)}</a> (open alone)</div>')
+
+
+def _rel(path: Path, base: Path) -> str:
+    return path.relative_to(base).as_posix()
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    body = "".join(f"<tr><th>{escape(k)}</th><td title=\"{escape(_fmt(v))}\">"
+                   f"{escape(fmt(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>" if rows else ""
+
+
+def provenance_html(summary: dict) -> str:
+    """Command, model, seed, versions, git commit, start time, wall times and config."""
+    prov = summary.get("provenance")
+    if not isinstance(prov, dict):
+        return "<p><b>No provenance recorded in summary.json.</b></p>"
+    walls = prov.get("wall_time_s")
+    total = sum(v for v in walls.values() if isinstance(v, (int, float))) \
+        if isinstance(walls, dict) else walls
+    rows = [("command", prov.get("command")), ("model", prov.get("model")),
+            ("seed", prov.get("seed")), ("git commit", prov.get("git_commit")),
+            ("started (UTC)", prov.get("started_utc")), ("wall time total (s)", total),
+            ("wall time by stage (s)", walls), ("versions", prov.get("versions")),
+            ("machine", prov.get("machine"))]
+    table = "".join(f"<tr><th>{escape(k)}</th><td><code>{escape(_fmt(v))}</code></td></tr>"
+                    for k, v in rows if v is not None)
+    config = json.dumps(summary.get("config", {}), indent=1, default=str)
+    return (f"<details><summary>provenance</summary><table>{table}</table>"
+            f"<p>config:</p><pre>{escape(config)}</pre></details>")
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+            f"<body>{body}</body></html>\n")
+
+
+def _note(spec: str) -> str:
+    note = model_note(spec)
+    return f'<p class="note">{escape(note)}</p>' if note else ""
+
+
+def _experiment_html(run: Run, base: Path) -> str:
+    """One experiment's section on a model page; links are relative to `base`."""
+    folder = _rel(run.folder, base)
+    parts = [f'<h2 id="{escape(run.experiment)}">{escape(run.experiment)}</h2>',
+             f'<p><a href="{escape(folder)}/summary.json">summary.json</a></p>']
+    if run.error:
+        parts.append(f'<p class="note">{escape(run.error)}</p>')
+    parts.append(_table(list(key_numbers(run.summary).items())))
+    others = other_scalars(run.summary)
+    if others:
+        parts.append(f"<details><summary>other values ({len(others)})</summary>"
+                     f"{_table(others)}</details>")
+    parts.append(provenance_html(run.summary))
+    parts += [_iframe(_rel(p, base), p) for p in run.plots]
+    if run.views:
+        links = " ".join(f'<a href="{escape(_rel(p, base))}">{escape(p.stem[10:])}</a>'
+                         for p in run.views)
+        parts.append(f"<p>attention pattern per head ({len(run.views)}): {links}</p>")
+    return "\n".join(parts)
+
+
+def model_page(slug: str, runs: list[Run], out: Path) -> str:
+    """`<out>/<slug>/index.html`: every experiment of one model, plots inline."""
+    spec = runs[0].model
+    base = Path(out) / slug
+    toc = " · ".join(f'<a href="#{escape(r.experiment)}">{escape(r.experiment)}</a>'
+                     for r in runs)
+    body = [f'<p><a href="../index.html">all models</a></p><h1>{escape(spec)}</h1>',
+            _note(spec), f"<p>experiments: {toc}</p>"]
+    body += [_experiment_html(r, base) for r in runs]
+    return _page(f"interp results: {spec}", "\n".join(body))
+
+
+def _summary_table(runs: list[Run]) -> str:
+    columns = [label for label, _ in KEY_NUMBERS if any(label in key_numbers(r.summary)
+                                                        for r in runs)]
+    head = "".join(f"<th>{escape(c)}</th>" for c in ["model", "experiment", *columns])
+    rows = []
+    for r in runs:
+        numbers = key_numbers(r.summary)
+        cells = "".join(f'<td title="{escape(_fmt(numbers[c]))}">{escape(fmt(numbers[c], 60))}'
+                        "</td>" if c in numbers else "<td></td>" for c in columns)
+        link = f"{r.slug}/index.html#{r.experiment}"
+        rows.append(f'<tr><td><a href="{escape(r.slug)}/index.html">{escape(r.model)}</a></td>'
+                    f'<td><a href="{escape(link)}">{escape(r.experiment)}</a> '
+                    f'(<a href="{escape(r.slug)}/{escape(r.experiment)}/summary.json">'
+                    f"summary</a>){' ⚠ ' + escape(r.error) if r.error else ''}</td>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def index_page(by_model: dict[str, list[Run]], out: Path) -> str:
+    """`<out>/index.html`: the key-number table, then each model's first plot per experiment."""
+    runs = [r for group in by_model.values() for r in group]
+    body = ["<h1>interp results</h1>",
+            f"<p>{len(runs)} runs of {len(by_model)} models, from <code>*/*/summary.json"
+            "</code>. Each model's page has every plot and the provenance of each run.</p>",
+            _summary_table(runs)]
+    for slug, group in by_model.items():
+        body += [f'<h2><a href="{escape(slug)}/index.html">{escape(group[0].model)}</a></h2>',
+                 _note(group[0].model)]
+        for r in group:
+            if r.plots:
+                body += [f"<h3>{escape(r.experiment)}</h3>", _iframe(_rel(r.plots[0], out),
+                                                                      r.plots[0])]
+    return _page("interp results", "\n".join(body))
+
+
+def build_report(out: Path) -> Report:
+    """Write `<out>/index.html` and `<out>/<slug>/index.html` for every model with results.
+
+    Raises:
+        FileNotFoundError: `out` does not exist or holds no `*/*/summary.json`.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out} is not a folder; pass the --out of your experiments.")
+    runs = find_runs(out)
+    if not runs:
+        raise FileNotFoundError(f"no {out}/<model>/<experiment>/summary.json found; run an "
+                                f"experiment first (e.g. `interp ioi --out {out}`).")
+    ensure_plotly_js(out)
+    by_model: dict[str, list[Run]] = {}
+    for run in runs:
+        by_model.setdefault(run.slug, []).append(run)
+    pages = {slug: write_atomic(out / slug / "index.html", model_page(slug, group, out))
+             for slug, group in by_model.items()}
+    index = write_atomic(out / "index.html", index_page(by_model, out))
+    return Report(index=index, pages=pages, runs=runs)
