@@ -61,6 +61,7 @@ class Run:
 
     @property
     def model(self) -> str:
+        """The model spec from the summary (or its provenance / config), else the slug."""
         prov = self.summary.get("provenance") or {}
         config = self.summary.get("config") or {}
         spec = self.summary.get("model") or prov.get("model") or config.get("model")
@@ -177,6 +178,12 @@ def _order_plots(plots: list[Path], summary: dict) -> list[Path]:
     return sorted(plots, key=key)
 
 
+def group_model(runs: list[Run]) -> str:
+    """The model spec of a model folder's runs (a run that names it, else the slug)."""
+    named = [r.model for r in runs if r.model != r.slug]
+    return named[0] if named else runs[0].slug
+
+
 def model_note(spec: str) -> str:
     """A warning that says whose results these are when they are not GPT-2's."""
     if spec.startswith("random"):
@@ -194,8 +201,10 @@ def _iframe(src: str, plot: Path) -> str:
     except OSError:
         head = ""
     size = SIZE_RE.search(head)
-    height, width = (int(size.group(1)) + 24, int(size.group(2)) + 24) if size else (620, 1000)
-    return (f'<iframe class="plot" src="{escape(src)}" title="{escape(plot.name)}" '
+    # save_figure pages are the figure's size plus the body's margin (and height:100%).
+    height, width = (int(size.group(1)) + 20, int(size.group(2)) + 20) if size else (620, 1000)
+    scrolling = ' scrolling="no"' if size else ""
+    return (f'<iframe class="plot" src="{escape(src)}" title="{escape(plot.name)}"{scrolling} '
             f'style="width:{min(width, 1460)}px;height:{height}px"></iframe>'
             f'<div><a href="{escape(src)}">{escape(plot.name)}</a> (open alone)</div>')
 
@@ -264,7 +273,7 @@ def _experiment_html(run: Run, base: Path) -> str:
 
 def model_page(slug: str, runs: list[Run], out: Path) -> str:
     """`<out>/<slug>/index.html`: every experiment of one model, plots inline."""
-    spec = runs[0].model
+    spec = group_model(runs)
     base = Path(out) / slug
     toc = " · ".join(f'<a href="#{escape(r.experiment)}">{escape(r.experiment)}</a>'
                      for r in runs)
@@ -274,7 +283,9 @@ def model_page(slug: str, runs: list[Run], out: Path) -> str:
     return _page(f"interp results: {spec}", "\n".join(body))
 
 
-def _summary_table(runs: list[Run]) -> str:
+def _summary_table(by_model: dict[str, list[Run]]) -> str:
+    runs = [r for group in by_model.values() for r in group]
+    specs = {slug: group_model(group) for slug, group in by_model.items()}
     columns = [label for label, _ in KEY_NUMBERS if any(label in key_numbers(r.summary)
                                                         for r in runs)]
     head = "".join(f"<th>{escape(c)}</th>" for c in ["model", "experiment", *columns])
@@ -284,7 +295,8 @@ def _summary_table(runs: list[Run]) -> str:
         cells = "".join(f'<td title="{escape(_fmt(numbers[c]))}">{escape(fmt(numbers[c], 60))}'
                         "</td>" if c in numbers else "<td></td>" for c in columns)
         link = f"{r.slug}/index.html#{r.experiment}"
-        rows.append(f'<tr><td><a href="{escape(r.slug)}/index.html">{escape(r.model)}</a></td>'
+        model = f'<a href="{escape(r.slug)}/index.html">{escape(specs[r.slug])}</a>'
+        rows.append(f'<tr><td>{model}</td>'
                     f'<td><a href="{escape(link)}">{escape(r.experiment)}</a> '
                     f'(<a href="{escape(r.slug)}/{escape(r.experiment)}/summary.json">'
                     f"summary</a>){' ⚠ ' + escape(r.error) if r.error else ''}</td>{cells}</tr>")
@@ -297,10 +309,10 @@ def index_page(by_model: dict[str, list[Run]], out: Path) -> str:
     body = ["<h1>interp results</h1>",
             f"<p>{len(runs)} runs of {len(by_model)} models, from <code>*/*/summary.json"
             "</code>. Each model's page has every plot and the provenance of each run.</p>",
-            _summary_table(runs)]
+            _summary_table(by_model)]
     for slug, group in by_model.items():
-        body += [f'<h2><a href="{escape(slug)}/index.html">{escape(group[0].model)}</a></h2>',
-                 _note(group[0].model)]
+        spec = group_model(group)
+        body += [f'<h2><a href="{escape(slug)}/index.html">{escape(spec)}</a></h2>', _note(spec)]
         for r in group:
             if r.plots:
                 body += [f"<h3>{escape(r.experiment)}</h3>", _iframe(_rel(r.plots[0], out),

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from interp.report import build_report
+from interp.report import build_report, group_model
 
 
 def run(args) -> int:
@@ -12,8 +12,9 @@ def run(args) -> int:
         plots = sum(len(r.plots) for r in runs)
         views = sum(len(r.views) for r in runs)
         broken = [r.experiment for r in runs if r.error]
-        print(f"{runs[0].model}: {len(runs)} experiments ({', '.join(r.experiment for r in runs)})"
-              f", {plots} plots, {views} attention views -> {page}"
+        names = ", ".join(r.experiment for r in runs)
+        print(f"{group_model(runs)}: {len(runs)} experiments ({names}), {plots} plots, "
+              f"{views} attention views -> {page}"
               + (f"  [unreadable summary: {', '.join(broken)}]" if broken else ""))
     print(f"report: {len(report.runs)} runs of {len(report.pages)} models -> {report.index}")
     return 0

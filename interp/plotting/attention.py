@@ -107,8 +107,10 @@ def _heatmap(pattern, str_tokens: list[str], name: str, **kwargs) -> go.Heatmap:
 def _token_axes(fig, str_tokens: list[str], **where) -> None:
     ticks = list(range(len(str_tokens)))
     text = [token_label(i, t) for i, t in enumerate(str_tokens)]
-    fig.update_xaxes(tickvals=ticks, ticktext=text, tickangle=-60, **where)
-    fig.update_yaxes(tickvals=ticks, ticktext=text, autorange="reversed", **where)
+    fig.update_xaxes(tickvals=ticks, ticktext=text, tickangle=-60, showgrid=False, **where)
+    fig.update_yaxes(tickvals=ticks, ticktext=text, autorange="reversed", showgrid=False,
+                     **where)
+    fig.update_layout(plot_bgcolor="white")
 
 
 def attention_heatmap(pattern: Float[Tensor, "q k"], str_tokens: list[str],
