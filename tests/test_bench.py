@@ -1,0 +1,142 @@
+"""The benchmark: FLOP floors against a hand count, interp's exact sweep against
+TransformerLens' own function, and the bench's rows and ratios (random:tiny, seconds)."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
+
+from interp import load_model
+from interp.bench import act_patch_floor, path_patch_floor, tl_act_patch_heads
+from interp.cli import main
+from interp.ioi.dataset import build_ioi
+from interp.metrics import logits_at
+from interp.patching import act_patch_heads, prepare_runs
+
+TINY = SimpleNamespace(n_layers=2, n_heads=4, d_model=64, d_head=16, d_mlp=256, d_vocab=50257,
+                       n_key_value_heads=None, gated_mlp=False)
+# A Llama-like toy: grouped K/V (2 KV heads for 4 query heads) and a gated MLP.
+GQA = SimpleNamespace(n_layers=3, n_heads=4, d_model=32, d_head=8, d_mlp=48, d_vocab=100,
+                      n_key_value_heads=2, gated_mlp=True)
+
+
+def _hand_block(cfg, n_tokens: int) -> int:
+    """One block, counted multiply-add by multiply-add, query by query."""
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    mlp_mats = 3 if cfg.gated_mlp else 2
+    flops = 0
+    for t in range(n_tokens):
+        flops += 2 * cfg.d_model * cfg.d_head * cfg.n_heads  # W_Q
+        flops += 2 * 2 * cfg.d_model * cfg.d_head * n_kv  # W_K, W_V
+        flops += 2 * cfg.d_head * cfg.n_heads * cfg.d_model  # W_O
+        for _head in range(cfg.n_heads):
+            for _key in range(t + 1):  # causal: keys 0..t
+                flops += 2 * cfg.d_head + 2 * cfg.d_head  # q.k and pattern * v
+        flops += mlp_mats * 2 * cfg.d_model * cfg.d_mlp
+    return flops
+
+
+def _hand_act_floor(cfg, lengths) -> int:
+    mlp = (3 if cfg.gated_mlp else 2) * 2 * cfg.d_model * cfg.d_mlp
+    total = 0
+    for layer in range(cfg.n_layers):
+        for _head in range(cfg.n_heads):
+            for n in lengths:
+                total += n * 2 * cfg.d_head * cfg.d_model + n * mlp  # delta @ W_O, MLP L
+                for _later in range(layer + 1, cfg.n_layers):
+                    total += _hand_block(cfg, n)
+                total += 2 * cfg.d_model * cfg.d_vocab  # unembed, read position only
+    return total
+
+
+def _hand_path_floor(cfg, n_prompts) -> int:
+    mlp = (3 if cfg.gated_mlp else 2) * 2 * cfg.d_model * cfg.d_mlp
+    total = 0
+    for layer in range(cfg.n_layers):
+        for _head in range(cfg.n_heads):
+            for _prompt in range(n_prompts):  # read position only
+                total += 2 * cfg.d_head * cfg.d_model + 2 * cfg.d_model * cfg.d_vocab
+                total += sum(mlp for _ in range(layer, cfg.n_layers))
+    return total
+
+
+@pytest.mark.parametrize("cfg", [TINY, GQA], ids=["gpt2-tiny", "gqa-gated"])
+def test_flop_floors_match_hand_count(cfg):
+    lengths = [3, 5, 1]
+    assert act_patch_floor(cfg, lengths) == _hand_act_floor(cfg, lengths)
+    assert path_patch_floor(cfg, 3) == _hand_path_floor(cfg, 3)
+
+
+def test_flop_floor_tiny_numbers():
+    """One number worked out on paper: the tiny config, one prompt of 2 tokens, last layer's
+    heads only contribute output change + MLP + unembed."""
+    c = TINY
+    mlp, unembed, head_out = 4 * 64 * 256, 2 * 64 * 50257, 2 * 16 * 64
+    qkvo = 4 * 2 * 64 * 64  # four d_model x d_model projections
+    block = 2 * (qkvo + mlp) + 4 * 4 * 16 * (1 + 2)  # 2 tokens: 1 + 2 keys
+    layer1 = 4 * (2 * (head_out + mlp) + unembed)
+    layer0 = 4 * (2 * (head_out + mlp) + unembed + block)
+    assert act_patch_floor(c, [2]) == layer0 + layer1
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = load_model("random:tiny")
+    return model, build_ioi(model, 8, seed=0).batch
+
+
+def test_interp_denoise_equals_transformer_lens(tiny):
+    model, batch = tiny
+    runs = prepare_runs(model, batch)
+    ours = act_patch_heads(model, runs, direction="denoise", progress=False)
+
+    def mean_metric(logits):  # TransformerLens' default: a scalar metric of the logits
+        return batch.metric(logits_at(logits, batch.read_positions)).mean()
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.clean_tokens)
+        patched = get_act_patch_attn_head_out_all_pos(model, batch.corrupted_tokens, cache,
+                                                      mean_metric)  # metric(patched run)
+        corrupted = mean_metric(model(batch.corrupted_tokens))
+    theirs = patched - corrupted
+    assert ours.shape == theirs.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert theirs.abs().max() > 1e-3  # the comparison is not between two near-zero maps
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-3)
+    # the bench's wrapper (reduce="mean", baseline=True, .effect()) gives the same
+    torch.testing.assert_close(tl_act_patch_heads(model, batch, cache), theirs, atol=1e-5,
+                               rtol=1e-4)
+
+
+def test_bench_rows_and_ratios(tmp_path, capsys):
+    code = main(["bench", "--model", "random:tiny", "--n-prompts", "4", "--attribution-model",
+                 "", "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    files = list((tmp_path / "bench").glob("*.json"))
+    assert len(files) == 1 and files[0].name.startswith("cpu-")
+    report = json.loads(files[0].read_text())
+    for row in ("1 act patching", "2 path patching", "3 attribution", "4 one forward",
+                "targets:"):
+        assert row in printed and row in report["table"]
+    act, path = report["act_patching"], report["path_patching"]
+    assert act["ratio"] == pytest.approx(act["tl_s"] / act["interp_s"])
+    assert act["interp_s"] == pytest.approx(act["interp_prepare_s"] + act["interp_sweep_s"])
+    assert path["ratio"] == pytest.approx(path["naive_s"] / path["interp_s"])
+    assert f"{act['ratio']:.1f}x" in printed and f"{path['ratio']:.1f}x" in printed
+    assert act["max_abs_diff"] < 1e-4 and path["max_abs_diff"] < 1e-4
+    (row,) = report["attribution"]
+    assert row["exact"]["forward_equivalents"] == pytest.approx(
+        row["exact"]["seconds"] / row["forward_s"])
+    est = row["attribution"]
+    if est["available"]:
+        assert est["forward_equivalents"] == pytest.approx(est["seconds"] / row["forward_s"])
+        assert -1.0 <= est["pearson_r"] <= 1.0
+    else:
+        assert "not available" in printed
+    met = {t["target"]: t["met"] for t in report["targets"]}
+    assert met["act patching vs TransformerLens (x faster) >= 3"] == (act["ratio"] >= 3)
+    assert report["provenance"]["model"] == "random:tiny"
+    assert report["machine"]["torch_threads"] == torch.get_num_threads()
+    assert len(report["machine"]["load_before"]) == 3
