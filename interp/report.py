@@ -33,7 +33,9 @@ KEY_NUMBERS = [
     ("final accuracy", "final_accuracy"),
     ("argument formation layer", "argument_formation_layer"),
     ("function application layer", "function_application_layer"),
+    ("critical FFN layer", "critical_layer"),
     ("critical FFN layers", "critical_layers"),
+    ("analogy accuracy@1", "overall.accuracy@1"),
 ]
 SKIP = ("provenance", "config")
 VIEW_RE = re.compile(r"attention_L\d+H\d+\.html$")
@@ -75,32 +77,40 @@ class Report:
     runs: list[Run]
 
 
-def lookup(summary: dict, path: str):
-    """The value at dotted `path`, else the first key named like its last part (any depth)."""
+MISSING = object()
+
+
+def lookup(summary: dict, path: str, default=None):
+    """The value at dotted `path`, else the first key named like its last part (any depth).
+
+    Example:
+        >>> lookup({"circuit": {"faithfulness": 0.9}}, "circuit.faithfulness")
+        0.9
+    """
     node = summary
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _find(summary, path.split(".")[-1])
+            return _find(summary, path.split(".")[-1], default)
         node = node[part]
     return node
 
 
-def _find(node, key: str, depth: int = 0):
+def _find(node, key: str, default, depth: int = 0):
     if not isinstance(node, dict) or depth > 4:
-        return None
+        return default
     if key in node:
         return node[key]
     for name, child in node.items():
-        found = None if name in SKIP else _find(child, key, depth + 1)
-        if found is not None:
+        found = default if name in SKIP else _find(child, key, default, depth + 1)
+        if found is not default:
             return found
-    return None
+    return default
 
 
 def key_numbers(summary: dict) -> dict[str, object]:
-    """The known key numbers present in a summary, by label."""
-    found = {label: lookup(summary, path) for label, path in KEY_NUMBERS}
-    return {label: value for label, value in found.items() if value is not None}
+    """The known key numbers present in a summary (null ones included), by label."""
+    found = {label: lookup(summary, path, MISSING) for label, path in KEY_NUMBERS}
+    return {label: value for label, value in found.items() if value is not MISSING}
 
 
 def fmt(value, limit: int = 90) -> str:
@@ -110,6 +120,8 @@ def fmt(value, limit: int = 90) -> str:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -203,7 +215,7 @@ def _iframe(src: str, plot: Path) -> str:
     size = SIZE_RE.search(head)
     # save_figure pages are the figure's size plus the body's margin (and height:100%).
     height, width = (int(size.group(1)) + 20, int(size.group(2)) + 20) if size else (620, 1000)
-    scrolling = ' scrolling="no"' if size else ""
+    scrolling = ' scrolling="no"'  # the pages are sized to the figure (or fill 100%)
     return (f'<iframe class="plot" src="{escape(src)}" title="{escape(plot.name)}"{scrolling} '
             f'style="width:{min(width, 1460)}px;height:{height}px"></iframe>'
             f'<div><a href="{escape(src)}">{escape(plot.name)}</a> (open alone)</div>')

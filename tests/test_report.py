@@ -160,7 +160,10 @@ def test_lookup_and_fmt():
     assert lookup(summary, "critical_layers") == [3]
     assert lookup(summary, "clean_accuracy") is None
     assert key_numbers(summary) == {"circuit faithfulness": 0.91, "critical FFN layers": [3]}
-    assert fmt(1 / 3) == "0.3333" and fmt(True) == "yes" and fmt("a" * 200).endswith("…")
+    assert key_numbers({"function_application_layer": None}) == {
+        "function application layer": None}
+    assert fmt(None) == "none" and fmt(1 / 3) == "0.3333" and fmt(True) == "yes"
+    assert fmt("a" * 200).endswith("…") and len(fmt("a" * 200)) == 90
 
 
 def hand_pattern(model, tokens, layer: int) -> torch.Tensor:
