@@ -1,0 +1,167 @@
+"""The logit lens: read every layer's residual stream through the final norm and unembedding.
+
+Layer `l` is the residual stream after block `l` (`blocks.l.hook_resid_post`), so the last
+layer's lens is exactly the model's output. Each residual is normalised by `model.ln_final`
+applied to THAT residual: the norm computes its own scale per layer and position (RMSNorm for
+Llama, LayerNorm with centring and bias for GPT-2). Re-using the final layer's cached scale for
+earlier layers (TransformerLens issue #1076) would mis-scale them.
+
+Example:
+    >>> stats = lens_at(model, prompts.tokens, prompts.read_positions,
+    ...                 {"capital": prompts.capital_ids, "country": prompts.country_ids})
+    >>> by_layer = layer_metrics(stats, "capital", "country")
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.forward import unembed
+
+
+def resid_names(model) -> list[str]:
+    return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+
+
+def layer_resids(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer batch pos d"]:
+    """Residual stream after every block, stacked."""
+    names = resid_names(model)
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    return torch.stack([cache[n] for n in names])
+
+
+def lens_logits(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    """Logit-lens logits: `model.ln_final` (own scale per vector) then the unembedding."""
+    return unembed(model, resid)
+
+
+def rank_of(logits: Float[Tensor, "... vocab"], ids: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
+    """1-based rank of `ids` (1 = top token): 1 + number of strictly larger logits."""
+    target = logits.gather(-1, ids.unsqueeze(-1))
+    return (logits > target).sum(-1) + 1
+
+
+@dataclass
+class LensStats:
+    """Lens read-outs at one position per prompt, for every layer.
+
+    Attributes:
+        top_ids / top_probs: `[layer, batch, k]` top-k tokens and their probabilities.
+        probs / ranks: target name -> `[layer, batch]` probability and 1-based rank.
+        kl_to_final: `[layer, batch]` KL(final || layer) in nats.
+    """
+
+    top_ids: Int[Tensor, "layer batch k"]
+    top_probs: Float[Tensor, "layer batch k"]
+    probs: dict[str, Float[Tensor, "layer batch"]]
+    ranks: dict[str, Int[Tensor, "layer batch"]]
+    kl_to_final: Float[Tensor, "layer batch"]
+
+
+def _lens_batch(model, tokens, read, targets, k):
+    resid = layer_resids(model, tokens)  # [L, b, pos, d]
+    rows = torch.arange(tokens.shape[0])
+    with torch.inference_mode():
+        logits = lens_logits(model, resid[:, rows, read]).float()  # [L, b, vocab]
+        logp = logits.log_softmax(-1)
+        top = logp.topk(k, -1)
+        final = logp[-1:]
+        kl = (final.exp() * (final - logp)).sum(-1)
+        probs, ranks = {}, {}
+        for name, ids in targets.items():
+            idx = ids.to(logits.device).expand(logits.shape[0], -1)
+            probs[name] = logp.gather(-1, idx.unsqueeze(-1)).squeeze(-1).exp().cpu()
+            ranks[name] = rank_of(logits, idx).cpu()
+    return top.indices.cpu(), top.values.exp().cpu(), probs, ranks, kl.cpu()
+
+
+def lens_at(model, tokens: Int[Tensor, "batch pos"], read_positions: Int[Tensor, " batch"],
+            targets: dict[str, Int[Tensor, " batch"]], k: int = 5,
+            batch_size: int = 32) -> LensStats:
+    """Run the lens at each prompt's read position, in batches."""
+    parts = []
+    starts = range(0, tokens.shape[0], batch_size)
+    for s in tqdm(starts, desc="logit lens", unit="batch", leave=False):
+        sl = slice(s, s + batch_size)
+        dev = next(model.parameters()).device
+        parts.append(_lens_batch(model, tokens[sl].to(dev), read_positions[sl].to(dev),
+                                 {n: t[sl] for n, t in targets.items()}, k))
+    cat = torch.cat
+    return LensStats(
+        cat([p[0] for p in parts], 1), cat([p[1] for p in parts], 1),
+        {n: cat([p[2][n] for p in parts], 1) for n in targets},
+        {n: cat([p[3][n] for p in parts], 1) for n in targets},
+        cat([p[4] for p in parts], 1))
+
+
+def layer_metrics(stats: LensStats, answer: str = "capital",
+                  argument: str = "country") -> dict:
+    """Per-layer dataset metrics and the two landmark layers.
+
+    - `<name>_top1_by_layer`: fraction of prompts whose lens top-1 is that target.
+    - `<name>_mrr_by_layer`: mean reciprocal rank.
+    - `argument_formation_layer`: the layer where the argument's (country's) top-1 fraction
+      peaks (ties: the higher MRR, then the earlier layer).
+    - `function_application_layer`: the first layer from which the answer's (capital's) top-1
+      fraction stays strictly above the argument's through the last layer; None if never.
+    """
+    out = {}
+    for name in (answer, argument):
+        ranks = stats.ranks[name].float()
+        out[f"{name}_top1_by_layer"] = (ranks == 1).float().mean(1).tolist()
+        out[f"{name}_mrr_by_layer"] = (1 / ranks).mean(1).tolist()
+        out[f"{name}_prob_by_layer"] = stats.probs[name].mean(1).tolist()
+    out["kl_to_final_by_layer"] = stats.kl_to_final.mean(1).tolist()
+    arg_top, arg_mrr = out[f"{argument}_top1_by_layer"], out[f"{argument}_mrr_by_layer"]
+    layers = range(len(arg_top))
+    out["argument_formation_layer"] = max(layers, key=lambda lay: (arg_top[lay], arg_mrr[lay],
+                                                                   -lay))
+    out["function_application_layer"] = overtake_layer(out[f"{answer}_top1_by_layer"], arg_top)
+    out["final_accuracy"] = out[f"{answer}_top1_by_layer"][-1]
+    return out
+
+
+def overtake_layer(answer: list[float], argument: list[float]) -> int | None:
+    """First layer from which `answer > argument` holds at every later layer; None if never."""
+    layer = None
+    for lay in reversed(range(len(answer))):
+        if answer[lay] > argument[lay]:
+            layer = lay
+        else:
+            break
+    return layer
+
+
+@dataclass
+class Trajectory:
+    """The lens on one prompt at every layer and position (for the heatmap).
+
+    Attributes:
+        tokens: the input token strings `[pos]`.
+        top_tokens / top_probs: `[layer][pos][k]` token strings and probabilities.
+        target_ranks: target name -> `[layer][pos]` 1-based rank of that token.
+    """
+
+    tokens: list[str]
+    top_tokens: list[list[list[str]]]
+    top_probs: Float[Tensor, "layer pos k"]
+    target_ranks: dict[str, Int[Tensor, "layer pos"]]
+
+
+def trajectory(model, tokens: Int[Tensor, " pos"], targets: dict[str, int],
+               k: int = 5) -> Trajectory:
+    """Top-k lens tokens at every layer and position of one (unpadded) prompt."""
+    resid = layer_resids(model, tokens[None].to(next(model.parameters()).device))[:, 0]
+    with torch.inference_mode():
+        logits = lens_logits(model, resid).float()  # [L, pos, vocab]
+        top = logits.softmax(-1).topk(k, -1)
+        ranks = {n: rank_of(logits, torch.full(logits.shape[:-1], i, device=logits.device))
+                 .cpu() for n, i in targets.items()}
+    decode = model.tokenizer.decode
+    top_tokens = [[[decode([i]) for i in pos] for pos in layer] for layer in top.indices.tolist()]
+    return Trajectory([decode([i]) for i in tokens.tolist()], top_tokens, top.values.cpu(),
+                      ranks)

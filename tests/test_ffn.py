@@ -1,0 +1,144 @@
+"""FFN ablation and o-vector transfer against hand-written hook forwards."""
+
+import pytest
+import torch
+
+from interp import load_model
+from interp.capitals import build_prompts, find, load_capitals, mark_tokens
+from interp.ffn import (
+    Condition,
+    MlpMeans,
+    ablation,
+    common_suffix,
+    critical_layers,
+    evaluate,
+    mlp_out_at,
+    random_like,
+    transfer,
+    window,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("random:tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prompts(model):
+    items = mark_tokens(model, load_capitals())
+    return build_prompts(model, items[:10], "abstractive")
+
+
+def manual_probs(model, prompts, hooks):
+    """Capital probability at each prompt's read position from a plain hooked forward."""
+    with torch.inference_mode():
+        logits = model.run_with_hooks(prompts.tokens, fwd_hooks=hooks)
+    rows = torch.arange(len(prompts))
+    probs = logits[rows, prompts.read_positions].softmax(-1)
+    return probs[rows, prompts.capital_ids]
+
+
+def test_zero_ablation_equals_manual_hook(model, prompts):
+    layer = 1
+    res = evaluate(model, prompts, [Condition("z", ablation([layer], "zero"))], batch_size=4)
+    hook = (f"blocks.{layer}.hook_mlp_out", lambda act, hook: torch.zeros_like(act))
+    assert torch.allclose(res["z"].prob, manual_probs(model, prompts, [hook]), atol=1e-6)
+    assert torch.allclose(res["clean"].prob, manual_probs(model, prompts, []), atol=1e-6)
+    assert not torch.allclose(res["z"].prob, res["clean"].prob, atol=1e-6)
+
+
+def test_mean_ablation_value_is_aligned_mean(model, prompts):
+    means = MlpMeans(model, prompts, batch_size=3)
+    tail = common_suffix(prompts.tokens, prompts.lengths)
+    assert tail >= 3  # "?\nA:" in the GPT-2 tokenizer
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(prompts.tokens)
+    act = cache["blocks.0.hook_mlp_out"]
+    read = prompts.read_positions
+    rows = torch.arange(len(prompts))
+    value = means.value(0, slice(None))
+    # the read position gets the mean over every prompt's read position
+    assert torch.allclose(value[rows, read], act[rows, read].mean(0).expand(len(rows), -1),
+                          atol=1e-5)
+    # position 0 (a shared start) gets the mean over every prompt's first token
+    assert torch.allclose(value[:, 0], act[:, 0].mean(0).expand(len(rows), -1), atol=1e-5)
+
+
+def test_mean_ablation_equals_manual_hook(model, prompts):
+    means = MlpMeans(model, prompts)
+    value = means.value(1, slice(None))
+    res = evaluate(model, prompts, [Condition("m", ablation([1], "mean", means))], batch_size=4)
+    hook = ("blocks.1.hook_mlp_out", lambda act, hook: value.to(act.dtype))
+    assert torch.allclose(res["m"].prob, manual_probs(model, prompts, [hook]), atol=1e-6)
+
+
+def test_transfer_modes_equal_manual_hooks(model, prompts):
+    items = mark_tokens(model, load_capitals())
+    src = build_prompts(model, [find(items, "Poland")], demos=[find(items, "France")])
+    vec = mlp_out_at(model, src.tokens[0, : int(src.lengths[0])], 0)
+    read = prompts.read_positions
+    rows = torch.arange(len(prompts))
+    conds = [Condition(m, transfer(0, vec, m, model.cfg.n_layers)) for m in ("add", "replace")]
+    res = evaluate(model, prompts, conds, batch_size=3)
+
+    def add(act, hook):
+        act = act.clone()
+        act[rows, read] += vec
+        return act
+
+    def put(act, hook):
+        act = act.clone()
+        act[rows, read] = vec
+        return act
+
+    assert torch.allclose(res["add"].prob,
+                          manual_probs(model, prompts, [("blocks.0.hook_resid_post", add)]),
+                          atol=1e-6)
+    hooks = [(f"blocks.{la}.hook_mlp_out", put) for la in range(model.cfg.n_layers)]
+    assert torch.allclose(res["replace"].prob, manual_probs(model, prompts, hooks), atol=1e-6)
+
+
+def test_o_vector_is_the_mlp_output_at_the_last_position(model):
+    tokens = torch.tensor(model.tokenizer.encode("The capital of Poland is"))
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens[None])
+    assert torch.allclose(mlp_out_at(model, tokens, 1), cache["blocks.1.hook_mlp_out"][0, -1])
+
+
+def test_random_like_keeps_the_norm():
+    v = torch.randn(64)
+    r = random_like(v, seed=3)
+    assert abs(float(r.norm() - v.norm())) < 1e-4 and not torch.allclose(r, v)
+    assert torch.equal(r, random_like(v, seed=3))
+
+
+def test_windows_are_top_down():
+    assert window(24, 1 / 6) == [20, 21, 22, 23]
+    assert window(30, 2 / 6) == list(range(20, 30))
+    assert window(2, 1 / 6) == [1]
+    assert window(24, 1.0) == list(range(24))
+
+
+def test_critical_layer_prefers_recall_over_global_damage():
+    # layer 0 breaks both prompt kinds, layer 2 only the abstractive one
+    abstractive = [0.0, 0.9, 0.2, 0.7]
+    extractive = [0.0, 1.0, 1.0, 0.95]
+    best, layers = critical_layers(abstractive, extractive, 1.0, 1.0)
+    assert best == 2 and layers == [2]
+    best, layers = critical_layers([0.5, 0.6], [1.0, 1.0], 1.0, 1.0, share=0.5)
+    assert best == 0 and layers == [0, 1]
+
+
+def test_common_suffix():
+    toks = torch.tensor([[1, 2, 7, 8, 0], [5, 7, 8, 0, 0], [3, 3, 3, 7, 8]])
+    assert common_suffix(toks, torch.tensor([4, 3, 5])) == 2
+
+
+def test_bad_kinds():
+    with pytest.raises(ValueError, match="zero"):
+        ablation([0], "resample")
+    with pytest.raises(ValueError, match="MlpMeans"):
+        ablation([0], "mean")
+    with pytest.raises(ValueError, match="add"):
+        transfer(0, torch.zeros(4), "swap", 2)
