@@ -1,0 +1,326 @@
+"""Attribution patching: gradient estimates of patching effects for every head and edge at once.
+
+EAP (Syed et al. 2023): the effect of patching an activation `a` from run A into run B is
+estimated to first order as `(a_A - a_B) . dM/da`, the gradient taken in run B. One forward of
+each run and one backward give the estimate for every node (and, through the residual stream,
+for every sender -> receiver edge).
+
+EAP-IG (Hanna et al. 2024): the gradient is averaged over `steps` points on the straight line
+between the two runs' INPUT EMBEDDINGS (`blocks.0.hook_resid_pre`: token + position embedding
+on GPT-2, token embedding on Llama), at the midpoints `alpha = (k + 0.5) / steps` -- the
+"inputs" variant of EAP-IG, not the per-activation one. It costs `steps` forward+backward passes.
+
+Direction (`direction=`) fixes which run is patched into which, and so the sign:
+
+- "noise" (default): patch the corrupted activation into the clean run; estimate of
+  `mean_i M(clean run, node <- corrupted) - M(clean run)`; delta = a_corr - a_clean, gradient
+  at the clean run (IG: path clean -> corrupted). This is the IOI paper's "corrupted -> clean"
+  activation patching.
+- "denoise": patch the clean activation into the corrupted run; estimate of
+  `mean_i M(corrupted run, node <- clean) - M(corrupted run)`; delta = a_clean - a_corr,
+  gradient at the corrupted run (IG: the same path reversed, so IG gives exactly minus "noise").
+
+The metric `M` is the batch mean of `batch.metric` at each prompt's `read_positions`.
+
+Example:
+    >>> scores = head_attribution(model, batch)                  # [n_layers, n_heads]
+    >>> edges = edge_attribution(model, batch, method="attribution-ig", steps=5)
+    >>> edges.top(10)                                             # [(sender, receiver, score)]
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from interp.metrics import logits_at
+from interp.tasks.base import TaskBatch
+
+METHODS = ("attribution", "attribution-ig")
+DIRECTIONS = ("noise", "denoise")
+RECEIVER_KINDS = ("q", "k", "v", "mlp", "logits")
+INPUT = "blocks.0.hook_resid_pre"
+
+
+def _check(method: str, direction: str, steps: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got '{method}'")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'noise' or 'denoise', got '{direction}'")
+    if method == "attribution-ig" and steps < 1:
+        raise ValueError(f"EAP-IG needs steps >= 1, got {steps}")
+
+
+def _run(model, tokens, names: list[str], resid0: Tensor | None = None, grad: bool = False):
+    """Forward `tokens`; return logits and the activations at `names` (in the graph if grad).
+
+    `resid0` replaces the input embedding (block 0's residual input); with `grad` it becomes a
+    leaf that requires grad, so gradients reach every activation without parameter grads.
+    """
+    store: dict[str, Tensor] = {}
+
+    def set_input(act, hook):
+        x = (act if resid0 is None else resid0.to(act.dtype)).detach()
+        store[INPUT] = x.requires_grad_(grad)
+        return store[INPUT]
+
+    def saver(name):
+        def save(act, hook):
+            store[name] = act
+            return act  # returning it keeps this tensor (not a pre-conversion view) in the graph
+        return save
+
+    hooks = [(INPUT, set_input)] + [(n, saver(n)) for n in names if n != INPUT]
+    with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
+        logits = model(tokens)
+    return logits, store
+
+
+def _metric_sum(batch: TaskBatch, logits: Tensor) -> Tensor:
+    return batch.metric(logits_at(logits, batch.read_positions)).sum()
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield torch.arange(start, min(n, start + size))
+
+
+def _endpoints(model, batch: TaskBatch, direction: str, names: list[str]):
+    """(start, end) activation stores: the run the gradient is taken in and the patched-in run."""
+    clean = _run(model, batch.clean_tokens, names)[1]
+    corr = _run(model, batch.corrupted_tokens, names)[1]
+    return (clean, corr) if direction == "noise" else (corr, clean)
+
+
+def _grad_points(method: str, steps: int) -> list[float]:
+    """Where on the start -> end input path gradients are taken (0 = the start run)."""
+    return [0.0] if method == "attribution" else [(k + 0.5) / steps for k in range(steps)]
+
+
+def _grads_at(model, batch, start, end, alpha, names, n_total):
+    """Gradients of sum(metric)/n_total w.r.t. the activations `names` at one path point."""
+    resid0 = start[INPUT] + alpha * (end[INPUT] - start[INPUT])
+    logits, store = _run(model, batch.clean_tokens, names, resid0=resid0, grad=True)
+    metric = _metric_sum(batch, logits) / n_total
+    grads = torch.autograd.grad(metric, [store[n] for n in names], allow_unused=True)
+    acts = {n: store[n].detach() for n in names}
+    grads = [torch.zeros_like(acts[n]) if g is None else g
+             for n, g in zip(names, grads, strict=True)]
+    return dict(zip(names, grads, strict=True)), acts
+
+
+def head_attribution(
+    model, batch: TaskBatch, method: str = "attribution", steps: int = 5,
+    direction: str = "noise", chunk_size: int = 16,
+) -> Float[Tensor, "n_layers n_heads"]:
+    """Estimated change of the mean metric when one head's output (`hook_z`, all positions)
+    is patched, for every head at once.
+
+    Args:
+        model: a TransformerBridge.
+        batch: the task's prompts; the metric is averaged over them.
+        method: "attribution" (EAP, 1 forward per run + 1 backward) or "attribution-ig"
+            (EAP-IG, `steps` forward+backward passes on interpolated input embeddings).
+        steps: EAP-IG interpolation steps.
+        direction: "noise" (corrupted into clean; the IOI paper's activation patching) or
+            "denoise" (clean into corrupted). See the module docstring.
+        chunk_size: prompts per forward (memory only; the result does not depend on it).
+
+    Returns:
+        `[n_layers, n_heads]`, raw metric units; compare with exact activation patching.
+
+    Example:
+        >>> est = head_attribution(model, batch, direction="noise")
+        >>> est[9, 9]   # ~ M(clean with L9H9 <- corrupted) - M(clean)
+    """
+    _check(method, direction, steps)
+    n_layers = model.cfg.n_layers
+    names = [INPUT] + [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    out = torch.zeros(n_layers, model.cfg.n_heads)
+    for index in _chunks(len(batch), chunk_size):
+        sub = batch.subset(index)
+        start, end = _endpoints(model, sub, direction, names)
+        tokens_start = sub.clean_tokens if direction == "noise" else sub.corrupted_tokens
+        sub_run = _with_tokens(sub, tokens_start)
+        for alpha in _grad_points(method, steps):
+            grads, _ = _grads_at(model, sub_run, start, end, alpha, names, len(batch))
+            for layer in range(n_layers):
+                name = f"blocks.{layer}.attn.hook_z"
+                delta = end[name] - start[name]  # [b, pos, heads, d_head]
+                out[layer] += (delta * grads[name]).sum((0, 1, 3)).detach().cpu() / len(
+                    _grad_points(method, steps))
+    return out
+
+
+def _with_tokens(batch: TaskBatch, tokens: Tensor) -> TaskBatch:
+    """The same batch whose `clean_tokens` are `tokens` (the run gradients are taken in)."""
+    return TaskBatch(tokens, batch.corrupted_tokens, batch.read_positions, batch.groups,
+                     batch.metric, batch.positions, batch.prepend_bos, batch.records)
+
+
+@dataclass
+class EdgeScores:
+    """Scores of every sender -> receiver edge.
+
+    Attributes:
+        senders: "INPUT" (embeddings), "L{l}H{h}" (a head's output), "MLP{l}".
+        receivers: "L{l}H{h}.q"; "L{l}H{h}.k"/".v" (MHA) or "L{l}KV{g}.k"/".v" (GQA: one
+            key/value input per KV head, shared by its query heads); "MLP{l}"; "LOGITS".
+        scores: `[n_senders, n_receivers]` (0 where no edge exists, see `valid`).
+        valid: where the sender is upstream of the receiver.
+        kv_groups: query heads per KV head (1 on MHA).
+    """
+
+    senders: list[str]
+    receivers: list[str]
+    scores: Float[Tensor, "senders receivers"]
+    valid: Bool[Tensor, "senders receivers"]
+    kv_groups: int = 1
+
+    def edges(self) -> list[tuple[str, str, float]]:
+        """Every valid edge as (sender, receiver, score), by |score| descending."""
+        idx = self.valid.nonzero().tolist()
+        rows = [(self.senders[s], self.receivers[r], float(self.scores[s, r])) for s, r in idx]
+        return sorted(rows, key=lambda e: -abs(e[2]))
+
+    def top(self, k: int) -> list[tuple[str, str, float]]:
+        return self.edges()[:k]
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+
+def _graph(cfg, kinds) -> tuple[list[str], list[tuple[str, str, int, int]], list[int]]:
+    """Sender names, receivers as (name, kind, layer, index), and each receiver's sender count."""
+    n_layers, n_heads = cfg.n_layers, cfg.n_heads
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    senders = ["INPUT"]
+    receivers: list[tuple[str, str, int, int]] = []
+    upstream: list[int] = []
+    for layer in range(n_layers):
+        for kind in ("q", "k", "v"):
+            if kind not in kinds:
+                continue
+            count = n_heads if kind == "q" else n_kv
+            for i in range(count):
+                name = f"L{layer}H{i}" if kind == "q" or n_kv == n_heads else f"L{layer}KV{i}"
+                receivers.append((f"{name}.{kind}", kind, layer, i))
+                upstream.append(len(senders))
+        senders += [f"L{layer}H{h}" for h in range(n_heads)]
+        if "mlp" in kinds:
+            receivers.append((f"MLP{layer}", "mlp", layer, 0))
+            upstream.append(len(senders))
+        senders.append(f"MLP{layer}")
+    if "logits" in kinds:
+        receivers.append(("LOGITS", "logits", n_layers, 0))
+        upstream.append(len(senders))
+    return senders, receivers, upstream
+
+
+def _edge_names(n_layers: int) -> list[str]:
+    names = [INPUT, "ln_final.hook_in"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.{n}" for n in (
+            "hook_resid_pre", "hook_resid_mid", "attn.hook_z", "attn.hook_q", "attn.hook_k",
+            "attn.hook_v", "hook_mlp_out", "mlp.hook_in")]
+    return list(dict.fromkeys(names))
+
+
+def _sender_outputs(model, acts) -> Float[Tensor, "senders batch pos d_model"]:
+    """Each sender's write into the residual stream: embeddings, z_h W_O^h, MLP out."""
+    outs = [acts[INPUT]]
+    for layer in range(model.cfg.n_layers):
+        z = acts[f"blocks.{layer}.attn.hook_z"]
+        outs += list(torch.einsum("bphe,hed->hbpd", z, model.W_O[layer].to(z.dtype)))
+        outs.append(acts[f"blocks.{layer}.hook_mlp_out"])
+    return torch.stack(outs)
+
+
+def _norm_vjp(norm, resid: Tensor, cotangents: Tensor) -> Tensor:
+    """cotangents [r, b, pos, d] at the norm's output -> at its (pre-norm) residual input."""
+    r = cotangents.shape[0]
+    x = resid.detach().unsqueeze(0).expand(r, *resid.shape).reshape(-1, *resid.shape[1:])
+    x = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = norm(x)
+        (g,) = torch.autograd.grad(y, x, cotangents.reshape(y.shape))
+    return g.reshape(cotangents.shape)
+
+
+def _receiver_grads(model, kind: str, layer: int, grads, acts) -> Tensor:
+    """dM/d(residual input of every receiver of `kind` at `layer`): [r, b, pos, d_model]."""
+    if kind == "logits":
+        return grads["ln_final.hook_in"].unsqueeze(0)
+    block = model.blocks[layer]
+    if kind == "mlp":
+        return _norm_vjp(block.ln2, acts[f"blocks.{layer}.hook_resid_mid"],
+                         grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0))
+    weight = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}[kind][layer]  # [h, d, e]
+    g = grads[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, h, e] (pre-rotary q/k)
+    cot = torch.einsum("bphe,hde->hbpd", g, weight.to(g.dtype))
+    return _norm_vjp(block.ln1, acts[f"blocks.{layer}.hook_resid_pre"], cot)
+
+
+def _edge_scores_at(model, receivers, upstream, grads, acts, delta) -> Tensor:
+    """Scores [senders, receivers] = sum over batch, pos, d of delta_u * g_v."""
+    out = torch.zeros(delta.shape[0], len(receivers))
+    flat = delta.reshape(delta.shape[0], -1)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for col, (_, kind, layer, _i) in enumerate(receivers):
+        groups.setdefault((kind, layer), []).append(col)
+    for (kind, layer), cols in groups.items():
+        g = _receiver_grads(model, kind, layer, grads, acts).reshape(len(cols), -1)
+        n_up = upstream[cols[0]]
+        out[:n_up, cols] = (flat[:n_up] @ g.T).detach().cpu()
+    return out
+
+
+def edge_attribution(
+    model, batch: TaskBatch, receivers: tuple[str, ...] = RECEIVER_KINDS,
+    method: str = "attribution", steps: int = 5, direction: str = "noise",
+    chunk_size: int = 8,
+) -> EdgeScores:
+    """EAP / EAP-IG scores for every sender -> receiver edge.
+
+    score(u -> v) = mean over prompts of sum over positions of
+    `(a_u_end - a_u_start) . dM/d(residual input of v)`, where `a_u` is what sender u writes
+    into the residual stream (z_h W_O^h for a head, the MLP output, the embeddings for INPUT)
+    and the gradient is taken at v's own input before its norm (LayerNorm/RMSNorm Jacobian
+    included), so only the direct residual path u -> v is credited. For q/k/v receivers the
+    gradient at `hook_q/k/v` of that head is mapped back through W_Q/W_K/W_V (these hooks sit
+    before the rotary embedding on Llama). On GQA models (e.g. SmolLM2: 9 query heads,
+    3 KV heads) a key/value input belongs to a KV head and is scored once per KV head
+    ("L{l}KV{g}.k"); query head h uses KV head `h // kv_groups`.
+
+    Args:
+        receivers: which receiver kinds to score: "q", "k", "v", "mlp", "logits".
+        method, steps, direction: as in `head_attribution`.
+        chunk_size: prompts per forward (memory only).
+
+    Example:
+        >>> es = edge_attribution(model, batch)
+        >>> es.top(3)   # [("L9H9", "LOGITS", 1.2), ...]
+    """
+    _check(method, direction, steps)
+    bad = set(receivers) - set(RECEIVER_KINDS)
+    if bad:
+        raise ValueError(f"unknown receiver kinds {sorted(bad)}; use {RECEIVER_KINDS}")
+    senders, recv, upstream = _graph(model.cfg, receivers)
+    names = _edge_names(model.cfg.n_layers)
+    scores = torch.zeros(len(senders), len(recv))
+    points = _grad_points(method, steps)
+    for index in _chunks(len(batch), chunk_size):
+        sub = batch.subset(index)
+        start, end = _endpoints(model, sub, direction, names)
+        delta = _sender_outputs(model, end) - _sender_outputs(model, start)
+        sub_run = _with_tokens(sub, sub.clean_tokens if direction == "noise"
+                               else sub.corrupted_tokens)
+        for alpha in points:
+            grads, acts = _grads_at(model, sub_run, start, end, alpha, names, len(batch))
+            scores += _edge_scores_at(model, recv, upstream, grads, acts, delta) / len(points)
+    valid = torch.zeros_like(scores, dtype=torch.bool)
+    for col, n_up in enumerate(upstream):
+        valid[:n_up, col] = True
+    n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+    return EdgeScores(senders, [r[0] for r in recv], scores, valid, model.cfg.n_heads // n_kv)
