@@ -1,0 +1,1 @@
+"""Circuit hypotheses as files: see interp.circuits.format and circuits/README.md."""

@@ -1,0 +1,278 @@
+"""Circuit hypothesis files (YAML): named groups of nodes, optional positions and edges.
+
+A file (documented in circuits/README.md):
+
+    name: ioi-gpt2-small-paper
+    ablation: mean                 # for everything outside the circuit: mean | resample | zero
+    groups:
+      name_movers:
+        nodes: [L9H9, L9H6, L10H0]
+        positions: [END]           # optional; omitted = all positions
+      s_inhibition: [L7H3, L7H9]   # shorthand: a list of nodes, all positions
+    edges:                         # optional: sender group -> receiver group (or logits)
+      - {from: s_inhibition, to: name_movers, input: q}
+
+Every problem is reported as ONE line naming the file, the line number and the fix:
+`circuits/x.yaml:7: unknown node 'L9X9': use L{layer}H{head} (e.g. L9H9) or MLP{layer}`.
+
+Example:
+    >>> spec = load_circuit("circuits/ioi_gpt2_small_paper.yaml", model=model)
+    >>> spec.circuit()        # {Head(9, 9): ["END"], ...} for interp.circuit
+    >>> write_circuit(spec, "copy.yaml")
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from interp.nodes import Head, Mlp, Node, NodeError, check_node, parse_node
+
+ABLATIONS = ("mean", "resample", "zero")
+INPUTS = ("q", "k", "v")
+LOGITS = "logits"
+TOP_KEYS = ("name", "description", "model", "task", "ablation", "groups", "edges")
+GROUP_KEYS = ("nodes", "positions", "description")
+EDGE_KEYS = ("from", "to", "input")
+
+
+class CircuitFormatError(ValueError):
+    """A circuit file is malformed; the message is one line: `file:line: problem`."""
+
+
+@dataclass
+class Group:
+    name: str
+    nodes: list[Node]
+    positions: list[str] | None = None  # None: all positions
+    description: str = ""
+    line: int = field(default=0, compare=False)
+    node_lines: list[int] = field(default_factory=list, compare=False)
+
+
+@dataclass
+class GroupEdge:
+    sender: str
+    receiver: str  # a group name or "logits"
+    input: str | None = None  # q | k | v for head receivers; None: any / not applicable
+    line: int = field(default=0, compare=False)
+
+
+@dataclass
+class CircuitSpec:
+    """A parsed circuit hypothesis."""
+
+    name: str
+    groups: dict[str, Group]
+    edges: list[GroupEdge] = field(default_factory=list)
+    ablation: str = "mean"
+    description: str = ""
+    model: str | None = None
+    task: str | None = None
+    source: str = field(default="<memory>", compare=False)
+
+    def circuit(self) -> dict[Node, list[str] | None]:
+        """Node -> kept positions (None = all), the form `interp.circuit` evaluates; a node in
+        several groups keeps the union of their positions."""
+        out: dict[Node, list[str] | None] = {}
+        for group in self.groups.values():
+            for node in group.nodes:
+                if node in out and (out[node] is None or group.positions is None):
+                    out[node] = None
+                elif node in out:
+                    out[node] = sorted(set(out[node]) | set(group.positions))
+                else:
+                    out[node] = None if group.positions is None else list(group.positions)
+        return out
+
+    def group_nodes(self) -> dict[str, list[Node]]:
+        return {name: list(g.nodes) for name, g in self.groups.items()}
+
+    def validate(self, model=None, positions=None) -> "CircuitSpec":
+        """Check node indices against a model (`model.cfg`) and position names against a
+        task's (`TaskBatch.positions`); raise CircuitFormatError with the line."""
+        for group in self.groups.values():
+            for node, line in zip(group.nodes, group.node_lines or [group.line] * len(group.nodes),
+                                  strict=True):
+                if model is not None:
+                    try:
+                        check_node(node, model.cfg.n_layers, model.cfg.n_heads)
+                    except NodeError as err:
+                        raise self._error(line, f"{err} (group '{group.name}')") from None
+            if positions is not None and group.positions is not None:
+                for name in group.positions:
+                    if name not in positions:
+                        raise self._error(group.line, f"group '{group.name}': unknown position "
+                                          f"'{name}'; this task has {sorted(positions)}")
+        return self
+
+    def _error(self, line: int, problem: str) -> CircuitFormatError:
+        return CircuitFormatError(f"{self.source}:{line}: {problem}")
+
+
+def _line(node) -> int:
+    return node.start_mark.line + 1
+
+
+class _Parser:
+    """Walks the composed YAML node tree, keeping line numbers for errors."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def error(self, node, problem: str) -> CircuitFormatError:
+        return CircuitFormatError(f"{self.source}:{_line(node)}: {problem}")
+
+    def mapping(self, node, what: str, allowed: tuple) -> dict:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping (key: value lines)")
+        out = {}
+        for key, value in node.value:
+            name = self.scalar(key, f"a key of {what}")
+            if name not in allowed:
+                raise self.error(key, f"unknown key '{name}' in {what}; allowed: "
+                                      f"{', '.join(allowed)}")
+            if name in out:
+                raise self.error(key, f"duplicate key '{name}' in {what}")
+            out[name] = value
+        return out
+
+    def scalar(self, node, what: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.value == "":
+            raise self.error(node, f"{what} must be a single value (text)")
+        return node.value
+
+    def strings(self, node, what: str) -> list[tuple[str, int]]:
+        """A list (or one value) of scalars, each with its line."""
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        return [(self.scalar(item, what), _line(item)) for item in items]
+
+    def group(self, name: str, key_node, node) -> Group:
+        if isinstance(node, yaml.SequenceNode):
+            fields = {"nodes": node}
+        else:
+            fields = self.mapping(node, f"group '{name}'", GROUP_KEYS)
+        if "nodes" not in fields:
+            raise self.error(key_node, f"group '{name}' has no 'nodes' list")
+        nodes, lines = [], []
+        for text, line in self.strings(fields["nodes"], f"a node of group '{name}'"):
+            try:
+                nodes.append(parse_node(text))
+            except NodeError:
+                raise CircuitFormatError(
+                    f"{self.source}:{line}: unknown node '{text}' in group '{name}': use "
+                    "L{layer}H{head} (e.g. L9H9) or MLP{layer} (e.g. MLP3)") from None
+            lines.append(line)
+        if not nodes:
+            raise self.error(fields["nodes"], f"group '{name}' has an empty 'nodes' list")
+        positions = None
+        if "positions" in fields:
+            names = [t for t, _ in self.strings(fields["positions"], "a position")]
+            positions = None if names == ["all"] else names
+        desc = self.scalar(fields["description"], "description") if "description" in fields \
+            else ""
+        return Group(name, nodes, positions, desc, _line(key_node), lines)
+
+    def edge(self, node, groups: dict) -> GroupEdge:
+        fields = self.mapping(node, "an edge", EDGE_KEYS)
+        for key in ("from", "to"):
+            if key not in fields:
+                raise self.error(node, f"edge needs '{key}: <group>'")
+        sender, receiver = self.scalar(fields["from"], "from"), self.scalar(fields["to"], "to")
+        for key, name in (("from", sender), ("to", receiver)):
+            if name not in groups and not (key == "to" and name == LOGITS):
+                raise self.error(fields[key], f"unknown group '{name}' in edge '{key}'; groups: "
+                                              f"{', '.join(groups)}" + (
+                                                  f" (or '{LOGITS}')" if key == "to" else ""))
+        kind = None
+        if "input" in fields:
+            kind = self.scalar(fields["input"], "input")
+            if kind not in INPUTS or receiver == LOGITS:
+                raise self.error(fields["input"], f"bad edge input '{kind}': use q, k or v "
+                                                  "(and none for an edge to logits)")
+        return GroupEdge(sender, receiver, kind, _line(node))
+
+    def parse(self, text: str) -> CircuitSpec:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else 1
+            problem = str(getattr(err, "problem", None) or err).replace("\n", " ")
+            raise CircuitFormatError(f"{self.source}:{line}: not valid YAML: {problem}") from None
+        if root is None:
+            raise CircuitFormatError(f"{self.source}:1: the file is empty; it needs 'groups:'")
+        top = self.mapping(root, "the file", TOP_KEYS)
+        if "groups" not in top:
+            raise self.error(root, "the file has no 'groups:' section")
+        groups_node = top["groups"]
+        if not isinstance(groups_node, yaml.MappingNode) or not groups_node.value:
+            raise self.error(groups_node, "'groups' must map group names to node lists")
+        groups = {}
+        for key, value in groups_node.value:
+            name = self.scalar(key, "a group name")
+            if name in groups or name == LOGITS:
+                raise self.error(key, f"group name '{name}' is duplicate or reserved")
+            groups[name] = self.group(name, key, value)
+        edges = []
+        if "edges" in top:
+            if not isinstance(top["edges"], yaml.SequenceNode):
+                raise self.error(top["edges"], "'edges' must be a list of {from, to, input}")
+            edges = [self.edge(e, groups) for e in top["edges"].value]
+        ablation = self.scalar(top["ablation"], "ablation") if "ablation" in top else "mean"
+        if ablation not in ABLATIONS:
+            raise self.error(top["ablation"], f"bad ablation '{ablation}': use "
+                                              f"{', '.join(ABLATIONS)}")
+        meta = {k: self.scalar(top[k], k) for k in ("name", "description", "model", "task")
+                if k in top}
+        return CircuitSpec(meta.get("name", Path(self.source).stem), groups, edges, ablation,
+                           meta.get("description", ""), meta.get("model"), meta.get("task"),
+                           self.source)
+
+
+def parse_circuit(text: str, source: str = "<string>", model=None,
+                  positions=None) -> CircuitSpec:
+    """Parse YAML text; validate against a model / position names when given."""
+    return _Parser(source).parse(text).validate(model, positions)
+
+
+def load_circuit(path: Path | str, model=None, positions=None) -> CircuitSpec:
+    """Read and validate a circuit file. Raises FileNotFoundError or CircuitFormatError."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"circuit file {path} does not exist")
+    return parse_circuit(path.read_text(), str(path), model, positions)
+
+
+def to_yaml(spec: CircuitSpec) -> str:
+    """The spec as YAML that `parse_circuit` reads back to an equal spec."""
+    doc: dict = {"name": spec.name}
+    for key in ("description", "model", "task"):
+        if getattr(spec, key):
+            doc[key] = getattr(spec, key)
+    doc["ablation"] = spec.ablation
+    doc["groups"] = {}
+    for name, group in spec.groups.items():
+        entry: dict = {"nodes": [str(n) for n in group.nodes]}
+        if group.positions is not None:
+            entry["positions"] = list(group.positions)
+        if group.description:
+            entry["description"] = group.description
+        doc["groups"][name] = entry
+    if spec.edges:
+        doc["edges"] = [{"from": e.sender, "to": e.receiver, **({"input": e.input}
+                                                                  if e.input else {})}
+                        for e in spec.edges]
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
+
+
+def write_circuit(spec: CircuitSpec, path: Path | str, header: str = "") -> Path:
+    """Write the spec as a YAML file (atomically), with optional `# ` comment lines first."""
+    from interp.outputs import write_atomic
+
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return write_atomic(Path(path), comment + to_yaml(spec))
+
+
+__all__ = ["ABLATIONS", "CircuitFormatError", "CircuitSpec", "Group", "GroupEdge", "Head",
+           "Mlp", "load_circuit", "parse_circuit", "to_yaml", "write_circuit"]
