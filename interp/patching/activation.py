@@ -13,8 +13,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.forward import repeat_kwargs, run_blocks
-from interp.patching.runs import (Runs, check_sequential, chunk_size, head_out,
-                                  metric_from_resid, mlp_step, read_rows)
+from interp.patching.runs import (
+    Runs,
+    check_sequential,
+    chunk_size,
+    head_out,
+    metric_from_resid,
+    mlp_step,
+    read_rows,
+)
 
 DIRECTIONS = {"noise": ("clean", "corrupted"), "denoise": ("corrupted", "clean")}
 

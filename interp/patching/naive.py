@@ -67,9 +67,9 @@ def path_patch_naive(model, runs: Runs, senders: list[Head], receivers="logits")
         if receivers == "logits":
             logits = model.run_with_hooks(clean, fwd_hooks=hooks)
         else:
-            names = {r.hook_name() for r in receivers}
+            names = sorted({r.hook_name() for r in receivers})
             with model.hooks(fwd_hooks=hooks):
-                _, cache = model.run_with_cache(clean, names_filter=lambda n: n in names)
+                _, cache = model.run_with_cache(clean, names_filter=names)
             logits = model.run_with_hooks(clean, fwd_hooks=_receiver_hooks(model, runs,
                                                                            receivers, cache))
         out[i] = (_metric(model, runs, logits) - runs.clean_metric).mean()

@@ -25,8 +25,15 @@ from tqdm.auto import tqdm
 from interp.forward import repeat_kwargs, run_blocks
 from interp.interventions import Intervention, applied
 from interp.nodes import Head
-from interp.patching.runs import (Runs, check_sequential, chunk_size, head_out,
-                                  metric_from_resid, mlp_step, read_rows)
+from interp.patching.runs import (
+    Runs,
+    check_sequential,
+    chunk_size,
+    head_out,
+    metric_from_resid,
+    mlp_step,
+    read_rows,
+)
 
 INPUTS = ("q", "k", "v")
 

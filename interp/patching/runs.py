@@ -15,7 +15,8 @@ from interp.forward import block_kwargs, unembed
 from interp.metrics import logits_at
 from interp.tasks.base import TaskBatch
 
-CACHED_HOOKS = ("attn.hook_z", "hook_resid_pre", "hook_resid_mid", "hook_attn_out",
+CACHED_HOOKS = ("attn.hook_z", "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
+                "hook_attn_out",
                 "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")
 
 

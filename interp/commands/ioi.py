@@ -1,0 +1,56 @@
+"""`interp ioi`: reproduce the IOI circuit analysis on a model."""
+
+from dataclasses import asdict, fields
+
+from interp.commands._args import add_run_arguments
+from interp.ioi.classify import Thresholds
+from interp.ioi.pipeline import IOIConfig, run_ioi
+from interp.models import load_model
+
+
+def _thresholds(pairs: list[str]) -> dict:
+    out = asdict(Thresholds())
+    valid = {f.name: f.type for f in fields(Thresholds)}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in valid or not value:
+            raise ValueError(f"--threshold {pair!r}: use NAME=VALUE with NAME one of "
+                             f"{sorted(valid)}")
+        out[name] = int(value) if name == "max_per_class" else float(value)
+    return out
+
+
+def _report(run) -> None:
+    s = run.summary
+    faith = s["circuit"]["faithfulness"]
+    print(f"\nIOI on {s['model']} ({s['n_prompts']} prompts, seed {s['seed']}):")
+    print(f"  clean logit diff {s['clean_logit_diff']:.3f} (IO > S on "
+          f"{100 * s['clean_accuracy']:.1f}%), corrupted {s['corrupted_logit_diff']:.3f}")
+    for cls, heads in s["head_classes"].items():
+        print(f"  {cls:<22} {', '.join(heads) or '-'}")
+    print(f"  faithfulness F(C)/F(M) = {faith['F_C']:.3f}/{faith['F_M']:.3f} = "
+          f"{faith['faithfulness']:.3f}")
+    print(f"  paper comparison: {s['paper_comparison']['status']}")
+    print(f"wrote {run.folder}/ (summary.json, dataset.jsonl, circuit.yaml, *.html)")
+
+
+def run(args) -> int:
+    model = load_model(args.model, device=args.device, seed=args.seed)
+    config = IOIConfig(n_prompts=args.n_prompts, seed=args.seed, fast=args.fast,
+                       thresholds=_thresholds(args.threshold))
+    _report(run_ioi(model, config, args.out, args.overwrite, progress=not args.quiet))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("ioi", help="IOI circuit: dataset, patching, classification,"
+                                               " circuit evaluation, plots")
+    add_run_arguments(parser)
+    parser.add_argument("--n-prompts", type=int, default=100, help="prompts (default 100)")
+    parser.add_argument("--fast", action="store_true",
+                        help="activation patching by attribution (gradients) instead of exact")
+    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a classification threshold (see interp.ioi.classify."
+                             "Thresholds), e.g. name_mover=0.05; repeatable")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)

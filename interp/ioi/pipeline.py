@@ -1,0 +1,142 @@
+"""The whole IOI reproduction for one model: what `interp ioi` runs.
+
+Stages: dataset -> clean/corrupted runs -> direct logit attribution -> activation patching ->
+attention scores -> head classification (path patching) -> copying scores -> circuit
+evaluation -> files (dataset.jsonl, summary.json, circuit.yaml, HTML figures).
+"""
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from interp.circuit import completeness, faithfulness, minimality
+from interp.dla import direct_logit_attribution
+from interp.ioi.classify import CLASS_POSITIONS, Thresholds, classify_heads
+from interp.ioi.dataset import build_ioi
+from interp.ioi.paper import compare_with_paper
+from interp.ioi.scores import attention_scores, copying_scores
+from interp.nodes import parse_node
+from interp.outputs import run_dir, write_json
+from interp.patching import act_patch_heads, prepare_runs
+from interp.provenance import Provenance
+
+
+@dataclass
+class IOIConfig:
+    """The arguments that define an IOI run (stored as summary.json's `config`)."""
+
+    n_prompts: int = 100
+    seed: int = 0
+    fast: bool = False
+    thresholds: dict = field(default_factory=lambda: asdict(Thresholds()))
+
+
+def _grid(t: torch.Tensor) -> list[list[float]]:
+    return [[round(float(v), 5) for v in row] for row in t]
+
+
+def _mean_stats(values: torch.Tensor) -> tuple[float, float]:
+    return values.mean().item(), (values > 0).float().mean().item()
+
+
+class IOIRun:
+    """One run of the pipeline; stages fill `self.summary`."""
+
+    def __init__(self, model, config: IOIConfig, out: Path, overwrite: bool = False,
+                 progress: bool = True):
+        self.model, self.config, self.progress = model, config, progress
+        self.spec = model.interp_spec
+        self.folder = run_dir(out, self.spec, "ioi", {"model": self.spec, **asdict(config)},
+                              overwrite)
+        self.prov = Provenance(model=self.spec, seed=config.seed)
+        self.summary: dict = {"model": self.spec, "n_prompts": config.n_prompts,
+                              "seed": config.seed}
+
+    def dataset(self):
+        with self.prov.stage("dataset"):
+            self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed)
+            self.ds.write_jsonl(self.folder / "dataset.jsonl")
+            self.runs = prepare_runs(self.model, self.ds.batch)
+        clean, acc = _mean_stats(self.runs.clean_metric)
+        corrupted, corr_acc = _mean_stats(self.runs.corrupted_metric)
+        self.summary.update(prepend_bos=self.ds.batch.prepend_bos, clean_logit_diff=clean,
+                            clean_accuracy=acc, corrupted_logit_diff=corrupted,
+                            corrupted_accuracy=corr_acc, n_names=len(self.ds.vocab.names))
+
+    def attribution(self):
+        with self.prov.stage("direct_logit_attribution"):
+            dla = direct_logit_attribution(self.model, self.runs.clean_cache, self.ds.batch)
+            self.dla = dla["heads"].mean(-1)
+        with self.prov.stage("activation_patching"):
+            if self.config.fast:
+                from interp.attribution import head_attribution
+                self.act_all = head_attribution(self.model, self.ds.batch, direction="noise")
+                self.act_end = None
+            else:
+                self.act_all = act_patch_heads(self.model, self.runs, "noise", None,
+                                               progress=self.progress)
+                self.act_end = act_patch_heads(self.model, self.runs, "noise", "END",
+                                               progress=self.progress)
+        self.summary.update(direct_logit_attribution=_grid(self.dla),
+                            activation_patching_all_positions=_grid(self.act_all),
+                            activation_patching_end=(_grid(self.act_end)
+                                                     if self.act_end is not None else None),
+                            activation_patching_method=("attribution" if self.config.fast
+                                                        else "exact"))
+
+    def classify(self):
+        with self.prov.stage("attention_scores"):
+            self.att = attention_scores(self.model, self.runs.clean_cache, self.ds.batch)
+        with self.prov.stage("classification"):
+            classes, clf = classify_heads(self.model, self.runs, self.att,
+                                          Thresholds(**self.config.thresholds), self.progress)
+        self.classes = {k: [str(h) for h in v] for k, v in classes.items()}
+        movers = [h for k in ("name_movers", "negative_name_movers", "backup_name_movers")
+                  for h in classes[k]]
+        with self.prov.stage("copying_scores"):
+            copying = copying_scores(self.model, self.runs.clean_cache, self.ds.batch, movers)
+        self.summary.update(
+            path_patching_to_logits=_grid(clf.path_to_logits), head_classes=self.classes,
+            class_scores=clf.scores, copying_scores=copying,
+            attention_scores={k: _grid(v) for k, v in self.att.items()})
+
+    def evaluate(self):
+        circuit = {parse_node(h): CLASS_POSITIONS[c] for c, hs in self.classes.items()
+                   for h in hs}
+        groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
+        with self.prov.stage("circuit_evaluation"):
+            self.circuit_eval = {
+                "positions": CLASS_POSITIONS,
+                "faithfulness": faithfulness(self.model, self.runs, circuit),
+                "completeness": completeness(self.model, self.runs, circuit, groups),
+                "minimality": minimality(self.model, self.runs, circuit, groups),
+            }
+        self.summary["circuit"] = self.circuit_eval
+        self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
+            "clean_logit_diff": self.summary["clean_logit_diff"],
+            "clean_accuracy": self.summary["clean_accuracy"],
+            "faithfulness": self.circuit_eval["faithfulness"]["faithfulness"]})
+
+    def write(self) -> Path:
+        from interp.ioi.outputs import write_circuit_file, write_figures
+
+        with self.prov.stage("figures"):
+            self.summary["figures"] = write_figures(self)
+        write_circuit_file(self)
+        self.summary["config"] = {"model": self.spec, **asdict(self.config)}
+        self.summary["provenance"] = self.prov.record()
+        return write_json(self.folder / "summary.json", self.summary)
+
+
+def run_ioi(model, config: IOIConfig, out: Path, overwrite: bool = False,
+            progress: bool = True) -> IOIRun:
+    """Run every stage and write the outputs to `<out>/<model-slug>/ioi/`."""
+    run = IOIRun(model, config, out, overwrite, progress)
+    for stage in (run.dataset, run.attribution, run.classify, run.evaluate):
+        if progress:
+            print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
+        stage()
+    run.write()
+    return run
