@@ -110,19 +110,59 @@ def _to_logits(model, runs: Runs, layer: int, heads) -> Float[Tensor, " k"]:
     return (metric_from_resid(model, runs.batch, resid) - runs.clean_metric).mean(-1)
 
 
+def _receiver_values(model, runs: Runs, layer: int, heads, receivers: list[Receiver]):
+    """Each receiver's q/k/v under each sender's patched path: {receiver: [k, batch, d_head]}."""
+    pos_names = sorted({r.position for r in receivers})
+    top = max(r.head.layer for r in receivers)
+    delta = _sender_delta(model, runs, layer, heads, pos_names)
+    pre = _propagate(model, runs, layer, delta, pos_names, top)
+    return {r: _project(model, r, pre[r.head.layer][:, :, pos_names.index(r.position)])
+            for r in receivers}
+
+
 def _to_receivers(model, runs: Runs, layer: int, heads, receivers: list[Receiver],
-                  budget: float) -> Float[Tensor, " k"]:
+                  budget: float, grads: dict | None) -> Float[Tensor, " k"]:
     reachable = [r for r in receivers if r.head.layer > layer]
     if not reachable:
         return torch.zeros(len(heads))
-    pos_names = sorted({r.position for r in reachable})
-    top = max(r.head.layer for r in reachable)
-    delta = _sender_delta(model, runs, layer, heads, pos_names)
-    pre = _propagate(model, runs, layer, delta, pos_names, top)
-    values = {r: _project(model, r, pre[r.head.layer][:, :, pos_names.index(r.position)])
-              for r in reachable}  # each [k, batch, d_head]
+    values = _receiver_values(model, runs, layer, heads, reachable)
+    if grads is not None:  # first-order estimate: change of each receiver input . gradient
+        return sum(((v - _clean_value(model, runs, r)) * grads[r]).sum((-1, -2))
+                   for r, v in values.items())
     start = min(r.head.layer for r in reachable)
     return _final_run(model, runs, start, values, len(heads), budget)
+
+
+def _clean_value(model, runs: Runs, r: Receiver) -> Float[Tensor, "batch d_head"]:
+    rows = torch.arange(len(runs.batch))
+    return runs.clean_cache[r.hook_name()][rows, runs.batch.positions[r.position], r.slot(model)]
+
+
+def receiver_gradients(model, runs: Runs, receivers: list[Receiver]) -> dict:
+    """d(mean metric)/d(receiver input) on the clean run: {receiver: [batch, d_head]}.
+
+    One forward and one backward pass, for attribution-style estimates of path patching.
+    """
+    batch = runs.batch
+    names = sorted({r.hook_name() for r in receivers})
+    saved: dict = {}
+
+    def keeper(name: str):
+        def keep(act, hook=None):
+            act.retain_grad()
+            saved[name] = act
+            return act
+        return keep
+
+    with torch.inference_mode(False), torch.enable_grad():
+        with model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
+            logits = model(batch.clean_tokens.clone().to(model.cfg.device))
+        rows = torch.arange(len(batch))
+        batch.metric(logits[rows, batch.read_positions]).mean().backward()
+    for p in model.parameters():
+        p.grad = None
+    return {r: saved[r.hook_name()].grad[rows, batch.positions[r.position], r.slot(model)]
+            .detach() for r in receivers}
 
 
 def _final_run(model, runs: Runs, start: int, values: dict, k: int, budget: float):
@@ -148,22 +188,46 @@ def _with_read_position(runs: Runs) -> Runs:
     return runs
 
 
-@torch.inference_mode()
 def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
-               budget_gb: float = 2.0, progress: bool = True) -> Float[Tensor, " n_senders"]:
+               method: str = "exact", top_k: int = 20, budget_gb: float = 2.0,
+               progress: bool = True) -> Float[Tensor, " n_senders"]:
     """Mean change of the metric when each sender's path to the receivers is patched.
 
     Args:
         runs: from `prepare_runs` (clean = the run being explained, corrupted = p_ABC).
         senders: heads whose corrupted output is patched in, one at a time.
         receivers: "logits" or a list of `Receiver` (q/k/v inputs of heads at positions).
+        method: for q/k/v receivers, "exact"; "attribution" (each receiver input's exact
+            change under the sender's path, times the metric's gradient w.r.t. that input:
+            one backward pass replaces the final runs); or "screen" (attribution for all,
+            then exact for the `top_k` senders with the largest |estimate|). Paths to the
+            logits are always exact (they are cheap).
         budget_gb: activation memory budget of one batched forward.
 
     Returns:
         [n_senders] mean over prompts of metric(patched) - metric(clean), raw units.
     """
+    if method not in ("exact", "attribution", "screen"):
+        raise ValueError(f"method must be exact, attribution or screen, got '{method}'")
     check_sequential(model)
     _with_read_position(runs)
+    if receivers == "logits" or method == "exact":
+        return _sweep(model, runs, senders, receivers, None, budget_gb, progress)
+    grads = receiver_gradients(model, runs, receivers)
+    estimate = _sweep(model, runs, senders, receivers, grads, budget_gb, progress)
+    if method == "attribution":
+        return estimate
+    chosen = estimate.abs().argsort(descending=True)[:top_k].tolist()
+    exact = _sweep(model, runs, [senders[i] for i in chosen], receivers, None, budget_gb,
+                   progress)
+    result = estimate.clone()
+    result[chosen] = exact
+    return result
+
+
+@torch.inference_mode()
+def _sweep(model, runs: Runs, senders: list[Head], receivers, grads, budget_gb: float,
+           progress: bool) -> Float[Tensor, " n_senders"]:
     result = torch.zeros(len(senders))
     by_layer: dict[int, list[int]] = {}
     for i, s in enumerate(senders):
@@ -175,5 +239,5 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
             result[idx] = _to_logits(model, runs, layer, heads).cpu()
         else:
             result[idx] = _to_receivers(model, runs, layer, heads, receivers,
-                                        budget_gb * 2**30).cpu()
+                                        budget_gb * 2**30, grads).cpu()
     return result
