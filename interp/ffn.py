@@ -112,18 +112,32 @@ class MlpMeans:
         return out
 
 
-def ablation(layers: list[int], kind: str, means: MlpMeans | None = None) -> MakeIvs:
-    """Interventions ablating the MLPs of `layers` at every position."""
+POSITIONS = ("all", "no-first", "last")
+
+
+def ablation(layers: list[int], kind: str, means: MlpMeans | None = None,
+             positions: str = "all") -> MakeIvs:
+    """Interventions ablating the MLPs of `layers`.
+
+    Args:
+        positions: "all"; "no-first" (every position but the first, which holds BOS or the
+            first token, the attention sink); "last" (each prompt's read position only).
+    """
     if kind == "mean" and means is None:
         raise ValueError("mean ablation needs MlpMeans of the prompt set")
     if kind not in ("zero", "mean"):
         raise ValueError(f"ablation kind must be 'zero' or 'mean', got '{kind}'")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got '{positions}'")
 
     def make(sl: slice, read) -> list[Intervention]:
+        where = {"all": None, "last": read}.get(positions)
+        if positions == "no-first":
+            where = list(range(1, int(read.max()) + 1))
         if kind == "zero":
-            return [ablate_mlp(layer) for layer in layers]
+            return [ablate_mlp(layer, positions=where) for layer in layers]
         key = "blocks.{}.hook_mlp_out"
-        return [patch_node(Mlp(layer), {key.format(layer): means.value(layer, sl)})
+        return [patch_node(Mlp(layer), {key.format(layer): means.value(layer, sl)}, where)
                 for layer in layers]
     return make
 
@@ -134,14 +148,16 @@ def window(n_layers: int, fraction: float) -> list[int]:
     return list(range(n_layers - n, n_layers))
 
 
-def single_layer_conditions(model, kind: str, means: MlpMeans | None = None) -> list[Condition]:
-    return [Condition(f"{kind}:L{layer}", ablation([layer], kind, means))
+def single_layer_conditions(model, kind: str, means: MlpMeans | None = None,
+                            positions: str = "all") -> list[Condition]:
+    return [Condition(f"{kind}:L{layer}", ablation([layer], kind, means, positions))
             for layer in range(model.cfg.n_layers)]
 
 
 def window_conditions(model, kind: str, means: MlpMeans | None = None,
-                      fractions=FRACTIONS) -> list[Condition]:
-    return [Condition(f"{kind}:top{f:.3f}", ablation(window(model.cfg.n_layers, f), kind, means))
+                      fractions=FRACTIONS, positions: str = "all") -> list[Condition]:
+    return [Condition(f"{kind}:top{f:.3f}", ablation(window(model.cfg.n_layers, f), kind, means,
+                                                     positions))
             for f in fractions]
 
 
@@ -203,18 +219,21 @@ def evaluate(model, prompts: CapitalPrompts, conditions: list[Condition],
 
 
 def critical_layers(abstractive: list[float], extractive: list[float], clean_abs: float,
-                    clean_ext: float, share: float = 0.5) -> tuple[int, list[int]]:
+                    clean_ext: float, share: float = 0.5,
+                    min_layer: int = 0) -> tuple[int, list[int]]:
     """The layer whose ablation hurts recall most, and all layers within `share` of it.
 
     Score per layer = (abstractive accuracy drop) - (extractive accuracy drop): a recall layer
     is one the model needs when the answer is not in context, not one whose removal breaks
-    everything (e.g. MLP 0, which acts as part of the embedding).
+    everything (e.g. MLP 0, which acts as part of the embedding). Only layers >= `min_layer`
+    are candidates (the paper's o-vectors come from mid-to-late layers).
     """
     scores = [(clean_abs - a) - (clean_ext - e) for a, e in zip(abstractive, extractive,
                                                                 strict=True)]
-    best = max(range(len(scores)), key=lambda layer: (scores[layer], -layer))
+    cands = range(min_layer, len(scores))
+    best = max(cands, key=lambda layer: (scores[layer], -layer))
     top = scores[best]
-    layers = [la for la in range(len(scores)) if top > 0 and scores[la] >= share * top]
+    layers = [la for la in cands if top > 0 and scores[la] >= share * top]
     return best, sorted(layers, key=lambda la: -scores[la]) or [best]
 
 

@@ -48,6 +48,24 @@ def test_zero_ablation_equals_manual_hook(model, prompts):
     assert not torch.allclose(res["z"].prob, res["clean"].prob, atol=1e-6)
 
 
+@pytest.mark.parametrize("positions", ["last", "no-first"])
+def test_positioned_zero_ablation_equals_manual_hook(model, prompts, positions):
+    res = evaluate(model, prompts, [Condition("z", ablation([0, 1], "zero", None, positions))],
+                   batch_size=4)
+    rows = torch.arange(len(prompts))
+
+    def zero(act, hook):
+        act = act.clone()
+        if positions == "last":
+            act[rows, prompts.read_positions] = 0
+        else:
+            act[:, 1:] = 0
+        return act
+
+    hooks = [(f"blocks.{la}.hook_mlp_out", zero) for la in (0, 1)]
+    assert torch.allclose(res["z"].prob, manual_probs(model, prompts, hooks), atol=1e-6)
+
+
 def test_mean_ablation_value_is_aligned_mean(model, prompts):
     means = MlpMeans(model, prompts, batch_size=3)
     tail = common_suffix(prompts.tokens, prompts.lengths)

@@ -4,8 +4,11 @@ context; move the critical layer's o-vector onto other countries.
 Prompts: the countries the model answers correctly in the abstractive one-shot format
 (`--select correct`, a seeded subset of `--n-prompts`), or a seeded sample of the whole table
 (`--select all`). The extractive prompts ask about the same countries with
-"The capital of X is Y." prepended. Writes `<out>/<model>/ffn-ablation/summary.json`,
-`single_layer.html`, `windows.html` and `transfer.html`.
+"The capital of X is Y." prepended. The sweeps ablate at `--positions` (all by default); the
+windows are also run with zero ablation at the other position sets. The critical layer is
+searched among layers >= n_layers // 2. Writes `<out>/<model>/ffn-ablation/summary.json`,
+`single_layer_{accuracy,capital_prob}.html`, `windows_{accuracy,capital_prob}.html` and
+`transfer.html`.
 
 Example:
     $ interp ffn-ablation --model smollm2-135m --out results
@@ -17,6 +20,7 @@ from interp.capitals import build_prompts, find, load_capitals, mark_tokens
 from interp.commands._args import add_run_arguments
 from interp.ffn import (
     FRACTIONS,
+    POSITIONS,
     Condition,
     MlpMeans,
     Outcome,
@@ -49,6 +53,9 @@ def register(subparsers) -> None:
                         help="sweep the countries the model gets right (default) or any")
     parser.add_argument("--country", default="Poland", help="source country of the demo")
     parser.add_argument("--demo", default="France", help="demonstration country of the demo")
+    parser.add_argument("--positions", choices=POSITIONS, default="all",
+                        help="where the sweeps ablate: all positions (default), all but the "
+                        "first (the attention sink), or the answer position only")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.set_defaults(func=run)
 
@@ -76,8 +83,12 @@ def _indices(n: int, k: int, seed: int) -> list[int]:
 
 def sweep(model, prompts, args) -> dict[str, Outcome]:
     means = MlpMeans(model, prompts, args.batch_size)
-    conds = [c for kind in KINDS for c in
-             single_layer_conditions(model, kind, means) + window_conditions(model, kind, means)]
+    pos = args.positions
+    conds = [c for kind in KINDS for c in single_layer_conditions(model, kind, means, pos)
+             + window_conditions(model, kind, means, positions=pos)]
+    for other in (p for p in POSITIONS if p != pos):  # windows at the other position sets
+        conds += [Condition(f"{c.name}@{other}", c.make)
+                  for c in window_conditions(model, "zero", positions=other)]
     return evaluate(model, prompts, conds, batch_size=args.batch_size,
                     desc=f"{prompts.kind} ablations")
 
@@ -89,19 +100,24 @@ def tables(model, results: dict[str, dict[str, Outcome]], answers) -> tuple[dict
 
     single = {str(la): {k: cell(f"{k}:L{la}") for k in KINDS} for la in range(model.cfg.n_layers)}
     windows = {f"{f:.3f}": {"layers": window(model.cfg.n_layers, f)} |
-               {k: cell(f"{k}:top{f:.3f}") for k in KINDS} for f in FRACTIONS}
+               {k: cell(f"{k}:top{f:.3f}") for k in KINDS} |
+               {f"zero@{p}": cell(f"zero:top{f:.3f}@{p}") for p in POSITIONS
+                if f"zero:top{f:.3f}@{p}" in results["abstractive"]}
+               for f in FRACTIONS}
     return single, windows
 
 
 def poland_demo(model, items, args, layers: list[int], window_layers: list[int]) -> dict:
     """Capital prob/rank on the named prompt: clean, ablated, ablated + answer in context."""
     item, demo = find(items, args.country), find(items, args.demo)
+    where = args.positions
     out = {"country": item.country, "capital": item.capital, "demo": demo.country,
            "critical_layers": layers, "window_layers": window_layers}
     for kind in ("abstractive", "extractive"):
         p = build_prompts(model, [item], kind, demos=[demo])
-        res = evaluate(model, p, [Condition("critical", ablation(layers, "zero")),
-                                  Condition("window", ablation(window_layers, "zero"))],
+        res = evaluate(model, p, [Condition("critical", ablation(layers, "zero", None, where)),
+                                  Condition("window", ablation(window_layers, "zero", None,
+                                                               where))],
                        desc="demo")
         out[f"prompt_{kind}"] = p.texts[0]
         for cond, r in res.items():
@@ -112,14 +128,17 @@ def poland_demo(model, items, args, layers: list[int], window_layers: list[int])
     return out
 
 
-def transfer_study(model, items, args, prompts, layer: int) -> dict:
-    """o-vector from the source prompt at `layer`, moved onto every other swept country."""
+def transfer_study(model, items, args, layer: int) -> dict:
+    """o-vector from the source prompt at `layer`, moved onto every other country of the table
+    (answered correctly or not, so that the vector can also add correct answers).
+    """
     item, demo = find(items, args.country), find(items, args.demo)
     source = build_prompts(model, [item], demos=[demo])
     vector = mlp_out_at(model, source.tokens[0, : int(source.lengths[0])], layer)
-    others = torch.tensor([it.country != item.country for it in prompts.items])
-    targets = build_prompts(model, [it for it, k in zip(prompts.items, others, strict=True) if k],
-                            demos=[d for d, k in zip(prompts.demos, others, strict=True) if k])
+    full = build_prompts(model, items, seed=args.seed)
+    keep = [i for i, it in enumerate(full.items) if it.country != item.country]
+    targets = build_prompts(model, [full.items[i] for i in keep],
+                            demos=[full.demos[i] for i in keep])
     res = evaluate(model, targets, transfer_conditions(model, layer, vector, args.seed),
                    batch_size=args.batch_size, desc="transfer")
     clean = res["clean"]
@@ -138,7 +157,8 @@ def transfer_study(model, items, args, prompts, layer: int) -> dict:
 
 def run(args) -> int:
     config = {"model": args.model, "seed": args.seed, "n_prompts": args.n_prompts,
-              "select": args.select, "country": args.country, "demo": args.demo}
+              "select": args.select, "positions": args.positions, "country": args.country,
+              "demo": args.demo, "critical_layer_search": "layers >= n_layers // 2"}
     prov = Provenance(model=args.model, seed=args.seed)
     with prov.stage("load_model"):
         model = load_model(args.model, device=args.device, seed=args.seed)
@@ -155,12 +175,13 @@ def run(args) -> int:
     clean = {k: results[k]["clean"].summary(answers[k]) for k in sets}
     best, layers = critical_layers(
         *([single[str(la)]["zero"][k]["accuracy"] for la in range(model.cfg.n_layers)]
-          for k in sets), clean["abstractive"]["accuracy"], clean["extractive"]["accuracy"])
+          for k in sets), clean["abstractive"]["accuracy"], clean["extractive"]["accuracy"],
+        min_layer=model.cfg.n_layers // 2)
     gap_window = max(windows, key=lambda f: windows[f]["zero"]["extractive"]["accuracy"]
                      - windows[f]["zero"]["abstractive"]["accuracy"])
     with prov.stage("demo_and_transfer"):
         demo = poland_demo(model, items, args, layers, windows[gap_window]["layers"])
-        moved = transfer_study(model, items, args, sets["abstractive"], best)
+        moved = transfer_study(model, items, args, best)
     summary = {"model": model.interp_spec, "n_prompts": len(chosen), "selection": info,
                "countries": [it.country for it in chosen], "clean": clean,
                "critical_layer": best, "critical_layers": layers, "single_layer": single,
@@ -183,9 +204,10 @@ def _figures(folder, model, s: dict) -> None:
                                     "ablated MLP layer", label),
                     folder / f"single_layer_{quantity}.html")
         fr = list(s["windows"])
+        keys = [k for k in s["windows"][fr[0]] if k != "layers"]
         series = {f"{pk}, {k} ablation": ([float(f) for f in fr],
                                           [s["windows"][f][k][pk][quantity] for f in fr])
-                  for k in KINDS for pk in ("abstractive", "extractive")}
+                  for k in keys for pk in ("abstractive", "extractive")}
         save_figure(ablation_curves(series, name, f"Top MLP layers removed: {label}",
                                     "fraction of MLP layers removed (from the top)", label),
                     folder / f"windows_{quantity}.html")
@@ -199,9 +221,9 @@ def _print(s: dict, folder) -> None:
           f"{c['abstractive']['accuracy']:.3f}, extractive {c['extractive']['accuracy']:.3f}")
     print(f"critical layer {s['critical_layer']} (critical layers {s['critical_layers']})")
     for f, w in s["windows"].items():
-        z = w["zero"]
-        print(f"  top {float(f):.2f} removed (zero): abstractive {z['abstractive']['accuracy']:.3f}"
-              f", extractive {z['extractive']['accuracy']:.3f}")
+        line = ", ".join(f"{k}: abstractive {w[k]['abstractive']['accuracy']:.3f} / extractive "
+                         f"{w[k]['extractive']['accuracy']:.3f}" for k in w if k != "layers")
+        print(f"  top {float(f):.2f} of MLPs removed ({len(w['layers'])}): {line}")
     for key in ("clean", "ablated_critical", "ablated_critical_in_context", "ablated_window",
                 "ablated_window_in_context"):
         print(f"  {d['capital']} {key}: p={d[key]['capital_prob']:.4f} rank "
