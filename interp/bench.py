@@ -288,7 +288,7 @@ def _attribution_rows(model, spec, batch, cfg, act, ours, rate, prov) -> list[di
 
 def run_bench(model_spec: str = "random:gpt2", n_prompts: int = 20, seed: int = 0,
               skip_tl: bool = False, attribution_model: str | None = "smollm2-135m",
-              attribution_prompts: int = 30, direction: str = "noise", ig_steps: int = 5,
+              attribution_prompts: int = 20, direction: str = "denoise", ig_steps: int = 5,
               progress: bool = True) -> dict:
     """Run every row; returns the JSON-able report (with provenance, machine, targets)."""
     from interp.provenance import Provenance
@@ -311,7 +311,8 @@ def run_bench(model_spec: str = "random:gpt2", n_prompts: int = 20, seed: int = 
         path = bench_path_patching(model, runs, rate, progress)
     attr = _attribution_rows(model, model_spec, batch, {**cfg, "progress": progress}, act,
                              ours, rate, prov)
-    machine.update({"load_after": load_now(), "matmul_gflop_per_s": rate / 1e9})
+    machine.update({"load_after": load_now(), "matmul_gflop_per_s": rate / 1e9,
+                    "matmul_gflop_per_s_at_end": matmul_flops_per_s() / 1e9})
     report = {"config": cfg, "machine": machine,
               "batch": {"n_prompts": len(batch), "padded_len": batch.clean_tokens.shape[1],
                         "lengths": lengths(batch)},

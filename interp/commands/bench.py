@@ -42,10 +42,11 @@ def register(subparsers) -> None:
     parser.add_argument("--attribution-model", default="smollm2-135m",
                         help="second model for row 3, where the scores mean something "
                         "('' to skip)")
-    parser.add_argument("--attribution-prompts", type=int, default=30,
+    parser.add_argument("--attribution-prompts", type=int, default=20,
                         help="IOI prompts for the attribution model")
-    parser.add_argument("--direction", choices=("noise", "denoise"), default="noise",
-                        help="patching direction of row 3 (attribution and its exact check)")
+    parser.add_argument("--direction", choices=("noise", "denoise"), default="denoise",
+                        help="patching direction of row 3 (attribution and its exact check); "
+                        "denoise matches row 1, whose exact sweep is then reused")
     parser.add_argument("--ig-steps", type=int, default=5, help="EAP-IG interpolation steps")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
