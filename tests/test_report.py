@@ -49,7 +49,8 @@ def make_results(out: Path, model) -> Path:
     write_json(ioi / "summary.json", {
         "model": "random:tiny", "config": config, "provenance": prov.record(),
         "clean_logit_diff": 0.123456, "circuit": {"faithfulness": 0.5, "n_heads": 7},
-        "head_classes": {"name_mover": ["L1H2"], "duplicate_token": ["L0H1"]}})
+        "head_classes": {"name_mover": ["L1H2"], "duplicate_token": ["L0H1"]},
+        "figures": {"grid": "attention_grid_L1.html", "heads": "heads.html"}})
     caps = run_dir(out, "random:tiny", "capitals", config)
     fig = go.Figure(go.Scatter(y=[0.1, 0.4, 0.3]))
     fig.update_layout(title="random:tiny: capital top-1 by layer")
@@ -118,6 +119,8 @@ def test_model_pages_show_every_plot_and_link_every_view(report):
     views = {p.resolve() for p in (out / "random-tiny").rglob("attention_L*H*.html")}
     assert len(plots) == 3 and len(views) == len(LINKED)
     assert targets(page, found.src) == plots
+    ioi = [Path(u).name for u in found.src if "/ioi/" in u]
+    assert ioi == ["attention_grid_L1.html", "heads.html"]  # the order of summary["figures"]
     assert views <= targets(page, found.href)
     for url in found.href + found.src:
         assert (page.parent / url.split("#")[0]).exists(), url
@@ -154,6 +157,8 @@ def test_key_numbers_and_labels(report):
 
 
 def test_lookup_and_fmt():
+    assert lookup({"eval": {"faithfulness": {"F_C": 2, "faithfulness": 0.5}}},
+                  "circuit.faithfulness") == 0.5
     summary = {"circuit": {"faithfulness": 0.91}, "x": {"y": {"critical_layers": [3]}},
                "provenance": {"clean_accuracy": 1.0}}
     assert lookup(summary, "circuit.faithfulness") == 0.91

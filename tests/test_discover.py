@@ -1,0 +1,119 @@
+"""Discovery end to end on random:tiny, CPR/CMD arithmetic, and the docs walkthrough."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from interp.circuits.format import load_circuit
+from interp.cli import main
+from interp.discover import areas, edge_nodes, receiver_heads, sizes
+from interp.nodes import Head
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "own_hypothesis.md"
+
+
+def test_areas_by_hand():
+    # (0,0) - (0.5,0.5) - (1,1): CPR = 0.5, CMD = 0.5
+    assert areas([(0.5, 0.5)]) == pytest.approx((0.5, 0.5))
+    # a circuit at 10% of the edges already at 1: CPR = 0.05 + 0.9 = 0.95, CMD = 0.05
+    assert areas([(0.1, 1.0)]) == pytest.approx((0.95, 0.05))
+    # overshooting counts in CMD as distance from 1: |1-f| = 1, 0.5, 0 at x = 0, 0.5, 1
+    assert areas([(0.5, 1.5)]) == pytest.approx((0.5 * 0.75 + 0.5 * 1.25, 0.5 * 0.75 + 0.125))
+
+
+def test_sizes_and_nodes():
+    assert sizes(81) == [1, 2, 5, 9, 17, 41, 81]
+    assert sizes(3) == [1, 2, 3]
+    assert receiver_heads("L3KV1.k", 3) == [Head(3, 3), Head(3, 4), Head(3, 5)]
+    assert receiver_heads("L3H2.q", 1) == [Head(3, 2)]
+    edges = [("INPUT", "L0H1.v", 1.0), ("L0H1", "LOGITS", -2.0), ("L0H3", "L1KV0.k", 0.5)]
+    assert edge_nodes(edges, 2) == [Head(0, 1), Head(0, 3), Head(1, 0), Head(1, 1)]
+
+
+def _cli(args: list[str]) -> int:
+    return main(args)
+
+
+def test_discover_writes_a_circuit_that_evaluate_reads_back(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert _cli(["discover", "--task", "induction", "--model", "random:tiny",
+                 "--n-prompts", "6", "--out", str(out)]) == 0
+    folder = out / "random-tiny" / "discover-induction"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {"config", "provenance", "CPR", "CMD", "curve", "best"} <= set(summary)
+    curve = summary["curve"]
+    assert [p["n_edges"] for p in curve] == sizes(summary["n_edges_total"])
+    # every edge kept = every head kept = the full model
+    assert curve[-1]["n_nodes"] == 8 and curve[-1]["normalised_faithfulness"] == pytest.approx(1)
+    assert curve[-1]["metric"] == pytest.approx(summary["metric_full_model"], abs=1e-5)
+    cpr, cmd = areas([(p["n_edges"] / summary["n_edges_total"], p["normalised_faithfulness"])
+                      for p in curve])
+    assert (summary["CPR"], summary["CMD"]) == pytest.approx((cpr, cmd))
+    for name in ("faithfulness_curve.html", "head_scores.html"):
+        assert "plotly" in (folder / name).read_text()
+    spec = load_circuit(folder / "circuit.yaml")
+    assert sorted(str(n) for n in spec.circuit()) == sorted(summary["best"]["nodes"])
+    capsys.readouterr()
+    assert _cli(["evaluate-circuit", "--task", "induction", "--model", "random:tiny",
+                 "--n-prompts", "6", "--circuit", str(folder / "circuit.yaml"),
+                 "--out", str(out)]) == 0
+    evaluated = next((out / "random-tiny").glob("evaluate-induction-*/summary.json"))
+    faith = json.loads(evaluated.read_text())["faithfulness"]
+    # the same circuit, prompts and ablation: the same number discover reported
+    assert faith["normalised_faithfulness"] == pytest.approx(
+        summary["best"]["normalised_faithfulness"], abs=1e-5)
+    assert "normalised=" in capsys.readouterr().out
+
+
+def test_evaluate_circuit_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("groups:\n  a:\n    nodes: [L1H1, L5H0]\n")
+    assert _cli(["evaluate-circuit", "--task", "greater-than", "--model", "random:tiny",
+                 "--circuit", str(bad), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{bad}:3: L5H0: layer 5 out of range" in err
+
+
+def _doc_blocks():
+    text = DOC.read_text()
+    files = dict(re.findall(r"```\w+ file=(\S+)\n(.*?)```", text, re.S))
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+                for line in block.splitlines() if line.startswith("interp ")]
+    return files, commands
+
+
+def _tiny_node(match) -> str:
+    return f"L{int(match.group(1)) % 2}H{int(match.group(2)) % 4}"
+
+
+def _run_walkthrough(tmp_path, monkeypatch, model: str, n_prompts: str):
+    files, commands = _doc_blocks()
+    assert {"my_greater_than.py", "my_circuit.yaml"} <= set(files) and len(commands) == 3
+    monkeypatch.chdir(tmp_path)
+    for name, body in files.items():
+        if name.endswith(".yaml") and model == "random:tiny":  # fold heads into 2 x 4
+            body = re.sub(r"L(\d+)H(\d+)", _tiny_node, body)
+        (tmp_path / name).write_text(body)
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        argv[argv.index("--model") + 1] = model
+        argv[argv.index("--n-prompts") + 1] = n_prompts
+        argv = [a.replace("smollm2-135m", model.replace(":", "-")) for a in argv]
+        assert _cli(argv) == 0, command
+    slug = model.replace(":", "-")
+    assert (tmp_path / "results" / slug / "discover-my-greater-than" / "circuit.yaml").exists()
+    assert (tmp_path / "results" / slug / "evaluate-my-greater-than-my-greater-than-guess"
+            / "completeness.html").exists()
+
+
+def test_docs_walkthrough_runs_on_random_tiny(tmp_path, monkeypatch):
+    _run_walkthrough(tmp_path, monkeypatch, "random:tiny", "6")
+
+
+@pytest.mark.offline_model
+def test_docs_walkthrough_runs_on_smollm2(tmp_path, monkeypatch):
+    _run_walkthrough(tmp_path, monkeypatch, "smollm2-135m", "8")
