@@ -87,11 +87,14 @@ def lookup(summary: dict, path: str, default=None):
         >>> lookup({"circuit": {"faithfulness": 0.9}}, "circuit.faithfulness")
         0.9
     """
-    node = summary
+    node, last = summary, path.split(".")[-1]
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _find(summary, path.split(".")[-1], default)
+            node = _find(summary, last, default)
+            break
         node = node[part]
+    while isinstance(node, dict) and last in node:  # {"faithfulness": {"faithfulness": x}}
+        node = node[last]
     return node
 
 
@@ -180,8 +183,10 @@ def find_runs(out: Path) -> list[Run]:
 
 
 def _order_plots(plots: list[Path], summary: dict) -> list[Path]:
-    """Plots named in summary["plots"] first (in that order), grids last, else by name."""
-    named = summary.get("plots") if isinstance(summary.get("plots"), list) else []
+    """Plots named in summary["plots"] / ["figures"] first (in that order), grids last."""
+    named = summary.get("plots") or summary.get("figures") or []
+    named = list(named.values()) if isinstance(named, dict) else named
+    named = named if isinstance(named, list) else []
     rank = {str(name): i for i, name in enumerate(named) if isinstance(name, str)}
 
     def key(p: Path):
