@@ -119,7 +119,7 @@ def test_model_pages_show_every_plot_and_link_every_view(report):
     views = {p.resolve() for p in (out / "random-tiny").rglob("attention_L*H*.html")}
     assert len(plots) == 3 and len(views) == len(LINKED)
     assert targets(page, found.src) == plots
-    ioi = [Path(u).name for u in found.src if "/ioi/" in u]
+    ioi = [Path(u).name for u in found.src if u.startswith("ioi/")]
     assert ioi == ["attention_grid_L1.html", "heads.html"]  # the order of summary["figures"]
     assert views <= targets(page, found.href)
     for url in found.href + found.src:
