@@ -33,6 +33,7 @@ from interp.nodes import Head, Node, parse_node
 from interp.patching.runs import prepare_runs
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # as in MIB
+SMALL = (1, 2, 5, 10, 20, 50)  # absolute counts below MIB's 0.1%, where small circuits live
 RECEIVERS = ("q", "k", "v", "logits")
 
 
@@ -59,6 +60,7 @@ class Discovery:
     cmd: float
     best: CurvePoint
     edge_scores: EdgeScores
+    ranked: list[tuple[str, str, float]] = field(default_factory=list, repr=False)
 
 
 def receiver_heads(receiver: str, kv_groups: int) -> list[Head]:
@@ -82,9 +84,11 @@ def edge_nodes(edges: list[tuple[str, str, float]], kv_groups: int) -> list[Node
     return sorted(nodes)
 
 
-def sizes(n_edges: int, fractions=FRACTIONS) -> list[int]:
-    """Edge counts for the curve: each fraction of n_edges, rounded up, deduplicated."""
-    return sorted({max(1, min(n_edges, int(-(-f * n_edges // 1)))) for f in fractions})
+def sizes(n_edges: int, fractions=FRACTIONS, small=SMALL) -> list[int]:
+    """Edge counts for the curve: each fraction of n_edges (rounded up) and the small absolute
+    counts below the smallest fraction, deduplicated."""
+    counts = {max(1, min(n_edges, int(-(-f * n_edges // 1)))) for f in fractions}
+    return sorted(counts | {k for k in small if k < min(counts)})
 
 
 def areas(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -121,7 +125,7 @@ def discover(model, batch, method: str = "attribution", steps: int = 5, target: 
     cpr, cmd = areas([(p.n_edges / len(ranked), p.normalised) for p in points])
     good = [p for p in points if p.normalised >= target]
     best = good[0] if good else max(points, key=lambda p: p.normalised)
-    return Discovery(points, len(ranked), f_model, f_empty, cpr, cmd, best, scores)
+    return Discovery(points, len(ranked), f_model, f_empty, cpr, cmd, best, scores, ranked)
 
 
 def circuit_spec(point: CurvePoint, kv_groups: int, name: str, model: str, task: str,

@@ -28,6 +28,7 @@ def test_areas_by_hand():
 def test_sizes_and_nodes():
     assert sizes(81) == [1, 2, 5, 9, 17, 41, 81]
     assert sizes(3) == [1, 2, 3]
+    assert sizes(59446)[:8] == [1, 2, 5, 10, 20, 50, 60, 119]  # small counts below 0.1%
     assert receiver_heads("L3KV1.k", 3) == [Head(3, 3), Head(3, 4), Head(3, 5)]
     assert receiver_heads("L3H2.q", 1) == [Head(3, 2)]
     edges = [("INPUT", "L0H1.v", 1.0), ("L0H1", "LOGITS", -2.0), ("L0H3", "L1KV0.k", 0.5)]

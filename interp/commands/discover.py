@@ -54,7 +54,7 @@ def _summary(result, args, spec: str) -> dict:
         "best": {**result.best.row(), "nodes": [str(n) for n in result.best.nodes],
                  "target": args.target},
         "top_edges": [{"sender": s, "receiver": r, "score": v}
-                      for s, r, v in result.edge_scores.top(30)],
+                      for s, r, v in result.ranked[:30]],
         "notes": "nodes induced by the top-|score| edges, all other heads mean-ablated over the "
                  "corrupted prompts; MLPs kept; CPR/CMD over the edge fraction (MIB)",
     }
