@@ -10,6 +10,9 @@ between the two runs' INPUT EMBEDDINGS (`blocks.0.hook_resid_pre`: token + posit
 on GPT-2, token embedding on Llama), at the midpoints `alpha = (k + 0.5) / steps` -- the
 "inputs" variant of EAP-IG, not the per-activation one. It costs `steps` forward+backward passes.
 
+Cost: EAP is one forward of the source run plus one forward+backward of the run patched into
+(about 4 forward-equivalents); EAP-IG adds one forward and `steps` forward+backward passes.
+
 Direction (`direction=`) fixes which run is patched into which, and so the sign:
 
 - "noise" (default): patch the corrupted activation into the clean run; estimate of
@@ -73,7 +76,7 @@ def _run(model, tokens, names: list[str], resid0: Tensor | None = None, grad: bo
 
     hooks = [(INPUT, set_input)] + [(n, saver(n)) for n in names if n != INPUT]
     with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens)
+        logits = model(tokens.to(model.cfg.device))
     return logits, store
 
 
@@ -86,28 +89,40 @@ def _chunks(n: int, size: int):
         yield torch.arange(start, min(n, start + size))
 
 
-def _endpoints(model, batch: TaskBatch, direction: str, names: list[str]):
-    """(start, end) activation stores: the run the gradient is taken in and the patched-in run."""
-    clean = _run(model, batch.clean_tokens, names)[1]
-    corr = _run(model, batch.corrupted_tokens, names)[1]
-    return (clean, corr) if direction == "noise" else (corr, clean)
-
-
-def _grad_points(method: str, steps: int) -> list[float]:
-    """Where on the start -> end input path gradients are taken (0 = the start run)."""
-    return [0.0] if method == "attribution" else [(k + 0.5) / steps for k in range(steps)]
-
-
-def _grads_at(model, batch, start, end, alpha, names, n_total):
-    """Gradients of sum(metric)/n_total w.r.t. the activations `names` at one path point."""
-    resid0 = start[INPUT] + alpha * (end[INPUT] - start[INPUT])
-    logits, store = _run(model, batch.clean_tokens, names, resid0=resid0, grad=True)
+def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total):
+    """Gradients of sum(metric)/n_total w.r.t. the activations `names`, and the activations,
+    on `tokens` (input embedding replaced by `resid0` unless None)."""
+    logits, store = _run(model, tokens, names, resid0=resid0, grad=True)
     metric = _metric_sum(batch, logits) / n_total
     grads = torch.autograd.grad(metric, [store[n] for n in names], allow_unused=True)
     acts = {n: store[n].detach() for n in names}
     grads = [torch.zeros_like(acts[n]) if g is None else g
              for n, g in zip(names, grads, strict=True)]
     return dict(zip(names, grads, strict=True)), acts
+
+
+def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, names,
+            n_total: int):
+    """Yield (start acts, end acts, grads, acts at the gradient point) per gradient point.
+
+    The start run is the one patched INTO (clean for "noise"), the end run the source. EAP:
+    one no-grad forward of the end run and one forward+backward of the start run, whose
+    activations double as the start activations. EAP-IG: both endpoint forwards, then one
+    forward+backward per midpoint alpha = (k + 0.5) / steps of the input-embedding path.
+    """
+    noise = direction == "noise"
+    start_tokens = batch.clean_tokens if noise else batch.corrupted_tokens
+    end_tokens = batch.corrupted_tokens if noise else batch.clean_tokens
+    end = _run(model, end_tokens, names)[1]
+    if method == "attribution":
+        grads, acts = _grads_at(model, batch, start_tokens, None, names, n_total)
+        yield acts, end, grads, acts
+        return
+    start = _run(model, start_tokens, names)[1]
+    for k in range(steps):
+        resid0 = start[INPUT] + (k + 0.5) / steps * (end[INPUT] - start[INPUT])
+        grads, acts = _grads_at(model, batch, start_tokens, resid0, names, n_total)
+        yield start, end, grads, acts
 
 
 def head_attribution(
@@ -138,25 +153,16 @@ def head_attribution(
     n_layers = model.cfg.n_layers
     names = [INPUT] + [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     out = torch.zeros(n_layers, model.cfg.n_heads)
+    n_points = 1 if method == "attribution" else steps
     for index in _chunks(len(batch), chunk_size):
         sub = batch.subset(index)
-        start, end = _endpoints(model, sub, direction, names)
-        tokens_start = sub.clean_tokens if direction == "noise" else sub.corrupted_tokens
-        sub_run = _with_tokens(sub, tokens_start)
-        for alpha in _grad_points(method, steps):
-            grads, _ = _grads_at(model, sub_run, start, end, alpha, names, len(batch))
+        for start, end, grads, _ in _passes(model, sub, direction, method, steps, names,
+                                            len(batch)):
             for layer in range(n_layers):
                 name = f"blocks.{layer}.attn.hook_z"
                 delta = end[name] - start[name]  # [b, pos, heads, d_head]
-                out[layer] += (delta * grads[name]).sum((0, 1, 3)).detach().cpu() / len(
-                    _grad_points(method, steps))
+                out[layer] += (delta * grads[name]).sum((0, 1, 3)).detach().cpu() / n_points
     return out
-
-
-def _with_tokens(batch: TaskBatch, tokens: Tensor) -> TaskBatch:
-    """The same batch whose `clean_tokens` are `tokens` (the run gradients are taken in)."""
-    return TaskBatch(tokens, batch.corrupted_tokens, batch.read_positions, batch.groups,
-                     batch.metric, batch.positions, batch.prepend_bos, batch.records)
 
 
 @dataclass
@@ -309,16 +315,15 @@ def edge_attribution(
     senders, recv, upstream = _graph(model.cfg, receivers)
     names = _edge_names(model.cfg.n_layers)
     scores = torch.zeros(len(senders), len(recv))
-    points = _grad_points(method, steps)
+    n_points = 1 if method == "attribution" else steps
     for index in _chunks(len(batch), chunk_size):
         sub = batch.subset(index)
-        start, end = _endpoints(model, sub, direction, names)
-        delta = _sender_outputs(model, end) - _sender_outputs(model, start)
-        sub_run = _with_tokens(sub, sub.clean_tokens if direction == "noise"
-                               else sub.corrupted_tokens)
-        for alpha in points:
-            grads, acts = _grads_at(model, sub_run, start, end, alpha, names, len(batch))
-            scores += _edge_scores_at(model, recv, upstream, grads, acts, delta) / len(points)
+        delta = None
+        for start, end, grads, acts in _passes(model, sub, direction, method, steps, names,
+                                               len(batch)):
+            if delta is None:
+                delta = _sender_outputs(model, end) - _sender_outputs(model, start)
+            scores += _edge_scores_at(model, recv, upstream, grads, acts, delta) / n_points
     valid = torch.zeros_like(scores, dtype=torch.bool)
     for col, n_up in enumerate(upstream):
         valid[:n_up, col] = True
