@@ -118,3 +118,27 @@ def test_docs_walkthrough_runs_on_random_tiny(tmp_path, monkeypatch):
 @pytest.mark.offline_model
 def test_docs_walkthrough_runs_on_smollm2(tmp_path, monkeypatch):
     _run_walkthrough(tmp_path, monkeypatch, "smollm2-135m", "8")
+
+
+def test_zero_ablation_runs_match_zero_ablate_interventions():
+    """evaluate-circuit's zero ablation (interp.circuit fed a zero cache) = zero_ablate hooks."""
+    import torch
+
+    from interp import load_model
+    from interp.circuit import circuit_metric
+    from interp.commands.evaluate_circuit import ablation_runs
+    from interp.interventions import run_with_interventions, zero_ablate
+    from interp.metrics import logits_at
+    from interp.nodes import all_heads
+    from interp.patching.runs import prepare_runs
+    from interp.tasks.registry import get_task
+
+    model = load_model("random:tiny")
+    batch = get_task("greater-than").build(model, 4, 0)
+    keep = Head(1, 2)
+    runs = ablation_runs(prepare_runs(model, batch), "zero", seed=0)
+    got = circuit_metric(model, runs, {keep: None})
+    ivs = [zero_ablate(h) for h in all_heads(2, 4) if h != keep]
+    with torch.no_grad():
+        logits = run_with_interventions(model, batch.clean_tokens, ivs)
+    assert torch.allclose(got, batch.metric(logits_at(logits, batch.read_positions)), atol=1e-6)
