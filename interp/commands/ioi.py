@@ -37,6 +37,7 @@ def _report(run) -> None:
 def run(args) -> int:
     model = load_model(args.model, device=args.device, seed=args.seed)
     config = IOIConfig(n_prompts=args.n_prompts, seed=args.seed, fast=args.fast,
+                       paths="exact" if args.exact_paths else "screen",
                        thresholds=_thresholds(args.threshold))
     _report(run_ioi(model, config, args.out, args.overwrite, progress=not args.quiet))
     return 0
@@ -49,6 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--n-prompts", type=int, default=100, help="prompts (default 100)")
     parser.add_argument("--fast", action="store_true",
                         help="activation patching by attribution (gradients) instead of exact")
+    parser.add_argument("--exact-paths", action="store_true",
+                        help="patch every sender exactly in the q/k/v path-patching steps "
+                             "(default: screen all by attribution, patch the strongest exactly)")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                         help="override a classification threshold (see interp.ioi.classify."
                              "Thresholds), e.g. name_mover=0.05; repeatable")

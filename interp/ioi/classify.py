@@ -65,9 +65,13 @@ class Classifier:
     """Runs the five steps on prepared `Runs` and records every score used."""
 
     def __init__(self, model, runs: Runs, attention: dict, thresholds: Thresholds,
-                 progress: bool = True):
+                 progress: bool = True, paths: str = "screen", top_k: int = 20):
+        if paths not in ("exact", "screen"):
+            raise ValueError(f"paths must be 'exact' or 'screen', got '{paths}'")
         self.model, self.runs, self.att, self.t = model, runs, attention, thresholds
-        self.progress = progress
+        self.progress, self.paths, self.top_k = progress, paths, top_k
+        self.estimated: dict[str, list[str]] = {}
+        self._exact: set[Head] = set()
         self.clean = runs.clean_metric.mean().item()
         self.heads = all_heads(model.cfg.n_layers, model.cfg.n_heads)
         self.scores: dict[str, dict[str, dict[str, float]]] = {}
@@ -76,13 +80,38 @@ class Classifier:
     def _att(self, name: str, h: Head) -> float:
         return float(self.att[name][h.layer, h.head])
 
-    def _effects(self, receivers, senders=None) -> dict[Head, float]:
-        senders = senders if senders is not None else self.heads
-        if receivers != "logits":
-            top = max(r.head.layer for r in receivers)
-            senders = [h for h in senders if h.layer < top]
-        values = path_patch(self.model, self.runs, senders, receivers, progress=self.progress)
-        return {h: v / self.clean for h, v in zip(senders, values.tolist(), strict=True)}
+    def _effects(self, receivers, step: str = "logits") -> dict[Head, float]:
+        """Path-patching effect of every sender on the receivers, in clean-logit-diff units.
+
+        With paths="screen", q/k/v receivers are first scored for all senders by attribution
+        (exact path to the receiver inputs x gradient); the `top_k` largest, and any whose
+        estimate reaches half the smallest class threshold, are then patched exactly. Only
+        exactly patched heads can be classified; the others are listed in `estimated`.
+        """
+        senders = self.heads
+        if receivers == "logits" or self.paths == "exact":
+            if receivers != "logits":
+                senders = [h for h in senders if h.layer < max(r.head.layer for r in receivers)]
+            values = path_patch(self.model, self.runs, senders, receivers,
+                                progress=self.progress)
+            return {h: v / self.clean for h, v in zip(senders, values.tolist(), strict=True)}
+        senders = [h for h in senders if h.layer < max(r.head.layer for r in receivers)]
+        estimate = path_patch(self.model, self.runs, senders, receivers, method="attribution",
+                              progress=self.progress) / self.clean
+        floor = 0.5 * min(self.t.s_inhibition, self.t.induction_duplicate, self.t.previous_token)
+        order = estimate.abs().argsort(descending=True).tolist()
+        chosen = sorted(set(order[: self.top_k]) | {i for i in order if estimate[i].abs() >= floor})
+        exact = path_patch(self.model, self.runs, [senders[i] for i in chosen], receivers,
+                           progress=self.progress) / self.clean
+        values = dict(zip(senders, estimate.tolist(), strict=True))
+        values.update({senders[i]: v for i, v in zip(chosen, exact.tolist(), strict=True)})
+        exact_heads = {senders[i] for i in chosen}
+        self.estimated[step] = [str(h) for h in senders if h not in exact_heads]
+        self._exact = exact_heads
+        return values
+
+    def _confirmed(self, h: Head) -> bool:
+        return self.paths == "exact" or h in self._exact
 
     def _record(self, cls: str, heads: list[Head], **columns: dict[Head, float]) -> list[Head]:
         heads = heads[: self.t.max_per_class]
@@ -107,19 +136,20 @@ class Classifier:
     def s_inhibition(self, name_movers: list[Head]) -> list[Head]:
         if not name_movers:
             return self._record("s_inhibition", [])
-        eff = self._effects([Receiver(h, "q", "END") for h in name_movers])
+        eff = self._effects([Receiver(h, "q", "END") for h in name_movers], "s_inhibition")
         s2 = {h: self._att("end_to_s2", h) for h in eff}
-        heads = _select(eff, lambda h: eff[h] <= -self.t.s_inhibition and h not in name_movers)
+        heads = _select(eff, lambda h: eff[h] <= -self.t.s_inhibition and h not in name_movers
+                        and self._confirmed(h))
         return self._record("s_inhibition", heads, path_to_nm_queries=eff, attn_end_to_s2=s2)
 
     def induction_duplicate(self, s_inhibition: list[Head]) -> tuple[list[Head], list[Head]]:
         if not s_inhibition:
             return self._record("induction", []), self._record("duplicate_token", [])
-        eff = self._effects([Receiver(h, "v", "S2") for h in s_inhibition])
+        eff = self._effects([Receiver(h, "v", "S2") for h in s_inhibition], "induction_duplicate")
         ind = {h: self._att("s2_to_s1p1", h) for h in eff}
         dup = {h: self._att("s2_to_s1", h) for h in eff}
         strong = [h for h in _select(eff, lambda h: eff[h] <= -self.t.induction_duplicate)
-                  if h not in s_inhibition]
+                  if h not in s_inhibition and self._confirmed(h)]
         cols = {"path_to_si_values": eff, "attn_s2_to_s1p1": ind, "attn_s2_to_s1": dup}
         induction = [h for h in strong if ind[h] > dup[h] and ind[h] >= self.t.min_attention]
         duplicate = [h for h in strong if dup[h] >= ind[h] and dup[h] >= self.t.min_attention]
@@ -129,10 +159,10 @@ class Classifier:
     def previous_token(self, induction: list[Head], taken: set[Head]) -> list[Head]:
         if not induction:
             return self._record("previous_token", [])
-        eff = self._effects([Receiver(h, "k", "S1+1") for h in induction])
+        eff = self._effects([Receiver(h, "k", "S1+1") for h in induction], "previous_token")
         prev = {h: self._att("previous_token", h) for h in eff}
         heads = _select(eff, lambda h: eff[h] <= -self.t.previous_token and h not in taken
-                        and prev[h] >= self.t.min_attention)
+                        and prev[h] >= self.t.min_attention and self._confirmed(h))
         return self._record("previous_token", heads, path_to_induction_keys=eff,
                             previous_token_attention=prev)
 
@@ -172,9 +202,15 @@ def _dla_with_ablation(model, runs: Runs, circuit) -> torch.Tensor:
 
 
 def classify_heads(model, runs: Runs, attention: dict, thresholds: Thresholds | None = None,
-                   progress: bool = True) -> tuple[dict[str, list[Head]], Classifier]:
-    """Classify heads; returns class -> heads and the classifier (with `.scores`)."""
-    clf = Classifier(model, runs, attention, thresholds or Thresholds(), progress)
+                   progress: bool = True, paths: str = "screen",
+                   top_k: int = 20) -> tuple[dict[str, list[Head]], Classifier]:
+    """Classify heads; returns class -> heads and the classifier (with `.scores`).
+
+    Args:
+        paths: "exact" patches every sender exactly in the q/k/v path-patching steps;
+            "screen" (default) screens them by attribution and patches the strongest exactly.
+    """
+    clf = Classifier(model, runs, attention, thresholds or Thresholds(), progress, paths, top_k)
     return clf.run(), clf
 
 

@@ -30,6 +30,7 @@ class IOIConfig:
     n_prompts: int = 100
     seed: int = 0
     fast: bool = False
+    paths: str = "screen"
     thresholds: dict = field(default_factory=lambda: asdict(Thresholds()))
 
 
@@ -91,7 +92,8 @@ class IOIRun:
             self.att = attention_scores(self.model, self.runs.clean_cache, self.ds.batch)
         with self.prov.stage("classification"):
             classes, clf = classify_heads(self.model, self.runs, self.att,
-                                          Thresholds(**self.config.thresholds), self.progress)
+                                          Thresholds(**self.config.thresholds), self.progress,
+                                          self.config.paths)
         self.classes = {k: [str(h) for h in v] for k, v in classes.items()}
         movers = [h for k in ("name_movers", "negative_name_movers", "backup_name_movers")
                   for h in classes[k]]
@@ -99,7 +101,8 @@ class IOIRun:
             copying = copying_scores(self.model, self.runs.clean_cache, self.ds.batch, movers)
         self.summary.update(
             path_patching_to_logits=_grid(clf.path_to_logits), head_classes=self.classes,
-            class_scores=clf.scores, copying_scores=copying,
+            class_scores=clf.scores, copying_scores=copying, classification_paths=(
+                self.config.paths), senders_estimated_not_patched=clf.estimated,
             attention_scores={k: _grid(v) for k, v in self.att.items()})
 
     def evaluate(self):
