@@ -23,11 +23,17 @@ from interp.outputs import write_atomic
 from interp.plotting.html import ensure_plotly_js
 
 # (label, dotted path in summary.json); a path not found as written is searched for by its
-# last component anywhere in the summary (outside "provenance" and "config").
+# last component anywhere in the summary (outside "provenance" and "config"), except the
+# paths in EXACT, whose last component is too common a name.
 KEY_NUMBERS = [
+    ("task", "task"),
     ("clean logit diff", "clean_logit_diff"),
     ("clean accuracy", "clean_accuracy"),
     ("circuit faithfulness", "circuit.faithfulness"),
+    ("discovered circuit: faithfulness", "best.normalised_faithfulness"),
+    ("discovered circuit: nodes", "best.nodes"),
+    ("CPR", "CPR"),
+    ("CMD", "CMD"),
     ("head classes", "head_classes"),
     ("capital top-1 by layer", "capital_top1_by_layer"),
     ("final accuracy", "final_accuracy"),
@@ -37,6 +43,7 @@ KEY_NUMBERS = [
     ("critical FFN layers", "critical_layers"),
     ("analogy accuracy@1", "overall.accuracy@1"),
 ]
+EXACT = {"best.normalised_faithfulness", "best.nodes", "overall.accuracy@1"}
 SKIP = ("provenance", "config")
 VIEW_RE = re.compile(r"attention_L\d+H\d+\.html$")
 SIZE_RE = re.compile(r'<div style="height:(\d+)px; width:(\d+)px;">')
@@ -80,8 +87,8 @@ class Report:
 MISSING = object()
 
 
-def lookup(summary: dict, path: str, default=None):
-    """The value at dotted `path`, else the first key named like its last part (any depth).
+def lookup(summary: dict, path: str, default=None, search: bool = True):
+    """The value at dotted `path`, else (if `search`) the first key named like its last part.
 
     Example:
         >>> lookup({"circuit": {"faithfulness": 0.9}}, "circuit.faithfulness")
@@ -90,7 +97,7 @@ def lookup(summary: dict, path: str, default=None):
     node, last = summary, path.split(".")[-1]
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            node = _find(summary, last, default)
+            node = _find(summary, last, default) if search else default
             break
         node = node[part]
     while isinstance(node, dict) and last in node:  # {"faithfulness": {"faithfulness": x}}
@@ -112,7 +119,8 @@ def _find(node, key: str, default, depth: int = 0):
 
 def key_numbers(summary: dict) -> dict[str, object]:
     """The known key numbers present in a summary (null ones included), by label."""
-    found = {label: lookup(summary, path, MISSING) for label, path in KEY_NUMBERS}
+    found = {label: lookup(summary, path, MISSING, search=path not in EXACT)
+             for label, path in KEY_NUMBERS}
     return {label: value for label, value in found.items() if value is not MISSING}
 
 

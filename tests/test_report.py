@@ -165,6 +165,9 @@ def test_lookup_and_fmt():
     assert lookup(summary, "critical_layers") == [3]
     assert lookup(summary, "clean_accuracy") is None
     assert key_numbers(summary) == {"circuit faithfulness": 0.91, "critical FFN layers": [3]}
+    assert key_numbers({"x": {"nodes": [1]}, "best": {"nodes": ["L1H2"]}}) == {
+        "discovered circuit: nodes": ["L1H2"]}
+    assert key_numbers({"x": {"nodes": [1]}}) == {}
     assert key_numbers({"function_application_layer": None}) == {
         "function application layer": None}
     assert fmt(None) == "none" and fmt(1 / 3) == "0.3333" and fmt(True) == "yes"
