@@ -47,8 +47,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("ffn-ablation", help="MLP ablation, in-context restoration "
                                    "and o-vector transfer on the capital task")
     add_run_arguments(parser)
-    parser.add_argument("--n-prompts", type=int, default=32,
-                        help="countries in the sweeps (default 32)")
+    parser.add_argument("--n-prompts", type=int, default=24,
+                        help="countries in the sweeps (default 24)")
     parser.add_argument("--select", choices=("correct", "all"), default="correct",
                         help="sweep the countries the model gets right (default) or any")
     parser.add_argument("--country", default="Poland", help="source country of the demo")
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     parser.add_argument("--positions", choices=POSITIONS, default="all",
                         help="where the sweeps ablate: all positions (default), all but the "
                         "first (the attention sink), or the answer position only")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=24)
     parser.set_defaults(func=run)
 
 
