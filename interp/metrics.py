@@ -32,6 +32,16 @@ class LogitDiff:
     def subset(self, index: Int[Tensor, " n"]) -> "LogitDiff":
         return LogitDiff(self.answer[index], self.wrong[index])
 
+    def from_resid(self, model, resid: Float[Tensor, "... batch d_model"]) -> Float[
+            Tensor, "... batch"]:
+        """The same values from final residual vectors, unembedding only the two columns
+        each prompt needs instead of the whole vocabulary."""
+        w_u = model.W_U
+        direction = (w_u[:, self.answer] - w_u[:, self.wrong]).T  # [batch, d_model]
+        out = (model.ln_final(resid) * direction).sum(-1)
+        b_u = getattr(model, "b_U", None)
+        return out + (b_u[self.answer] - b_u[self.wrong]) if b_u is not None else out
+
 
 def logits_at(logits: Float[Tensor, "batch pos vocab"],
               positions: Int[Tensor, " batch"]) -> Float[Tensor, "batch vocab"]:

@@ -84,7 +84,13 @@ def check_sequential(model) -> None:
 
 
 def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "n batch d_model"]):
-    """Metric values [n, batch] from residual vectors at the metric's read positions."""
+    """Metric values [n, batch] from residual vectors at the metric's read positions.
+
+    Metrics with a `from_resid(model, resid)` method (e.g. LogitDiff) unembed only the
+    vocabulary columns they read; others get the full logits.
+    """
+    if hasattr(batch.metric, "from_resid"):
+        return batch.metric.from_resid(model, resid_at_read)
     return batch.metric(unembed(model, resid_at_read))
 
 

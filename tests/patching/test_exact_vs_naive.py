@@ -61,7 +61,7 @@ def test_sender_clean_equals_corrupted_gives_zero(tiny, runs):
                      b.metric, dict(b.positions))
     same_runs = prepare_runs(tiny, same)
     heads = all_heads(tiny.cfg.n_layers, tiny.cfg.n_heads)
-    assert path_patch(tiny, same_runs, heads, progress=False).abs().max() == 0
+    assert path_patch(tiny, same_runs, heads, progress=False).abs().max() < 1e-6
     recv = [Receiver(Head(1, 0), "q", "END")]
     assert path_patch(tiny, same_runs, heads[:4], recv, progress=False).abs().max() < 1e-6
 
