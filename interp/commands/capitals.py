@@ -99,9 +99,9 @@ def _figures(folder, name, metrics, traj, country) -> None:
     curves = {k.replace("_by_layer", ""): metrics[k] for k in
               ("capital_top1_by_layer", "country_top1_by_layer", "capital_mrr_by_layer",
                "country_mrr_by_layer")}
-    save_figure(layer_curves(curves, name, "Logit lens at the answer position: capital vs "
-                             "country, top-1 fraction (solid) and MRR (dotted)",
-                             "fraction / MRR"), folder / "lens_curves.html")
+    save_figure(layer_curves(curves, name, "Logit lens at the answer position",
+                             "top-1 fraction (solid) / MRR (dotted)"),
+                folder / "lens_curves.html")
     save_figure(trajectory_heatmap(traj, name, f"('{country}' prompt)", target="capital"),
                 folder / f"lens_{country.lower().replace(' ', '_')}.html")
 

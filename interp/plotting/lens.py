@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 def _show(token: str) -> str:
     """A token as readable cell text (spaces as '␣', newlines as '\\n')."""
-    return html.escape(token.replace(" ", "␣").replace("\n", "\\n"))
+    return html.escape(token.replace(" ", "␣").replace("\n", "\\n"), quote=False)
 
 
 def trajectory_heatmap(traj, model_name: str, prompt_label: str = "",
@@ -51,10 +51,13 @@ def layer_curves(by_layer: dict[str, list[float]], model_name: str, title: str,
                  yaxis: str = "fraction of prompts") -> go.Figure:
     """One line per named per-layer series (e.g. capital/country top-1 and MRR)."""
     fig = go.Figure()
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    groups: dict[str, str] = {}
     for name, values in by_layer.items():
         dash = "dot" if "mrr" in name.lower() else "solid"
+        color = groups.setdefault(name.split("_")[0], palette[len(groups) % len(palette)])
         fig.add_trace(go.Scatter(x=list(range(len(values))), y=values, mode="lines+markers",
-                                 name=name, line={"dash": dash},
+                                 name=name, line={"dash": dash, "color": color},
                                  hovertemplate=name + "<br>layer %{x}: %{y:.3f}<extra></extra>"))
     fig.update_layout(title=f"{title} ({model_name})", xaxis_title="layer",
                       yaxis_title=yaxis, width=820, height=460)
