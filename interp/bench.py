@@ -15,8 +15,10 @@ depends on (each prompt up to its read position): activation patching needs the 
 output change, MLP of its layer and every later block on those tokens (attention scores and
 pattern-value products included, causal), and the unembedding at the read position; path
 patching to logits needs, at the read position only, the output change, the MLPs of layers
->= the sender's, and the unembedding. Achieved fraction = floor / (seconds x the machine's
-measured fp32 matmul FLOP/s).
+>= the sender's, and the unembedding. The unembedding counts only the vocabulary columns the
+metric reads (2 for IOI's logit difference). Norms, activations and softmax are not counted.
+Achieved fraction = floor / (seconds x the machine's measured fp32 matmul FLOP/s). Times are
+wall-clock; `cpu` fields hold this process's CPU time, less disturbed by other processes.
 
 Example:
     >>> report = run_bench("random:gpt2", n_prompts=20)
@@ -32,7 +34,7 @@ import time
 import torch
 
 from interp.ioi.dataset import build_ioi
-from interp.metrics import logits_at
+from interp.metrics import LogitDiff, logits_at
 from interp.models import ModelUnavailableError, load_model
 from interp.nodes import all_heads
 from interp.patching import act_patch_heads, path_patch, prepare_runs
@@ -57,9 +59,17 @@ def block_flops(cfg, length: int) -> int:
     return length * (proj + mlp_flops(cfg)) + 4 * cfg.n_heads * cfg.d_head * keys
 
 
-def act_patch_floor(cfg, lengths: list[int]) -> int:
-    """FLOPs activation patching of every head (all positions) requires, summed over heads."""
-    head_out, unembed = 2 * cfg.d_head * cfg.d_model, 2 * cfg.d_model * cfg.d_vocab
+def metric_columns(cfg, metric) -> int:
+    """Unembedding columns a metric needs: 2 for a logit difference, else the vocabulary."""
+    return 2 if isinstance(metric, LogitDiff) else cfg.d_vocab
+
+
+def act_patch_floor(cfg, lengths: list[int], columns: int | None = None) -> int:
+    """FLOPs activation patching of every head (all positions) requires, summed over heads.
+
+    `columns`: unembedding columns the metric reads (default: the whole vocabulary)."""
+    head_out = 2 * cfg.d_head * cfg.d_model
+    unembed = 2 * cfg.d_model * (columns or cfg.d_vocab)
     total = 0
     for layer in range(cfg.n_layers):
         per_head = sum(n * (head_out + mlp_flops(cfg)) + unembed
@@ -69,9 +79,10 @@ def act_patch_floor(cfg, lengths: list[int]) -> int:
     return total
 
 
-def path_patch_floor(cfg, n_prompts: int) -> int:
+def path_patch_floor(cfg, n_prompts: int, columns: int | None = None) -> int:
     """FLOPs path patching of every head to the logits requires, summed over senders."""
-    head_out, unembed = 2 * cfg.d_head * cfg.d_model, 2 * cfg.d_model * cfg.d_vocab
+    head_out = 2 * cfg.d_head * cfg.d_model
+    unembed = 2 * cfg.d_model * (columns or cfg.d_vocab)
     return sum(cfg.n_heads * n_prompts * (head_out + (cfg.n_layers - layer) * mlp_flops(cfg)
                                           + unembed) for layer in range(cfg.n_layers))
 
@@ -121,24 +132,33 @@ def matmul_flops_per_s(m: int = 2048, k: int = 768, n: int = 3072, repeats: int 
 
 # ---------------------------------------------------------------- timing helpers
 
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+class Seconds(float):
+    """Wall-clock seconds of a span; `.cpu` holds this process's CPU seconds over the same span
+    (less sensitive to other processes sharing the cores)."""
+
+    def __new__(cls, wall: float, cpu: float):
+        obj = super().__new__(cls, wall)
+        obj.cpu = cpu
+        return obj
 
 
 def timed(fn):
-    """(fn(), seconds)."""
-    t0 = time.perf_counter()
+    """(fn(), Seconds)."""
+    w0, c0 = time.perf_counter(), time.process_time()
     value = fn()
-    return value, time.perf_counter() - t0
+    return value, Seconds(time.perf_counter() - w0, time.process_time() - c0)
+
+
+def _seconds(fn) -> Seconds:
+    return timed(fn)[1]
 
 
 @torch.inference_mode()
-def forward_seconds(model, tokens, repeats: int = 3) -> float:
-    """Median time of one plain forward of `tokens` (after one warm-up)."""
+def forward_seconds(model, tokens, repeats: int = 3) -> Seconds:
+    """Median time (wall and CPU) of one plain forward of `tokens`, after one warm-up."""
     model(tokens)
-    return statistics.median(_seconds(lambda: model(tokens)) for _ in range(repeats))
+    spans = [_seconds(lambda: model(tokens)) for _ in range(repeats)]
+    return Seconds(statistics.median(spans), statistics.median(s.cpu for s in spans))
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -198,15 +218,17 @@ def bench_act_patching(model, batch, rate: float, skip_tl: bool, progress: bool)
     """Row 1; also returns the prepared runs (reused by row 2) and interp's scores."""
     runs, t_prep = timed(lambda: prepare_runs(model, batch))
     ours, t_sweep = timed(lambda: act_patch_heads(model, runs, "denoise", progress=progress))
-    floor = act_patch_floor(model.cfg, lengths(batch))
+    floor = act_patch_floor(model.cfg, lengths(batch), metric_columns(model.cfg, batch.metric))
     row = {"interp_prepare_s": t_prep, "interp_sweep_s": t_sweep, "interp_s": t_prep + t_sweep,
-           **_floor_fields(floor, t_sweep, rate)}
+           "interp_cpu_s": t_prep.cpu + t_sweep.cpu, **_floor_fields(floor, t_sweep, rate)}
     if skip_tl:
         return {**row, "tl": "skipped (--skip-tl)"}, runs, ours
     cache, t_cache = timed(lambda: tl_clean_cache(model, batch))
     theirs, t_tl = timed(lambda: tl_act_patch_heads(model, batch, cache))
     row.update({"tl_cache_s": t_cache, "tl_sweep_s": t_tl, "tl_s": t_cache + t_tl,
+                "tl_cpu_s": t_cache.cpu + t_tl.cpu,
                 "ratio": (t_cache + t_tl) / row["interp_s"], "ratio_sweep": t_tl / t_sweep,
+                "ratio_cpu": (t_cache.cpu + t_tl.cpu) / row["interp_cpu_s"],
                 "max_abs_diff": _max_diff(theirs, ours),
                 "tl_floor_fraction": floor / (t_tl * rate)})
     return row, runs, ours
@@ -217,8 +239,11 @@ def bench_path_patching(model, runs, rate: float, progress: bool) -> dict:
     senders = list(all_heads(model.cfg.n_layers, model.cfg.n_heads))
     ours, t_ours = timed(lambda: path_patch(model, runs, senders, progress=progress))
     naive, t_naive = timed(lambda: path_patch_naive(model, runs, senders))
-    floor = path_patch_floor(model.cfg, len(runs.batch))
+    floor = path_patch_floor(model.cfg, len(runs.batch),
+                             metric_columns(model.cfg, runs.batch.metric))
     return {"interp_s": t_ours, "naive_s": t_naive, "ratio": t_naive / t_ours,
+            "interp_cpu_s": t_ours.cpu, "naive_cpu_s": t_naive.cpu,
+            "ratio_cpu": t_naive.cpu / t_ours.cpu,
             "max_abs_diff": _max_diff(naive, ours), **_floor_fields(floor, t_ours, rate),
             "naive_floor_fraction": floor / (t_naive * rate)}
 
@@ -242,13 +267,14 @@ def bench_attribution(model, spec: str, batch, direction: str, methods: list[str
         runs, t_prep = timed(lambda: prepare_runs(model, batch))
         scores, t_sweep = timed(lambda: act_patch_heads(model, runs, direction,
                                                         progress=progress))
-        exact = (scores, t_prep + t_sweep, t_sweep)
+        exact = (scores, Seconds(t_prep + t_sweep, t_prep.cpu + t_sweep.cpu), t_sweep)
     scores, t_exact, t_sweep = exact
-    floor = act_patch_floor(model.cfg, lengths(batch))
+    floor = act_patch_floor(model.cfg, lengths(batch), metric_columns(model.cfg, batch.metric))
     out = {"model": spec, "n_prompts": len(batch), "direction": direction,
-           "forward_s": unit, "exact": {"seconds": t_exact, "sweep_s": t_sweep,
-                                        "forward_equivalents": t_exact / unit,
-                                        **_floor_fields(floor, t_sweep, rate)}}
+           "forward_s": unit, "forward_cpu_s": unit.cpu,
+           "exact": {"seconds": t_exact, "sweep_s": t_sweep, "forward_equivalents": t_exact / unit,
+                     "forward_equivalents_cpu": t_exact.cpu / unit.cpu,
+                     **_floor_fields(floor, t_sweep, rate)}}
     head_attribution, why = _attribution_fn()
     for method in methods:
         if head_attribution is None:
@@ -257,6 +283,7 @@ def bench_attribution(model, spec: str, batch, direction: str, methods: list[str
         est, t = timed(lambda m=method: head_attribution(
             model, batch, method=m, steps=ig_steps, direction=direction, chunk_size=len(batch)))
         out[method] = {"available": True, "seconds": t, "forward_equivalents": t / unit,
+                       "forward_equivalents_cpu": t.cpu / unit.cpu,
                        "pearson_r": pearson(est, scores), "top10_overlap": top_overlap(est, scores),
                        "top_k": min(10, scores.numel()),
                        "steps": ig_steps if method == "attribution-ig" else None}
@@ -269,8 +296,9 @@ def _attribution_rows(model, spec, batch, cfg, act, ours, rate, prov) -> list[di
     methods, kw = ["attribution", "attribution-ig"], dict(direction=cfg["direction"],
                                                           ig_steps=cfg["ig_steps"], rate=rate,
                                                           progress=cfg["progress"])
-    reuse = (ours, act["interp_s"], act["interp_sweep_s"]) if cfg["direction"] == "denoise" \
-        else None
+    reuse = None
+    if cfg["direction"] == "denoise":
+        reuse = (ours, Seconds(act["interp_s"], act["interp_cpu_s"]), act["interp_sweep_s"])
     with prov.stage(f"attribution {spec}"):
         rows = [bench_attribution(model, spec, batch, methods=methods, exact=reuse, **kw)]
     other = cfg["attribution_model"]
@@ -316,7 +344,8 @@ def run_bench(model_spec: str = "random:gpt2", n_prompts: int = 20, seed: int = 
     report = {"config": cfg, "machine": machine,
               "batch": {"n_prompts": len(batch), "padded_len": batch.clean_tokens.shape[1],
                         "lengths": lengths(batch)},
-              "forward_s": unit, "act_patching": act, "path_patching": path,
+              "forward_s": unit, "forward_cpu_s": unit.cpu, "act_patching": act,
+              "path_patching": path,
               "attribution": attr}
     report["targets"] = check_targets(report)
     report["provenance"] = prov.record()
@@ -351,7 +380,7 @@ def _s(x) -> str:
 
 
 def _gf(gflop: float) -> str:
-    return f"{gflop:.3g} GFLOP"
+    return f"{gflop:.4g} GFLOP"
 
 
 def _head(report: dict) -> list[str]:
@@ -363,56 +392,62 @@ def _head(report: dict) -> list[str]:
         f"machine {m['slug']}: {m['cores']} cores, {m['torch_threads']} torch threads, "
         f"load {m['load_before'][0]} -> {m['load_after'][0]}, fp32 matmul "
         f"{m['matmul_gflop_per_s']:.1f} GFLOP/s",
-        f"4 one forward of the batch (unit): {report['forward_s']:.3f} s", ""]
+        f"4 one forward of the batch (unit): {report['forward_s']:.3f} s wall, "
+        f"{report['forward_cpu_s']:.3f} s cpu", ""]
 
 
 def _exact_rows(report: dict) -> list[str]:
     a, p = report["act_patching"], report["path_patching"]
-    fmt = "{:<34}{:>17}{:>10}{:>8}{:>8}{:>11}{:>13}{:>23}"
-    lines = [fmt.format("row", "reference", "interp", "ratio", "target", "max|diff|",
-                        "FLOP floor", "floor frac ref/interp")]
+    fmt = "{:<34}{:>17}{:>10}{:>8}{:>8}{:>8}{:>10}{:>14}{:>13}"
+    lines = [fmt.format("row", "reference", "interp", "ratio", "target", "cpu-t", "max|diff|",
+                        "FLOP floor", "floor frac")]
+    lines.append(fmt.format("", "wall", "wall", "wall", "", "ratio", "", "", "ref/interp"))
     if "tl_s" in a:
         lines.append(fmt.format("1 act patching, heads, all pos", f"TL {_s(a['tl_s'])}",
                                 _s(a["interp_s"]), f"{a['ratio']:.1f}x", ">=3x",
-                                f"{a['max_abs_diff']:.1e}", _gf(a['floor_gflop']),
+                                f"{a['ratio_cpu']:.1f}x", f"{a['max_abs_diff']:.1e}",
+                                _gf(a['floor_gflop']),
                                 f"{a['tl_floor_fraction']:.1%}/{a['floor_fraction']:.1%}"))
         lines.append(fmt.format("  sweep only (caches given)", f"TL {_s(a['tl_sweep_s'])}",
                                 _s(a["interp_sweep_s"]), f"{a['ratio_sweep']:.1f}x", "", "",
-                                "", ""))
+                                "", "", ""))
     else:
         lines.append(fmt.format("1 act patching, heads, all pos", a["tl"], _s(a["interp_s"]),
-                                "-", ">=3x", "-", _gf(a['floor_gflop']),
+                                "-", ">=3x", "-", "-", _gf(a['floor_gflop']),
                                 f"-/{a['floor_fraction']:.1%}"))
     lines.append(fmt.format("2 path patching, heads -> logits", f"naive {_s(p['naive_s'])}",
                             _s(p["interp_s"]), f"{p['ratio']:.1f}x", ">=2x",
-                            f"{p['max_abs_diff']:.1e}", _gf(p['floor_gflop']),
+                            f"{p['ratio_cpu']:.1f}x", f"{p['max_abs_diff']:.1e}",
+                            _gf(p['floor_gflop']),
                             f"{p['naive_floor_fraction']:.1%}/{p['floor_fraction']:.1%}"))
     return lines
 
 
 def _attribution_rows_text(report: dict) -> list[str]:
-    fmt = "  {:<14}{:>8}{:>20}{:>11}{:>9}{:>11}{:>8}"
+    fmt = "  {:<14}{:>8}{:>20}{:>11}{:>9}{:>9}{:>11}{:>8}"
     lines = ["", f"3 attribution vs exact activation patching (direction "
              f"{report['config']['direction']}; target <=4 fwd-eq and r>=0.9 on the last model)",
-             fmt.format("model", "prompts", "method", "seconds", "fwd-eq", "pearson r",
-                        "top-10")]
+             fmt.format("model", "prompts", "method", "seconds", "fwd-eq", "(cpu-t)",
+                        "pearson r", "top-10")]
     for row in report["attribution"]:
         if "exact" not in row:
             lines.append(f"  {row['model']}: not available ({row['reason']})")
             continue
         e = row["exact"]
         lines.append(fmt.format(row["model"], row["n_prompts"], "exact", _s(e["seconds"]),
-                                f"{e['forward_equivalents']:.1f}", "1", "-")
+                                f"{e['forward_equivalents']:.1f}",
+                                f"{e['forward_equivalents_cpu']:.1f}", "1", "-")
                      + f"   floor frac {e['floor_fraction']:.1%}")
         for method in ("attribution", "attribution-ig"):
             est = row[method]
             if not est["available"]:
                 lines.append(fmt.format(row["model"], row["n_prompts"], method, "n/a", "", "",
-                                        "") + f"   {est['reason']}")
+                                        "", "") + f"   {est['reason']}")
                 continue
             label = method if est["steps"] is None else f"{method}({est['steps']})"
             lines.append(fmt.format(row["model"], row["n_prompts"], label, _s(est["seconds"]),
                                     f"{est['forward_equivalents']:.1f}",
+                                    f"{est['forward_equivalents_cpu']:.1f}",
                                     f"{est['pearson_r']:.3f}",
                                     f"{est['top10_overlap']}/{est['top_k']}"))
     return lines

@@ -38,7 +38,7 @@ def _hand_block(cfg, n_tokens: int) -> int:
     return flops
 
 
-def _hand_act_floor(cfg, lengths) -> int:
+def _hand_act_floor(cfg, lengths, cols) -> int:
     mlp = (3 if cfg.gated_mlp else 2) * 2 * cfg.d_model * cfg.d_mlp
     total = 0
     for layer in range(cfg.n_layers):
@@ -47,17 +47,17 @@ def _hand_act_floor(cfg, lengths) -> int:
                 total += n * 2 * cfg.d_head * cfg.d_model + n * mlp  # delta @ W_O, MLP L
                 for _later in range(layer + 1, cfg.n_layers):
                     total += _hand_block(cfg, n)
-                total += 2 * cfg.d_model * cfg.d_vocab  # unembed, read position only
+                total += 2 * cfg.d_model * cols  # unembed, read position only
     return total
 
 
-def _hand_path_floor(cfg, n_prompts) -> int:
+def _hand_path_floor(cfg, n_prompts, cols) -> int:
     mlp = (3 if cfg.gated_mlp else 2) * 2 * cfg.d_model * cfg.d_mlp
     total = 0
     for layer in range(cfg.n_layers):
         for _head in range(cfg.n_heads):
             for _prompt in range(n_prompts):  # read position only
-                total += 2 * cfg.d_head * cfg.d_model + 2 * cfg.d_model * cfg.d_vocab
+                total += 2 * cfg.d_head * cfg.d_model + 2 * cfg.d_model * cols
                 total += sum(mlp for _ in range(layer, cfg.n_layers))
     return total
 
@@ -65,8 +65,11 @@ def _hand_path_floor(cfg, n_prompts) -> int:
 @pytest.mark.parametrize("cfg", [TINY, GQA], ids=["gpt2-tiny", "gqa-gated"])
 def test_flop_floors_match_hand_count(cfg):
     lengths = [3, 5, 1]
-    assert act_patch_floor(cfg, lengths) == _hand_act_floor(cfg, lengths)
-    assert path_patch_floor(cfg, 3) == _hand_path_floor(cfg, 3)
+    assert act_patch_floor(cfg, lengths) == _hand_act_floor(cfg, lengths, cfg.d_vocab)
+    assert path_patch_floor(cfg, 3) == _hand_path_floor(cfg, 3, cfg.d_vocab)
+    # a logit difference reads two columns of W_U
+    assert act_patch_floor(cfg, lengths, 2) == _hand_act_floor(cfg, lengths, 2)
+    assert path_patch_floor(cfg, 3, 2) == _hand_path_floor(cfg, 3, 2)
 
 
 def test_flop_floor_tiny_numbers():
@@ -124,6 +127,8 @@ def test_bench_rows_and_ratios(tmp_path, capsys):
     assert act["ratio"] == pytest.approx(act["tl_s"] / act["interp_s"])
     assert act["interp_s"] == pytest.approx(act["interp_prepare_s"] + act["interp_sweep_s"])
     assert path["ratio"] == pytest.approx(path["naive_s"] / path["interp_s"])
+    assert act["ratio_cpu"] == pytest.approx(act["tl_cpu_s"] / act["interp_cpu_s"])
+    assert path["ratio_cpu"] == pytest.approx(path["naive_cpu_s"] / path["interp_cpu_s"])
     assert f"{act['ratio']:.1f}x" in printed and f"{path['ratio']:.1f}x" in printed
     assert act["max_abs_diff"] < 1e-4 and path["max_abs_diff"] < 1e-4
     (row,) = report["attribution"]
