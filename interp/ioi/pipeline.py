@@ -113,8 +113,10 @@ class IOIRun:
             self.circuit_eval = {
                 "positions": CLASS_POSITIONS,
                 "faithfulness": faithfulness(self.model, self.runs, circuit),
-                "completeness": completeness(self.model, self.runs, circuit, groups),
-                "minimality": minimality(self.model, self.runs, circuit, groups),
+                "completeness": completeness(self.model, self.runs, circuit, groups,
+                                             self.progress),
+                "minimality": minimality(self.model, self.runs, circuit, groups,
+                                         progress=self.progress),
             }
         self.summary["circuit"] = self.circuit_eval
         self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
