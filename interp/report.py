@@ -328,6 +328,24 @@ def _summary_table(by_model: dict[str, list[Run]]) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def extras_html(out: Path) -> str:
+    """Other JSON results at `<out>/<folder>/*.json` (e.g. benchmarks), with their numbers."""
+    parts = []
+    for path in sorted(Path(out).glob("*/*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            parts.append(f"<h3>{escape(_rel(path, out))}</h3><p>unreadable: {escape(str(err))}</p>")
+            continue
+        data = data if isinstance(data, dict) else {"value": data}
+        spec = lookup(data, "config.model", "") or ""
+        parts += [f'<h3><a href="{escape(_rel(path, out))}">{escape(_rel(path, out))}</a></h3>',
+                  _note(spec) if isinstance(spec, str) and spec else "",
+                  f"<details><summary>numbers</summary>{_table(other_scalars(data))}</details>",
+                  provenance_html(data)]
+    return "<h2>Other results</h2>" + "\n".join(parts) if parts else ""
+
+
 def index_page(by_model: dict[str, list[Run]], out: Path) -> str:
     """`<out>/index.html`: the key-number table, then each model's first plot per experiment."""
     runs = [r for group in by_model.values() for r in group]
@@ -342,6 +360,7 @@ def index_page(by_model: dict[str, list[Run]], out: Path) -> str:
             if r.plots:
                 body += [f"<h3>{escape(r.experiment)}</h3>", _iframe(_rel(r.plots[0], out),
                                                                       r.plots[0])]
+    body.append(extras_html(out))
     return _page("interp results", "\n".join(body))
 
 

@@ -62,6 +62,9 @@ def make_results(out: Path, model) -> Path:
     smol = run_dir(out, "smollm2-135m", "ffn-ablation", {"model": "smollm2-135m"})
     write_json(smol / "summary.json", {"model": "smollm2-135m", "critical_layers": [3, 5],
                                        "config": {"model": "smollm2-135m"}})
+    write_json(out / "bench" / "cpu-test.json", {
+        "config": {"model": "random:gpt2"}, "forward_s": 1.25,
+        "provenance": Provenance(model="random:gpt2", seed=0).record()})
     broken = out / "random-tiny" / "broken"
     broken.mkdir()
     (broken / "summary.json").write_text("{not json")
@@ -108,6 +111,8 @@ def test_index_links_every_summary_and_model_page(report):
     assert {p.resolve() for p in rep.pages.values()} <= targets(rep.index, found.href)
     for url in found.href + found.src:
         assert (rep.index.parent / url.split("#")[0]).exists(), url
+    assert "bench/cpu-test.json" in found.href  # other JSON results, e.g. benchmarks
+    assert "<th>forward_s</th><td title=\"1.25\">1.25</td>" in rep.index.read_text()
 
 
 def test_model_pages_show_every_plot_and_link_every_view(report):
