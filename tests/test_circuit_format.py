@@ -92,3 +92,8 @@ def test_paper_circuit_has_the_26_heads_in_7_classes():
     assert groups["previous_token"] == [Head(2, 2), Head(4, 11)]
     assert spec.groups["previous_token"].positions == ["S1+1"]
     assert parse_circuit(to_yaml(spec)) == spec
+
+
+def test_empty_circuit_is_allowed_and_round_trips():
+    spec = parse_circuit("name: nothing\ngroups: {}\n")
+    assert spec.circuit() == {} and parse_circuit(to_yaml(spec)) == spec

@@ -142,3 +142,19 @@ def test_zero_ablation_runs_match_zero_ablate_interventions():
     with torch.no_grad():
         logits = run_with_interventions(model, batch.clean_tokens, ivs)
     assert torch.allclose(got, batch.metric(logits_at(logits, batch.read_positions)), atol=1e-6)
+
+
+def test_evaluate_circuit_reproduces_interp_ioi_faithfulness(tmp_path, capsys):
+    """The circuit file `interp ioi` writes, evaluated by evaluate-circuit on the same prompts,
+    gives the faithfulness `interp ioi` reported (the issue's acceptance, on random:tiny)."""
+    out = str(tmp_path)
+    assert _cli(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--out", out,
+                 "--quiet"]) == 0
+    folder = tmp_path / "random-tiny" / "ioi"
+    reported = json.loads((folder / "summary.json").read_text())["circuit"]["faithfulness"]
+    assert _cli(["evaluate-circuit", "--task", "ioi", "--model", "random:tiny", "--n-prompts",
+                 "8", "--circuit", str(folder / "circuit.yaml"), "--out", out]) == 0
+    evaluated = next((tmp_path / "random-tiny").glob("evaluate-ioi-*/summary.json"))
+    faith = json.loads(evaluated.read_text())["faithfulness"]
+    assert faith["F_C"] == pytest.approx(reported["F_C"], abs=1e-5)
+    assert faith["faithfulness"] == pytest.approx(reported["faithfulness"], abs=1e-4)

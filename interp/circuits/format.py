@@ -206,7 +206,7 @@ class _Parser:
         if "groups" not in top:
             raise self.error(root, "the file has no 'groups:' section")
         groups_node = top["groups"]
-        if not isinstance(groups_node, yaml.MappingNode) or not groups_node.value:
+        if not isinstance(groups_node, yaml.MappingNode):  # {} is allowed: nothing kept
             raise self.error(groups_node, "'groups' must map group names to node lists")
         groups = {}
         for key, value in groups_node.value:
