@@ -1,8 +1,8 @@
 """`interp discover`: a circuit from attribution-patching edge scores, at several sizes.
 
-Writes to `<out>/<model>/discover-<task>/`: summary.json (faithfulness curve, CPR, CMD, the
-best circuit, top edges, config, provenance), faithfulness_curve.html, head_scores.html and
-circuit.yaml (readable by `interp evaluate-circuit`).
+Writes to `<out>/<model>/discover-<task>/` (`discover-<task>-ig/` with EAP-IG): summary.json
+(faithfulness curve, CPR, CMD, the best circuit, top edges, config, provenance),
+faithfulness_curve.html, head_scores.html and circuit.yaml (read by `interp evaluate-circuit`).
 """
 
 import plotly.graph_objects as go
@@ -72,7 +72,8 @@ def run(args) -> int:
     spec = model.interp_spec
     config = {"task": args.task, "model": spec, "method": args.method, "steps": args.steps,
               "n_prompts": args.n_prompts, "seed": args.seed, "target": args.target}
-    folder = run_dir(args.out, spec, f"discover-{task.name}", config, args.overwrite)
+    experiment = f"discover-{task.name}" + ("-ig" if args.method == "attribution-ig" else "")
+    folder = run_dir(args.out, spec, experiment, config, args.overwrite)
     prov = Provenance(model=spec, seed=args.seed)
     with prov.stage("dataset"):
         batch = task.build(model, args.n_prompts, args.seed)
