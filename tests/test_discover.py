@@ -158,3 +158,13 @@ def test_evaluate_circuit_reproduces_interp_ioi_faithfulness(tmp_path, capsys):
     faith = json.loads(evaluated.read_text())["faithfulness"]
     assert faith["F_C"] == pytest.approx(reported["F_C"], abs=1e-5)
     assert faith["faithfulness"] == pytest.approx(reported["faithfulness"], abs=1e-4)
+
+
+def test_discover_with_eap_ig(tmp_path):
+    assert _cli(["discover", "--task", "greater-than", "--model", "random:tiny", "--method",
+                 "attribution-ig", "--steps", "2", "--n-prompts", "4",
+                 "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "random-tiny" / "discover-greater-than-ig" /
+                          "summary.json").read_text())
+    assert summary["config"]["method"] == "attribution-ig" and summary["config"]["steps"] == 2
+    assert summary["curve"][-1]["normalised_faithfulness"] == pytest.approx(1)
