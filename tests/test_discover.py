@@ -13,7 +13,7 @@ from interp.discover import areas, edge_nodes, receiver_heads, sizes
 from interp.nodes import Head
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "own_hypothesis.md"
+README = ROOT / "README.md"
 
 
 def test_areas_by_hand():
@@ -79,8 +79,16 @@ def test_evaluate_circuit_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and f"{bad}:3: L5H0: layer 5 out of range" in err
 
 
+def _walkthrough() -> str:
+    """The README's "Test your own hypothesis" section, up to the next level-2 heading."""
+    text = README.read_text()
+    start = text.index("## Test your own hypothesis")
+    end = text.find("\n## ", start + 3)
+    return text[start:end if end > 0 else None]
+
+
 def _doc_blocks():
-    text = DOC.read_text()
+    text = _walkthrough()
     files = dict(re.findall(r"```\w+ file=(\S+)\n(.*?)```", text, re.S))
     commands = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S)
                 for line in block.splitlines() if line.startswith("interp ")]
