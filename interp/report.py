@@ -45,6 +45,7 @@ KEY_NUMBERS = [
 ]
 EXACT = {"best.normalised_faithfulness", "best.nodes", "overall.accuracy@1"}
 SKIP = ("provenance", "config")
+ORDER = ("ioi", "capitals", "ffn-ablation", "analogies")
 VIEW_RE = re.compile(r"attention_L\d+H\d+\.html$")
 SIZE_RE = re.compile(r'<div style="height:(\d+)px; width:(\d+)px;">')
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1500px;color:#222}
@@ -187,7 +188,12 @@ def find_runs(out: Path) -> list[Run]:
         run.views = [p for p in htmls if VIEW_RE.search(p.name)]
         run.plots = _order_plots([p for p in htmls if p not in run.views], run.summary)
         runs.append(run)
-    return runs
+    return sorted(runs, key=lambda r: (r.slug, _rank(r.experiment), r.experiment))
+
+
+def _rank(experiment: str) -> int:
+    """Experiments in ORDER first (in that order), then the others by name."""
+    return ORDER.index(experiment) if experiment in ORDER else len(ORDER)
 
 
 def _order_plots(plots: list[Path], summary: dict) -> list[Path]:
@@ -309,23 +315,28 @@ def model_page(slug: str, runs: list[Run], out: Path) -> str:
 
 
 def _summary_table(by_model: dict[str, list[Run]]) -> str:
-    runs = [r for group in by_model.values() for r in group]
-    specs = {slug: group_model(group) for slug, group in by_model.items()}
-    columns = [label for label, _ in KEY_NUMBERS if any(label in key_numbers(r.summary)
-                                                        for r in runs)]
-    head = "".join(f"<th>{escape(c)}</th>" for c in ["model", "experiment", *columns])
+    """One row per run: model, experiment (links), and its key numbers as `label: value` lines."""
     rows = []
-    for r in runs:
-        numbers = key_numbers(r.summary)
-        cells = "".join(f'<td title="{escape(_fmt(numbers[c]))}">{escape(fmt(numbers[c], 60))}'
-                        "</td>" if c in numbers else "<td></td>" for c in columns)
-        link = f"{r.slug}/index.html#{r.experiment}"
-        model = f'<a href="{escape(r.slug)}/index.html">{escape(specs[r.slug])}</a>'
-        rows.append(f'<tr><td>{model}</td>'
-                    f'<td><a href="{escape(link)}">{escape(r.experiment)}</a> '
-                    f'(<a href="{escape(r.slug)}/{escape(r.experiment)}/summary.json">'
-                    f"summary</a>){' ⚠ ' + escape(r.error) if r.error else ''}</td>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    for slug, group in by_model.items():
+        model = f'<a href="{escape(slug)}/index.html">{escape(group_model(group))}</a>'
+        for r in group:
+            numbers = "<br>".join(
+                f'<b>{escape(label)}</b>: <span title="{escape(_fmt(value))}">'
+                f"{escape(fmt(value, 80))}</span>"
+                for label, value in key_numbers(r.summary).items())
+            link = f"{slug}/index.html#{r.experiment}"
+            rows.append(f"<tr><td>{model}</td>"
+                        f'<td><a href="{escape(link)}">{escape(r.experiment)}</a> '
+                        f'(<a href="{escape(slug)}/{escape(r.experiment)}/summary.json">'
+                        f"summary</a>){' ⚠ ' + escape(r.error) if r.error else ''}</td>"
+                        f"<td>{numbers}</td><td>{_count(r.plots, 'plot')}, "
+                        f"{_count(r.views, 'attention view')}</td></tr>")
+    head = "<tr><th>model</th><th>experiment</th><th>key numbers</th><th>figures</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
 
 
 def extras_html(out: Path) -> str:
