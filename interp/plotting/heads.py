@@ -23,6 +23,7 @@ def head_heatmap(values, title: str, colorbar: str = "value", zmid: float = 0.0)
         hovertemplate="%{text}<br>" + colorbar + ": %{z:.4f}<extra></extra>",
     ))
     fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer",
-                      yaxis={"autorange": "reversed"}, width=720,
+                      xaxis={"dtick": 1}, yaxis={"autorange": "reversed", "dtick": 1},
+                      width=720,
                       height=max(360, 22 * n_layers + 160))
     return fig
