@@ -73,5 +73,5 @@ def _from_path(spec: str) -> Task:
 
 
 def register_task(name: str, factory: Callable[[], Task]) -> None:
-    """Add a task (e.g. your own, see the README section "Test your own hypothesis") under `name`."""
+    """Add a task under `name` (e.g. your own: README, "Test your own hypothesis")."""
     TASKS[name] = factory
