@@ -72,6 +72,12 @@ def _project(model, receiver: Receiver, resid_pre: Float[Tensor, "n d_model"]):
     return out + bias[slot] if bias is not None else out
 
 
+def _position_table(runs: Runs, pos_names: list[str]) -> Tensor:
+    """[batch, n_pos] token positions; "_read" is the metric's read position."""
+    table = {**runs.batch.positions, "_read": runs.batch.read_positions}
+    return torch.stack([table[p] for p in pos_names], -1)
+
+
 def _propagate(model, runs: Runs, layer: int, delta, pos_names: list[str], stop: int):
     """Residual vectors at `pos_names`, from resid_mid[layer] + delta up to resid_pre[stop].
 
@@ -80,7 +86,7 @@ def _propagate(model, runs: Runs, layer: int, delta, pos_names: list[str], stop:
     """
     cache, batch = runs.clean_cache, runs.batch
     rows = torch.arange(len(batch))[:, None]
-    pos = torch.stack([batch.positions[p] for p in pos_names], -1)  # [batch, n_pos]
+    pos = _position_table(runs, pos_names)  # [batch, n_pos]
 
     def at(name: str):
         return cache[name][rows, pos]  # [batch, n_pos, d]
@@ -97,7 +103,7 @@ def _propagate(model, runs: Runs, layer: int, delta, pos_names: list[str], stop:
 
 def _sender_delta(model, runs: Runs, layer: int, heads, pos_names: list[str]):
     rows = torch.arange(len(runs.batch))[:, None]
-    pos = torch.stack([runs.batch.positions[p] for p in pos_names], -1)
+    pos = _position_table(runs, pos_names)
     name = f"blocks.{layer}.attn.hook_z"
     diff = runs.corrupted_cache[name][rows, pos] - runs.clean_cache[name][rows, pos]
     return head_out(model, diff, layer, heads)  # [k, batch, n_pos, d]
@@ -183,11 +189,6 @@ def _final_run(model, runs: Runs, start: int, values: dict, k: int, budget: floa
     return torch.cat(out)
 
 
-def _with_read_position(runs: Runs) -> Runs:
-    runs.batch.positions.setdefault("_read", runs.batch.read_positions)
-    return runs
-
-
 def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
                method: str = "exact", top_k: int = 20, budget_gb: float = 2.0,
                progress: bool = True) -> Float[Tensor, " n_senders"]:
@@ -210,7 +211,6 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
     if method not in ("exact", "attribution", "screen"):
         raise ValueError(f"method must be exact, attribution or screen, got '{method}'")
     check_sequential(model)
-    _with_read_position(runs)
     if receivers == "logits" or method == "exact":
         return _sweep(model, runs, senders, receivers, None, budget_gb, progress)
     grads = receiver_gradients(model, runs, receivers)
