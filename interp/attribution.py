@@ -101,6 +101,13 @@ def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total):
     return dict(zip(names, grads, strict=True)), acts
 
 
+def chunk_gradients(model, batch: TaskBatch, names: list[str],
+                    n_total: int) -> dict[str, Tensor]:
+    """d(sum of `batch`'s metric / n_total)/d(activation) at `names`, on its clean prompts."""
+    grads = _grads_at(model, batch, batch.clean_tokens, None, names, n_total)[0]
+    return {n: g.detach() for n, g in grads.items()}
+
+
 def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, names,
             n_total: int):
     """Yield (start acts, end acts, grads, acts at the gradient point) per gradient point.

@@ -24,11 +24,9 @@ Example:
 
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from interp.attribution import EdgeScores, edge_attribution
-from interp.circuit import circuit_metric
 from interp.circuits.format import CircuitSpec, Group, GroupEdge
+from interp.mean_ablation import MeanAblation
 from interp.nodes import Head, Node, parse_node
 from interp.patching.runs import prepare_runs
 
@@ -101,10 +99,6 @@ def areas(points: list[tuple[float, float]]) -> tuple[float, float]:
     return cpr, cmd
 
 
-def _mean_metric(model, runs, nodes: list[Node]) -> float:
-    return circuit_metric(model, runs, {n: None for n in nodes}).mean().item()
-
-
 def discover(model, batch, method: str = "attribution", steps: int = 5, target: float = 0.8,
              fractions=FRACTIONS, progress: bool = True) -> Discovery:
     """Score edges, evaluate circuits of several sizes, pick the best (module docstring)."""
@@ -112,16 +106,16 @@ def discover(model, batch, method: str = "attribution", steps: int = 5, target: 
     ranked = [e for e in scores.edges() if not e[0].startswith("MLP")]  # MLPs are never ablated
     runs = prepare_runs(model, batch)
     f_model = runs.clean_metric.mean().item()
-    f_empty = _mean_metric(model, runs, [])
+    ev = MeanAblation(model, runs)
+    [f_empty] = ev.metrics([{}]).mean(-1).tolist()
     if abs(f_model - f_empty) < 1e-9:
         raise ValueError("the full model and the fully ablated model score the same on this "
                          "task; normalised faithfulness is undefined (is the task solved?)")
-    points = []
-    for k in tqdm(sizes(len(ranked), fractions), desc="circuits", disable=not progress):
-        nodes = edge_nodes(ranked[:k], scores.kv_groups)
-        value = _mean_metric(model, runs, nodes)
-        points.append(CurvePoint(k, nodes, value, (value - f_empty) / (f_model - f_empty),
-                                 ranked[:k]))
+    ks = sizes(len(ranked), fractions)
+    node_sets = [edge_nodes(ranked[:k], scores.kv_groups) for k in ks]
+    values = ev.metrics([{n: None for n in nodes} for nodes in node_sets], progress).mean(-1)
+    points = [CurvePoint(k, nodes, value, (value - f_empty) / (f_model - f_empty), ranked[:k])
+              for k, nodes, value in zip(ks, node_sets, values.tolist(), strict=True)]
     cpr, cmd = areas([(p.n_edges / len(ranked), p.normalised) for p in points])
     good = [p for p in points if p.normalised >= target]
     best = good[0] if good else max(points, key=lambda p: p.normalised)

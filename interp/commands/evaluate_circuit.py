@@ -77,15 +77,18 @@ def _figures(comp: dict, mini: dict, title: str):
 
 
 def _evaluate(model, runs, spec, threshold: float) -> dict:
-    from interp.circuit import circuit_metric, completeness, faithfulness, minimality
+    from interp.circuit import completeness, faithfulness, minimality
+    from interp.mean_ablation import MeanAblation
 
     circuit, groups = spec.circuit(), spec.group_nodes()
-    faith = faithfulness(model, runs, circuit)
-    f_empty = circuit_metric(model, runs, {}).mean().item()
+    ev = MeanAblation(model, runs)
+    faith = faithfulness(model, runs, circuit, ev)
+    f_empty = ev.metrics([{}]).mean().item()
     faith["F_all_heads_ablated"] = f_empty
     faith["normalised_faithfulness"] = (faith["F_C"] - f_empty) / (faith["F_M"] - f_empty)
-    return {"faithfulness": faith, "completeness": completeness(model, runs, circuit, groups),
-            "minimality": minimality(model, runs, circuit, groups, threshold)}
+    return {"faithfulness": faith,
+            "completeness": completeness(model, runs, circuit, groups, ev=ev),
+            "minimality": minimality(model, runs, circuit, groups, threshold, ev=ev)}
 
 
 def run(args) -> int:

@@ -36,9 +36,8 @@ def _report(run) -> None:
 
 def run(args) -> int:
     model = load_model(args.model, device=args.device, seed=args.seed)
-    config = IOIConfig(n_prompts=args.n_prompts, seed=args.seed, fast=args.fast,
-                       paths="exact" if args.exact_paths else "screen",
-                       thresholds=_thresholds(args.threshold))
+    config = IOIConfig(n_prompts=args.n_prompts, seed=args.seed, exact=args.exact,
+                       top_k=args.top_k, thresholds=_thresholds(args.threshold))
     _report(run_ioi(model, config, args.out, args.overwrite, progress=not args.quiet))
     return 0
 
@@ -48,11 +47,17 @@ def register(subparsers) -> None:
                                                " circuit evaluation, plots")
     add_run_arguments(parser)
     parser.add_argument("--n-prompts", type=int, default=100, help="prompts (default 100)")
-    parser.add_argument("--fast", action="store_true",
-                        help="activation patching by attribution (gradients) instead of exact")
-    parser.add_argument("--exact-paths", action="store_true",
-                        help="patch every sender exactly in the q/k/v path-patching steps "
-                             "(default: screen all by attribution, patch the strongest exactly)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--fast", action="store_true",
+                      help="the default: activation patching by attribution (gradients); "
+                           "q/k/v path patching screened by attribution, then the strongest "
+                           "senders (and all near a threshold) patched exactly")
+    mode.add_argument("--exact", action="store_true",
+                      help="every sweep exact: activation patching of every head, path "
+                           "patching of every sender (about 10x slower)")
+    parser.add_argument("--top-k", type=int, default=10,
+                        help="senders patched exactly in each screened path-patching step "
+                             "(default 10; more when more are near a threshold)")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                         help="override a classification threshold (see interp.ioi.classify."
                              "Thresholds), e.g. name_mover=0.05; repeatable")

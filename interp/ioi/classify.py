@@ -65,7 +65,7 @@ class Classifier:
     """Runs the five steps on prepared `Runs` and records every score used."""
 
     def __init__(self, model, runs: Runs, attention: dict, thresholds: Thresholds,
-                 progress: bool = True, paths: str = "screen", top_k: int = 20):
+                 progress: bool = True, paths: str = "screen", top_k: int = 10):
         if paths not in ("exact", "screen"):
             raise ValueError(f"paths must be 'exact' or 'screen', got '{paths}'")
         self.model, self.runs, self.att, self.t = model, runs, attention, thresholds
@@ -203,7 +203,7 @@ def _dla_with_ablation(model, runs: Runs, circuit) -> torch.Tensor:
 
 def classify_heads(model, runs: Runs, attention: dict, thresholds: Thresholds | None = None,
                    progress: bool = True, paths: str = "screen",
-                   top_k: int = 20) -> tuple[dict[str, list[Head]], Classifier]:
+                   top_k: int = 10) -> tuple[dict[str, list[Head]], Classifier]:
     """Classify heads; returns class -> heads and the classifier (with `.scores`).
 
     Args:

@@ -17,9 +17,11 @@ from interp.ioi.classify import CLASS_POSITIONS, Thresholds, classify_heads
 from interp.ioi.dataset import build_ioi
 from interp.ioi.paper import compare_with_paper
 from interp.ioi.scores import attention_scores, copying_scores
+from interp.mean_ablation import MeanAblation
 from interp.nodes import parse_node
 from interp.outputs import run_dir, write_json
 from interp.patching import act_patch_heads, prepare_runs
+from interp.patching.gradients import act_patch_attribution
 from interp.provenance import Provenance
 
 
@@ -29,9 +31,13 @@ class IOIConfig:
 
     n_prompts: int = 100
     seed: int = 0
-    fast: bool = False
-    paths: str = "screen"
+    exact: bool = False  # every sweep exact (slow); default: screen by gradients, confirm top
+    top_k: int = 10  # senders patched exactly per screened path-patching step (at least)
     thresholds: dict = field(default_factory=lambda: asdict(Thresholds()))
+
+    @property
+    def paths(self) -> str:
+        return "exact" if self.exact else "screen"
 
 
 def _grid(t: torch.Tensor) -> list[list[float]]:
@@ -49,11 +55,13 @@ class IOIRun:
                  progress: bool = True):
         self.model, self.config, self.progress = model, config, progress
         self.spec = model.interp_spec
-        self.folder = run_dir(out, self.spec, "ioi", {"model": self.spec, **asdict(config)},
-                              overwrite)
+        self.folder = run_dir(out, self.spec, "ioi", self._config_record(), overwrite)
         self.prov = Provenance(model=self.spec, seed=config.seed)
         self.summary: dict = {"model": self.spec, "n_prompts": config.n_prompts,
                               "seed": config.seed}
+
+    def _config_record(self) -> dict:
+        return {"model": self.spec, **asdict(self.config), "paths": self.config.paths}
 
     def dataset(self):
         with self.prov.stage("dataset"):
@@ -71,21 +79,18 @@ class IOIRun:
             dla = direct_logit_attribution(self.model, self.runs.clean_cache, self.ds.batch)
             self.dla = dla["heads"].mean(-1)
         with self.prov.stage("activation_patching"):
-            if self.config.fast:
-                from interp.attribution import head_attribution
-                self.act_all = head_attribution(self.model, self.ds.batch, direction="noise")
-                self.act_end = None
-            else:
-                self.act_all = act_patch_heads(self.model, self.runs, "noise", None,
-                                               progress=self.progress)
-                self.act_end = act_patch_heads(self.model, self.runs, "noise", "END",
-                                               progress=self.progress)
+            if self.config.exact:
+                self.act_all, self.act_end = (
+                    act_patch_heads(self.model, self.runs, "noise", pos, progress=self.progress)
+                    for pos in (None, "END"))
+            else:  # EAP estimates from the clean-run gradients the classification reuses
+                self.act_all, self.act_end = (act_patch_attribution(self.model, self.runs, pos)
+                                              for pos in (None, "END"))
         self.summary.update(direct_logit_attribution=_grid(self.dla),
                             activation_patching_all_positions=_grid(self.act_all),
-                            activation_patching_end=(_grid(self.act_end)
-                                                     if self.act_end is not None else None),
-                            activation_patching_method=("attribution" if self.config.fast
-                                                        else "exact"))
+                            activation_patching_end=_grid(self.act_end),
+                            activation_patching_method=("exact" if self.config.exact
+                                                        else "attribution"))
 
     def classify(self):
         with self.prov.stage("attention_scores"):
@@ -93,7 +98,7 @@ class IOIRun:
         with self.prov.stage("classification"):
             classes, clf = classify_heads(self.model, self.runs, self.att,
                                           Thresholds(**self.config.thresholds), self.progress,
-                                          self.config.paths)
+                                          self.config.paths, self.config.top_k)
         self.classes = {k: [str(h) for h in v] for k, v in classes.items()}
         movers = [h for k in ("name_movers", "negative_name_movers", "backup_name_movers")
                   for h in classes[k]]
@@ -109,14 +114,14 @@ class IOIRun:
         circuit = {parse_node(h): CLASS_POSITIONS[c] for c, hs in self.classes.items()
                    for h in hs}
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
+        model, runs, progress = self.model, self.runs, self.progress
         with self.prov.stage("circuit_evaluation"):
+            ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
             self.circuit_eval = {
                 "positions": CLASS_POSITIONS,
-                "faithfulness": faithfulness(self.model, self.runs, circuit),
-                "completeness": completeness(self.model, self.runs, circuit, groups,
-                                             self.progress),
-                "minimality": minimality(self.model, self.runs, circuit, groups,
-                                         progress=self.progress),
+                "faithfulness": faithfulness(model, runs, circuit, ev),
+                "completeness": completeness(model, runs, circuit, groups, progress, ev),
+                "minimality": minimality(model, runs, circuit, groups, progress=progress, ev=ev),
             }
         self.summary["circuit"] = self.circuit_eval
         self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
@@ -130,7 +135,7 @@ class IOIRun:
         with self.prov.stage("figures"):
             self.summary["figures"] = write_figures(self)
         write_circuit_file(self)
-        self.summary["config"] = {"model": self.spec, **asdict(self.config)}
+        self.summary["config"] = self._config_record()
         self.summary["provenance"] = self.prov.record()
         return write_json(self.folder / "summary.json", self.summary)
 

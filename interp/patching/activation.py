@@ -34,7 +34,7 @@ def _base_source(direction: str) -> tuple[str, str]:
 
 
 def _layer_effects(model, runs: Runs, layer: int, direction: str, positions: str | None,
-                   budget: float) -> Float[Tensor, " n_heads"]:
+                   budget: float | None) -> Float[Tensor, " n_heads"]:
     base, source = _base_source(direction)
     batch = runs.batch
     z_base = runs.cache(base)[f"blocks.{layer}.attn.hook_z"]
@@ -63,7 +63,8 @@ def _layer_effects(model, runs: Runs, layer: int, direction: str, positions: str
 
 @torch.inference_mode()
 def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str | None = None,
-                    budget_gb: float = 2.0, progress: bool = True) -> Float[Tensor, "layer head"]:
+                    budget_gb: float | None = None,
+                    progress: bool = True) -> Float[Tensor, "layer head"]:
     """Mean change of the metric when one head's output is patched, for every head.
 
     Args:
@@ -72,10 +73,11 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
             paper's convention); "denoise" patches the clean output into the corrupted run
             (TransformerLens' `get_act_patch_attn_head_out_all_pos`).
         positions: None for all positions, or a name in `batch.positions` (e.g. "END").
-        budget_gb: activation memory budget per batched forward; items are split to fit.
+        budget_gb: activation memory budget per batched forward (None: the device default);
+            items are split to fit.
     """
     check_sequential(model)
     layers = range(model.cfg.n_layers)
-    rows = [_layer_effects(model, runs, layer, direction, positions, budget_gb * 2**30)
+    rows = [_layer_effects(model, runs, layer, direction, positions, budget_gb)
             for layer in tqdm(layers, desc="activation patching", disable=not progress)]
     return torch.stack(rows)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from interp.forward import repeat_kwargs, run_blocks
 from interp.interventions import Intervention, applied
 from interp.nodes import Head
+from interp.patching.gradients import clean_gradients
 from interp.patching.runs import (
     Runs,
     check_sequential,
@@ -127,7 +128,7 @@ def _receiver_values(model, runs: Runs, layer: int, heads, receivers: list[Recei
 
 
 def _to_receivers(model, runs: Runs, layer: int, heads, receivers: list[Receiver],
-                  budget: float, grads: dict | None) -> Float[Tensor, " k"]:
+                  budget: float | None, grads: dict | None) -> Float[Tensor, " k"]:
     reachable = [r for r in receivers if r.head.layer > layer]
     if not reachable:
         return torch.zeros(len(heads))
@@ -147,31 +148,15 @@ def _clean_value(model, runs: Runs, r: Receiver) -> Float[Tensor, "batch d_head"
 def receiver_gradients(model, runs: Runs, receivers: list[Receiver]) -> dict:
     """d(mean metric)/d(receiver input) on the clean run: {receiver: [batch, d_head]}.
 
-    One forward and one backward pass, for attribution-style estimates of path patching.
+    From the shared clean-run gradients (one forward and one backward pass per `Runs`).
     """
-    batch = runs.batch
-    names = sorted({r.hook_name() for r in receivers})
-    saved: dict = {}
-
-    def keeper(name: str):
-        def keep(act, hook=None):
-            act.retain_grad()
-            saved[name] = act
-            return act
-        return keep
-
-    with torch.inference_mode(False), torch.enable_grad():
-        with model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
-            logits = model(batch.clean_tokens.clone().to(model.cfg.device))
-        rows = torch.arange(len(batch))
-        batch.metric(logits[rows, batch.read_positions]).mean().backward()
-    for p in model.parameters():
-        p.grad = None
-    return {r: saved[r.hook_name()].grad[rows, batch.positions[r.position], r.slot(model)]
-            .detach() for r in receivers}
+    grads, rows = clean_gradients(model, runs), torch.arange(len(runs.batch))
+    return {r: grads[r.hook_name()][rows, runs.batch.positions[r.position], r.slot(model)]
+            for r in receivers}
 
 
-def _final_run(model, runs: Runs, start: int, values: dict, k: int, budget: float):
+def _final_run(model, runs: Runs, start: int, values: dict, k: int,
+               budget: float | None):
     batch, n = runs.batch, len(runs.batch)
     resid = runs.clean_cache[f"blocks.{start}.hook_resid_pre"]
     step = chunk_size(model, n, resid.shape[1], budget)
@@ -190,7 +175,7 @@ def _final_run(model, runs: Runs, start: int, values: dict, k: int, budget: floa
 
 
 def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
-               method: str = "exact", top_k: int = 20, budget_gb: float = 2.0,
+               method: str = "exact", top_k: int = 20, budget_gb: float | None = None,
                progress: bool = True) -> Float[Tensor, " n_senders"]:
     """Mean change of the metric when each sender's path to the receivers is patched.
 
@@ -203,7 +188,7 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
             one backward pass replaces the final runs); or "screen" (attribution for all,
             then exact for the `top_k` senders with the largest |estimate|). Paths to the
             logits are always exact (they are cheap).
-        budget_gb: activation memory budget of one batched forward.
+        budget_gb: activation memory budget of one batched forward (None: device default).
 
     Returns:
         [n_senders] mean over prompts of metric(patched) - metric(clean), raw units.
@@ -226,7 +211,7 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
 
 
 @torch.inference_mode()
-def _sweep(model, runs: Runs, senders: list[Head], receivers, grads, budget_gb: float,
+def _sweep(model, runs: Runs, senders: list[Head], receivers, grads, budget_gb: float | None,
            progress: bool) -> Float[Tensor, " n_senders"]:
     result = torch.zeros(len(senders))
     by_layer: dict[int, list[int]] = {}
@@ -239,5 +224,5 @@ def _sweep(model, runs: Runs, senders: list[Head], receivers, grads, budget_gb: 
             result[idx] = _to_logits(model, runs, layer, heads).cpu()
         else:
             result[idx] = _to_receivers(model, runs, layer, heads, receivers,
-                                        budget_gb * 2**30, grads).cpu()
+                                        budget_gb, grads).cpu()
     return result

@@ -36,6 +36,7 @@ class Runs:
     corrupted_metric: Float[Tensor, " batch"]
     clean_kwargs: dict
     corrupted_kwargs: dict
+    grads: dict | None = None  # filled by `interp.patching.gradients.clean_gradients`
 
     def cache(self, which: str) -> dict:
         return self.clean_cache if which == "clean" else self.corrupted_cache
@@ -94,16 +95,24 @@ def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "n b
     return batch.metric(unembed(model, resid_at_read))
 
 
-def chunk_size(model, n_rows_per_item: int, seq_len: int, budget_bytes: float) -> int:
+CPU_BUDGET_GB = 0.125  # on CPU, chunks this small keep elementwise ops in cache (~25% faster)
+GPU_BUDGET_GB = 2.0
+
+
+def chunk_size(model, n_rows_per_item: int, seq_len: int, budget_gb: float | None) -> int:
     """How many sweep items (each `n_rows_per_item` batch rows) fit in the memory budget.
 
-    A rough upper bound on live activation bytes per batch row of a full block: residual,
-    MLP hidden, q/k/v/z and the attention scores and pattern.
+    `budget_gb=None` picks the device default (`GPU_BUDGET_GB` on CUDA; the smaller
+    `CPU_BUDGET_GB` on CPU, where larger batches only spill out of cache). A rough upper
+    bound on live activation bytes per batch row of a full block: residual, MLP hidden,
+    q/k/v/z and the attention scores and pattern.
     """
+    if budget_gb is None:
+        budget_gb = GPU_BUDGET_GB if str(model.cfg.device).startswith("cuda") else CPU_BUDGET_GB
     cfg = model.cfg
     d_mlp = getattr(cfg, "d_mlp", 4 * cfg.d_model) or 4 * cfg.d_model
     per_row = 4 * seq_len * (12 * cfg.d_model + 3 * d_mlp + 3 * cfg.n_heads * seq_len)
-    return max(1, int(budget_bytes // (per_row * n_rows_per_item)))
+    return max(1, int(budget_gb * 2**30 // (per_row * n_rows_per_item)))
 
 
 def read_rows(x: Float[Tensor, "rows pos d"], positions: Int[Tensor, " batch"], repeats: int):

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from interp.circuits.format import load_circuit
 from interp.cli import main
@@ -96,3 +97,21 @@ def test_smollm2_solves_ioi_and_has_a_name_mover(smol):
     att = attention_scores(smol, runs.clean_cache, runs.batch)
     movers, _ = Classifier(smol, runs, att, Thresholds(), progress=False).name_movers()
     assert len(movers) >= 1
+
+
+def test_exact_mode_patches_every_head(tmp_path, tiny_run):
+    """`--exact` stores exact activation patching; the default stores gradient estimates."""
+    from interp.models import load_model
+    from interp.patching import act_patch_heads
+
+    assert main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--out", str(tmp_path),
+                 "--exact", "--quiet"]) == 0
+    exact = json.loads((tmp_path / "random-tiny" / "ioi" / "summary.json").read_text())
+    default = json.loads((tiny_run / "summary.json").read_text())
+    assert exact["activation_patching_method"] == "exact"
+    assert default["activation_patching_method"] == "attribution"
+    assert exact["config"]["paths"] == "exact" and default["config"]["paths"] == "screen"
+    model = load_model("random:tiny")
+    runs = prepare_runs(model, build_ioi(model, 8, 0).batch)
+    ref = act_patch_heads(model, runs, "noise", "END", progress=False)
+    assert torch.allclose(torch.tensor(exact["activation_patching_end"]), ref, atol=1e-4)

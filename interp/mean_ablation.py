@@ -1,0 +1,196 @@
+"""Mean ablation of everything outside a circuit, evaluated for many circuits at once.
+
+A circuit keeps some heads (at all positions or at named ones) and, if it lists MLP nodes,
+some MLPs; every other head output `hook_z` (and MLP output) is replaced by its mean over the
+corrupted prompts of the same group (template), position by position (IOI paper, sec. 4).
+
+Evaluating a circuit normally costs one full forward. Circuits that differ from an already
+computed run only from layer L onward (e.g. C minus a class whose heads all sit at layer >= L)
+share that run's residual stream up to L, so `MeanAblation.metrics` resumes them there, many
+circuits per batch, and unembeds only at the metric's read positions. The full model (every
+head kept) is the first such base run; a circuit that differs from all bases already at layer
+0 is run from the embeddings and kept as a new base.
+
+Example:
+    >>> ev = MeanAblation(model, runs)
+    >>> f_c, f_c_minus = ev.metrics([circuit, without(circuit, [Head(9, 9)])]).mean(-1)
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.forward import repeat_kwargs, run_blocks
+from interp.nodes import Head, Mlp, Node
+from interp.patching.runs import Runs, chunk_size, metric_from_resid, read_rows
+
+Circuit = Mapping[Node, list[str] | None]  # node -> kept positions (None: all)
+MAX_BASES = 8  # cached base runs (each keeps resid_pre of every layer)
+
+
+@dataclass
+class Ablation:
+    """What one circuit keeps: True = the clean value stays, False = mean-ablated."""
+
+    heads: Bool[Tensor, "layer batch pos head"]
+    mlps: Bool[Tensor, "layer batch pos"] | None  # None: every MLP kept
+
+    def first_difference(self, other: "Ablation") -> int:
+        """The first layer at which the two ablations differ (n_layers if they never do)."""
+        n_layers = self.heads.shape[0]
+        for layer in range(n_layers):
+            if not torch.equal(self.heads[layer], other.heads[layer]):
+                return layer
+            if not torch.equal(self._mlp(layer), other._mlp(layer)):
+                return layer
+        return n_layers
+
+    def _mlp(self, layer: int) -> Tensor:
+        if self.mlps is None:
+            return torch.ones(self.heads.shape[1:3], dtype=torch.bool)
+        return self.mlps[layer]
+
+
+@dataclass
+class _Base:
+    ablation: Ablation
+    resid_pre: list[Tensor]  # per layer, [batch, pos, d_model]
+    metric: Tensor  # [batch]
+
+
+def keep_mask(batch, positions: list[str] | None, seq: int) -> Bool[Tensor, "batch pos"]:
+    """True at the named positions of every prompt (everywhere when `positions` is None)."""
+    if positions is None:
+        return torch.ones(len(batch), seq, dtype=torch.bool)
+    mask = torch.zeros(len(batch), seq, dtype=torch.bool)
+    rows = torch.arange(len(batch))
+    for name in positions:
+        if name not in batch.positions:
+            raise ValueError(f"unknown position '{name}'; this task has "
+                             f"{sorted(batch.positions)}")
+        mask[rows, batch.positions[name]] = True
+    return mask
+
+
+def group_means(act: Float[Tensor, "batch pos ..."], groups) -> Tensor:
+    """Each prompt's row replaced by the mean of its group's rows (same template)."""
+    out = torch.empty_like(act)
+    for g in groups.unique():
+        rows = groups == g
+        out[rows] = act[rows].mean(0, keepdim=True)
+    return out
+
+
+class MeanAblation:
+    """Mean-ablated runs of circuits on one `Runs` (clean prompts; means from corrupted)."""
+
+    def __init__(self, model, runs: Runs):
+        self.model, self.runs, self.batch = model, runs, runs.batch
+        self.seq = self.batch.clean_tokens.shape[1]
+        cfg, cache = model.cfg, runs.corrupted_cache
+        groups = self.batch.groups
+        self.z_means = [group_means(cache[f"blocks.{la}.attn.hook_z"], groups)
+                        for la in range(cfg.n_layers)]
+        self._mlp_means: list[Tensor] | None = None
+        full = Ablation(torch.ones(cfg.n_layers, len(self.batch), self.seq, cfg.n_heads,
+                                   dtype=torch.bool), None)
+        clean = runs.clean_cache
+        self.bases = [_Base(full, [clean[f"blocks.{la}.hook_resid_pre"]
+                                   for la in range(cfg.n_layers)], runs.clean_metric)]
+
+    def mlp_means(self) -> list[Tensor]:
+        if self._mlp_means is None:
+            cache, groups = self.runs.corrupted_cache, self.batch.groups
+            self._mlp_means = [group_means(cache[f"blocks.{la}.hook_mlp_out"], groups)
+                               for la in range(self.model.cfg.n_layers)]
+        return self._mlp_means
+
+    def ablation(self, circuit: Circuit) -> Ablation:
+        """The keep masks of a circuit (see the module docstring)."""
+        cfg, n, seq = self.model.cfg, len(self.batch), self.seq
+        heads = torch.zeros(cfg.n_layers, n, seq, cfg.n_heads, dtype=torch.bool)
+        for node, positions in circuit.items():
+            if isinstance(node, Head):
+                heads[node.layer, :, :, node.head] |= keep_mask(self.batch, positions, seq)
+        mlps = None
+        if any(isinstance(node, Mlp) for node in circuit):
+            mlps = torch.stack([keep_mask(self.batch, circuit[Mlp(la)], seq)
+                                if Mlp(la) in circuit else torch.zeros(n, seq, dtype=torch.bool)
+                                for la in range(cfg.n_layers)])
+        return Ablation(heads, mlps)
+
+    def hooks(self, ablations: Sequence[Ablation], start: int = 0) -> list:
+        """Forward hooks for layers >= `start` on a batch of len(ablations) x prompts rows."""
+        k = len(ablations)
+        hooks = []
+        for layer in range(start, self.model.cfg.n_layers):
+            keep = torch.cat([a.heads[layer] for a in ablations])[..., None]
+            hooks.append(_replace(f"blocks.{layer}.attn.hook_z", keep,
+                                  self.z_means[layer].repeat(k, 1, 1, 1)))
+            if any(a.mlps is not None for a in ablations):
+                keep = torch.cat([a._mlp(layer) for a in ablations])[..., None]
+                hooks.append(_replace(f"blocks.{layer}.hook_mlp_out", keep,
+                                      self.mlp_means()[layer].repeat(k, 1, 1)))
+        return hooks
+
+    def _best_base(self, ablation: Ablation) -> tuple[_Base, int]:
+        starts = [ablation.first_difference(b.ablation) for b in self.bases]
+        best = max(range(len(starts)), key=lambda i: starts[i])
+        return self.bases[best], starts[best]
+
+    def _run_base(self, ablation: Ablation) -> _Base:
+        """A full ablated run from the embeddings, keeping resid_pre of every layer."""
+        model, runs = self.model, self.runs
+        x = runs.clean_cache["blocks.0.hook_resid_pre"]
+        resid = []
+        with model.hooks(fwd_hooks=self.hooks([ablation])):
+            for layer in range(model.cfg.n_layers):
+                resid.append(x)
+                x = run_blocks(model, x, layer, runs.clean_kwargs, stop=layer + 1)
+        final = read_rows(x, self.batch.read_positions, 1)
+        base = _Base(ablation, resid, metric_from_resid(model, self.batch, final))
+        self.bases.append(base)
+        if len(self.bases) > MAX_BASES:  # keep memory bounded; the clean run always stays
+            del self.bases[1]
+        return base
+
+    def _run_resumed(self, items: list[tuple[Ablation, _Base]], start: int) -> Tensor:
+        model, n = self.model, len(self.batch)
+        x = torch.cat([base.resid_pre[start] for _, base in items])
+        kw = repeat_kwargs(self.runs.clean_kwargs, n, len(items))
+        with model.hooks(fwd_hooks=self.hooks([a for a, _ in items], start)):
+            x = run_blocks(model, x, start, kw)
+        final = read_rows(x, self.batch.read_positions, len(items)).view(len(items), n, -1)
+        return metric_from_resid(model, self.batch, final)
+
+    @torch.inference_mode()
+    def metrics(self, circuits: Sequence[Circuit],
+                progress: bool = False) -> Float[Tensor, "n_circuits batch"]:
+        """Per-prompt metric of each circuit's mean-ablated run on the clean prompts."""
+        n_layers = self.model.cfg.n_layers
+        if not circuits:
+            return torch.empty(0, len(self.batch))
+        ablations = [self.ablation(c) for c in circuits]
+        for ablation in ablations:  # a run that shares no layer with a base becomes one
+            if self._best_base(ablation)[1] == 0:
+                self._run_base(ablation)
+        placed = [self._best_base(a) for a in ablations]
+        out = [base.metric if start == n_layers else None for base, start in placed]
+        pending = sorted((start, i) for i, (_, start) in enumerate(placed) if start < n_layers)
+        step = chunk_size(self.model, len(self.batch), self.seq, None)
+        chunks = [pending[lo:lo + step] for lo in range(0, len(pending), step)]
+        for chunk in tqdm(chunks, desc="ablated runs", disable=not progress):
+            items = [(ablations[i], placed[i][0]) for _, i in chunk]
+            for (_, i), value in zip(chunk, self._run_resumed(items, chunk[0][0]), strict=True):
+                out[i] = value
+        return torch.stack(out)
+
+
+def _replace(name: str, keep: Tensor, mean: Tensor):
+    def hook(act, hook=None):
+        return torch.where(keep.to(act.device), act, mean.to(act.device))
+    return (name, hook)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from interp.circuit import circuit_metric, full_circuit, without
+from interp.ioi.dataset import build_ioi
+from interp.mean_ablation import MeanAblation
+from interp.nodes import Head, Mlp
+from interp.patching import prepare_runs
+
+
+@pytest.fixture(scope="module")
+def runs(tiny):
+    return prepare_runs(tiny, build_ioi(tiny, n_prompts=12, seed=0).batch)
+
+
+def _circuits(model):
+    full = full_circuit(model)
+    late = [Head(model.cfg.n_layers - 1, h) for h in range(2)]
+    circuit = {Head(0, 1): None, Head(1, 2): ["END"], Head(1, 3): ["END", "S2"]}
+    return [
+        circuit,                                   # from the embeddings: a new base
+        without(circuit, [Head(1, 2)]),            # resumes from that base at layer 1
+        without(full, late),                       # resumes from the clean run
+        without(full, [Head(0, 0)]),               # differs from both at layer 0
+        full,                                      # identical to the clean run
+        {**circuit, Mlp(0): None},                 # MLP 1 ablated too
+        {},                                        # everything ablated
+        circuit,                                   # a repeat
+    ]
+
+
+def test_resumed_batched_runs_equal_plain_forwards(tiny, runs):
+    circuits = _circuits(tiny)
+    got = MeanAblation(tiny, runs).metrics(circuits)
+    for circuit, row in zip(circuits, got, strict=True):
+        assert torch.allclose(row, circuit_metric(tiny, runs, circuit), atol=1e-4)
+
+
+def test_bases_are_reused(tiny, runs):
+    ev = MeanAblation(tiny, runs)
+    circuit = {Head(0, 1): None, Head(1, 2): ["END"]}
+    ev.metrics([circuit, without(circuit, [Head(1, 2)])])
+    assert len(ev.bases) == 2  # the clean run and the circuit; the variant resumed from it
+
+
+def test_first_difference(tiny, runs):
+    ev = MeanAblation(tiny, runs)
+    full = ev.ablation(full_circuit(tiny))
+    assert full.first_difference(full) == tiny.cfg.n_layers
+    assert ev.ablation(without(full_circuit(tiny), [Head(1, 3)])).first_difference(full) == 1
+    assert ev.ablation({**full_circuit(tiny), Mlp(1): None}).first_difference(full) == 0
+
+
+def test_one_chunk_per_item_gives_the_same(tiny, runs, monkeypatch):
+    circuits = _circuits(tiny)
+    together = MeanAblation(tiny, runs).metrics(circuits)
+    monkeypatch.setattr("interp.mean_ablation.chunk_size", lambda *a: 1)
+    apart = MeanAblation(tiny, runs).metrics(circuits)
+    assert torch.allclose(together, apart, atol=1e-5)
