@@ -2,9 +2,10 @@
 
 For head h in layer L, the patched run equals the base run up to `resid_mid` of layer L,
 plus the change of h's output (z_src - z_base)_h @ W_O[L, h]. So each sweep item starts there
-from the cached residual stream, runs MLP L and blocks L+1.., and unembeds only at the
-positions the metric reads. All heads of one layer run in one batch (heads x prompts),
-split to fit the memory budget.
+from the cached residual stream, runs MLP L and then blocks L+1.. only on the tokens the patch
+can change (from the patched position to the read position; `interp.patching.sparse`), with
+the last block only at the read position, and unembeds only the columns the metric reads.
+All heads of one layer run in one batch (heads x prompts), split to fit the memory budget.
 """
 
 import torch
@@ -12,7 +13,6 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.forward import repeat_kwargs, run_blocks
 from interp.patching.runs import (
     Runs,
     check_sequential,
@@ -20,8 +20,8 @@ from interp.patching.runs import (
     head_out,
     metric_from_resid,
     mlp_step,
-    read_rows,
 )
+from interp.patching.sparse import BaseRun, ChangedTokens, base_run, forward_changed
 
 DIRECTIONS = {"noise": ("clean", "corrupted"), "denoise": ("corrupted", "clean")}
 
@@ -33,30 +33,30 @@ def _base_source(direction: str) -> tuple[str, str]:
     return DIRECTIONS[direction]
 
 
-def _layer_effects(model, runs: Runs, layer: int, direction: str, positions: str | None,
-                   budget: float | None) -> Float[Tensor, " n_heads"]:
+def _layer_effects(model, runs: Runs, engine: BaseRun, layer: int, direction: str,
+                   positions: str | None, budget: float | None) -> Float[Tensor, " n_heads"]:
     base, source = _base_source(direction)
     batch = runs.batch
     z_base = runs.cache(base)[f"blocks.{layer}.attn.hook_z"]
-    z_src = runs.cache(source)[f"blocks.{layer}.attn.hook_z"]
-    diff = z_src - z_base  # [batch, pos, n_heads, d_head]
+    diff = runs.cache(source)[f"blocks.{layer}.attn.hook_z"] - z_base  # [batch, pos, h, d]
+    first = torch.zeros_like(batch.read_positions)
     if positions is not None:
+        first = batch.positions[positions]
         mask = torch.zeros(diff.shape[:2], dtype=diff.dtype, device=diff.device)
-        pos = batch.positions[positions].to(diff.device)
-        mask[torch.arange(diff.shape[0]), pos] = 1.0
+        mask[torch.arange(diff.shape[0]), first.to(diff.device)] = 1.0
         diff = diff * mask[:, :, None, None]
     resid_mid = runs.cache(base)[f"blocks.{layer}.hook_resid_mid"]
     base_metric = runs.clean_metric if base == "clean" else runs.corrupted_metric
-    n_heads, n_batch, seq = model.cfg.n_heads, len(batch), resid_mid.shape[1]
-    step = chunk_size(model, n_batch, seq, budget)
+    n_heads, n_batch = model.cfg.n_heads, len(batch)
+    step = chunk_size(model, n_batch, resid_mid.shape[1], budget)
     out = []
     for start in range(0, n_heads, step):
         heads = torch.arange(start, min(start + step, n_heads), device=diff.device)
+        tokens = ChangedTokens.span(first, batch.read_positions, len(heads))
         x = (resid_mid + head_out(model, diff, layer, heads)).flatten(0, 1)  # [k*batch, pos, d]
-        x = mlp_step(model, layer, x)
-        kw = repeat_kwargs(runs.kwargs(base), n_batch, len(heads))
-        x = run_blocks(model, x, layer + 1, kw)
-        resid = read_rows(x, batch.read_positions, len(heads)).view(len(heads), n_batch, -1)
+        x = mlp_step(model, layer, x[tokens.rows, tokens.pos])  # resid_pre[layer + 1]
+        final = forward_changed(model, engine, x, tokens, layer + 1)
+        resid = final.view(len(heads), n_batch, -1)
         out.append((metric_from_resid(model, batch, resid) - base_metric).mean(-1))
     return torch.cat(out)
 
@@ -78,6 +78,7 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
     """
     check_sequential(model)
     layers = range(model.cfg.n_layers)
-    rows = [_layer_effects(model, runs, layer, direction, positions, budget_gb)
+    engine = base_run(model, runs, _base_source(direction)[0])
+    rows = [_layer_effects(model, runs, engine, layer, direction, positions, budget_gb)
             for layer in tqdm(layers, desc="activation patching", disable=not progress)]
     return torch.stack(rows)

@@ -25,13 +25,17 @@ def _tokens(runs: Runs, which: str) -> Tensor:
 
 @torch.inference_mode()
 def act_patch_heads_naive(model, runs: Runs, direction: str = "noise",
-                          positions: str | None = None) -> Float[Tensor, "layer head"]:
+                          positions: str | None = None,
+                          layers: list[int] | None = None) -> Float[Tensor, "layer head"]:
+    """One forward per head; `layers` limits the sweep (rows of other layers stay 0)."""
     base, source = _base_source(direction)
     base_metric = runs.clean_metric if base == "clean" else runs.corrupted_metric
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     pos = None if positions is None else runs.batch.positions[positions]
     rows = torch.arange(len(runs.batch))
     for head in all_heads(model.cfg.n_layers, model.cfg.n_heads):
+        if layers is not None and head.layer not in layers:
+            continue
         src = runs.cache(source)[head.hook_name][:, :, head.head]
 
         def hook(z, hook=None, h=head.head, src=src):

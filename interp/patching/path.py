@@ -9,7 +9,8 @@ at the positions the receivers read, `resid_mid[L] + delta_s` through MLP L, the
 - receivers = "logits": the final residual at the metric's read position gives the metric.
 - receivers = q/k/v inputs of heads at named positions: the propagated residual at each
   receiver's layer gives its new q/k/v (LN1 then W_Q/W_K/W_V); a final clean run, resumed at
-  the first receiver layer, with those inputs patched, gives the metric.
+  the first receiver layer, with those inputs patched, gives the metric. It runs only the
+  tokens from the earliest receiver position on (`interp.patching.sparse`).
 
 Senders of one layer are batched (senders x prompts) under a memory budget. The naive
 reference (one full forward per sender and step) is `interp.patching.naive`.
@@ -22,8 +23,6 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.forward import repeat_kwargs, run_blocks
-from interp.interventions import Intervention, applied
 from interp.nodes import Head
 from interp.patching.gradients import clean_gradients
 from interp.patching.runs import (
@@ -33,8 +32,8 @@ from interp.patching.runs import (
     head_out,
     metric_from_resid,
     mlp_step,
-    read_rows,
 )
+from interp.patching.sparse import ChangedTokens, Override, base_run, forward_changed
 
 INPUTS = ("q", "k", "v")
 
@@ -156,20 +155,25 @@ def receiver_gradients(model, runs: Runs, receivers: list[Receiver]) -> dict:
 
 
 def _final_run(model, runs: Runs, start: int, values: dict, k: int,
-               budget: float | None):
+               budget: float | None) -> Float[Tensor, " k"]:
+    """The paper's final clean run with the receivers' inputs patched, for k senders.
+
+    Only the tokens from the earliest receiver position on can change; they alone are run.
+    """
     batch, n = runs.batch, len(runs.batch)
+    engine = base_run(model, runs, "clean")
+    first = torch.stack([batch.positions[r.position] for r in values]).amin(0)
     resid = runs.clean_cache[f"blocks.{start}.hook_resid_pre"]
     step = chunk_size(model, n, resid.shape[1], budget)
     out = []
     for lo in range(0, k, step):
         hi = min(lo + step, k)
-        ivs = [Intervention(r.hook_name(), v[lo:hi].flatten(0, 1), r.slot(model),
-                            batch.positions[r.position].repeat(hi - lo))
-               for r, v in values.items()]
-        kw = repeat_kwargs(runs.clean_kwargs, n, hi - lo)
-        with applied(model, ivs):
-            x = run_blocks(model, resid.repeat(hi - lo, 1, 1), start, kw)
-        final = read_rows(x, batch.read_positions, hi - lo).view(hi - lo, n, -1)
+        tokens = ChangedTokens.span(first, batch.read_positions, hi - lo)
+        overrides = [Override(r.head.layer, r.input, r.slot(model),
+                              batch.positions[r.position].repeat(hi - lo), v[lo:hi].flatten(0, 1))
+                     for r, v in values.items()]
+        x = resid.repeat(hi - lo, 1, 1)[tokens.rows, tokens.pos]
+        final = forward_changed(model, engine, x, tokens, start, overrides).view(hi - lo, n, -1)
         out.append((metric_from_resid(model, batch, final) - runs.clean_metric).mean(-1))
     return torch.cat(out)
 

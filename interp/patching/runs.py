@@ -5,7 +5,7 @@ Example:
     >>> runs.clean_metric.shape  # [batch]
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -37,6 +37,7 @@ class Runs:
     clean_kwargs: dict
     corrupted_kwargs: dict
     grads: dict | None = None  # filled by `interp.patching.gradients.clean_gradients`
+    bases: dict = field(default_factory=dict)  # `interp.patching.sparse.base_run`, by run
 
     def cache(self, which: str) -> dict:
         return self.clean_cache if which == "clean" else self.corrupted_cache

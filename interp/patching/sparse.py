@@ -1,0 +1,177 @@
+"""A forward pass over only the tokens a patch can change, on top of a cached clean run.
+
+A patch at position p of a prompt changes the residual stream only at positions >= p
+(attention is causal), and a metric read at position r needs nothing after r. So a patched
+run resumed at layer L only has to compute the tokens p..r of each prompt: queries, MLPs and
+projections run on those tokens alone, and their attention reads keys/values that are the
+clean run's (cached per layer) everywhere else. In the last layer only the read positions
+are queries. For IOI this makes a patch at END cost one token per layer instead of ~20.
+
+Blocks are driven from their weights (`W_Q`.. `W_O`, the bridge's own norms and MLPs, the
+HF attention scale and rotary tables), so this is exact, not an approximation; tests compare
+it with the bridge's blocks on GPT-2 and Llama.
+
+Rows are items x prompts, item-major (row = item * n_prompts + prompt).
+
+Example:
+    >>> base = base_run(model, runs)
+    >>> tokens = ChangedTokens.span(first, runs.batch.read_positions, n_items=12)
+    >>> final = forward_changed(model, base, x, tokens, start=5)  # [rows, d_model] at reads
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.patching.runs import Runs
+
+
+@dataclass
+class ChangedTokens:
+    """The (row, position) tokens a batch of patched runs must compute, row-major sorted."""
+
+    rows: Int[Tensor, " n"]
+    pos: Int[Tensor, " n"]
+    first: Int[Tensor, " rows"]  # index (into the n tokens) of each row's first token
+    read: Int[Tensor, " rows"]  # index of each row's read token (its last)
+    n_rows: int
+
+    @classmethod
+    def span(cls, first: Int[Tensor, " prompts"], read_positions: Int[Tensor, " prompts"],
+             n_items: int) -> "ChangedTokens":
+        """Tokens first[p]..read[p] of every prompt p, for n_items copies of the batch."""
+        first, last = first.repeat(n_items), read_positions.repeat(n_items)
+        if (first > last).any():
+            raise ValueError("a patch after the read position cannot change the metric")
+        counts = last - first + 1
+        rows = torch.repeat_interleave(torch.arange(len(first)), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = first[rows] + torch.arange(len(rows)) - starts[rows]
+        return cls(rows, pos, starts, starts + counts - 1, len(first))
+
+    def index_of(self, positions: Int[Tensor, " rows"]) -> Int[Tensor, " rows"]:
+        """For each row, the index of its token at `positions[row]` (which must be changed)."""
+        if (positions < self.pos[self.first]).any() or (positions > self.pos[self.read]).any():
+            raise ValueError("position outside the changed tokens")
+        return self.first + positions - self.pos[self.first]
+
+
+class BaseRun:
+    """A cached run's residual stream and keys/values per layer (computed on first use).
+
+    `which` is "clean" or "corrupted": the run the patches are applied to.
+    """
+
+    def __init__(self, model, runs: Runs, which: str = "clean"):
+        self.model, self.cache = model, runs.cache(which)
+        self.n_prompts = len(runs.batch)
+        self._kv: dict[int, tuple[Tensor, Tensor]] = {}
+        self.w = {name: getattr(model, name, None) for name in
+                  ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")}
+        rotary = runs.kwargs(which).get("position_embeddings")
+        self.cos, self.sin = rotary if rotary is not None else (None, None)
+
+    def resid_pre(self, layer: int) -> Float[Tensor, "prompts pos d_model"]:
+        return self.cache[f"blocks.{layer}.hook_resid_pre"]
+
+    def project(self, layer: int, kind: str, h: Float[Tensor, "n d_model"]):
+        """h @ W_kind[layer] + b_kind[layer] -> [n, heads, d_head] (kind in q, k, v)."""
+        out = torch.einsum("nd,hde->nhe", h, self.w[f"W_{kind.upper()}"][layer])
+        bias = self.w[f"b_{kind.upper()}"]
+        return out if bias is None else out + bias[layer]
+
+    def rotate(self, x: Tensor, prompt: Tensor, pos: Tensor) -> Tensor:
+        """Rotary embedding (HF convention) of [n, heads, d_head] vectors at positions."""
+        if self.cos is None:
+            return x
+        row = prompt if self.cos.shape[0] > 1 else torch.zeros_like(prompt)
+        cos, sin = self.cos[row, pos][:, None], self.sin[row, pos][:, None]
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), -1)
+        return x * cos + rotated * sin
+
+    def kv(self, layer: int) -> tuple[Tensor, Tensor]:
+        """Keys (rotated) and values of every token: [prompts, pos, kv_heads, d_head]."""
+        if layer not in self._kv:
+            resid = self.resid_pre(layer)
+            b, s, d = resid.shape
+            h = self.model.blocks[layer].ln1(resid).reshape(b * s, d)
+            prompt = torch.arange(b).repeat_interleave(s)
+            pos = torch.arange(s).repeat(b)
+            k = self.rotate(self.project(layer, "k", h), prompt, pos)
+            v = self.project(layer, "v", h)
+            self._kv[layer] = (k.view(b, s, *k.shape[1:]), v.view(b, s, *v.shape[1:]))
+        return self._kv[layer]
+
+
+def base_run(model, runs: Runs, which: str = "clean") -> BaseRun:
+    """The `BaseRun` of `runs`' clean or corrupted run, cached on `runs`."""
+    if which not in runs.bases:
+        runs.bases[which] = BaseRun(model, runs, which)
+    return runs.bases[which]
+
+
+@dataclass
+class Override:
+    """Replace one head's q, k or v input (pre-rotary) at one position per row."""
+
+    layer: int
+    kind: str  # "q", "k" or "v"
+    slot: int  # query head (q) or key/value head (k, v)
+    positions: Int[Tensor, " rows"]
+    values: Float[Tensor, "rows d_head"]
+
+
+def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
+            queries: Tensor, overrides: list[Override]) -> Float[Tensor, "n_queries d_model"]:
+    """Attention output at the query tokens (indices into `tokens`) of one layer."""
+    prompt = tokens.rows % base.n_prompts
+    qkv = {kind: base.project(layer, kind, h[queries] if kind == "q" else h)
+           for kind in ("q", "k", "v")}
+    for ov in overrides:
+        index = tokens.index_of(ov.positions)
+        if ov.kind == "q":
+            index = torch.searchsorted(queries, index)
+        qkv[ov.kind][index, ov.slot] = ov.values.to(h.dtype)
+    q = base.rotate(qkv["q"], prompt[queries], tokens.pos[queries])
+    k_new = base.rotate(qkv["k"], prompt, tokens.pos)
+    k_clean, v_clean = base.kv(layer)
+    n_items = tokens.n_rows // base.n_prompts
+    k_all = k_clean.repeat(n_items, 1, 1, 1)
+    v_all = v_clean.repeat(n_items, 1, 1, 1)
+    k_all[tokens.rows, tokens.pos] = k_new
+    v_all[tokens.rows, tokens.pos] = qkv["v"]
+    q_all = torch.zeros(tokens.n_rows, k_all.shape[1], q.shape[1], q.shape[2], dtype=q.dtype)
+    q_all[tokens.rows[queries], tokens.pos[queries]] = q
+    scale = model.blocks[layer].attn.original_component.scaling
+    z = F.scaled_dot_product_attention(q_all.transpose(1, 2), k_all.transpose(1, 2),
+                                       v_all.transpose(1, 2), is_causal=True, scale=scale,
+                                       enable_gqa=q.shape[1] != k_all.shape[2])
+    z = z.transpose(1, 2)[tokens.rows[queries], tokens.pos[queries]]  # [n_q, heads, d_head]
+    out = torch.einsum("nhe,hed->nd", z, base.w["W_O"][layer])
+    return out if base.w["b_O"] is None else out + base.w["b_O"][layer]
+
+
+def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
+                    tokens: ChangedTokens, start: int,
+                    overrides: list[Override] = ()) -> Float[Tensor, "rows d_model"]:
+    """Run layers start.. on the changed tokens; the final residual at each row's read token.
+
+    Args:
+        x: resid_pre[start] at every changed token.
+        overrides: q/k/v replacements (e.g. path patching's receivers).
+    """
+    if start >= model.cfg.n_layers:
+        return x[tokens.read]
+    every = torch.arange(len(tokens.rows))
+    for layer in range(start, model.cfg.n_layers):
+        block = model.blocks[layer]
+        queries = tokens.read if layer == model.cfg.n_layers - 1 else every
+        mine = [ov for ov in overrides if ov.layer == layer]
+        attn = _attend(model, base, layer, block.ln1(x), tokens, queries, mine)
+        mid = x[queries] + attn
+        x = mid + block.mlp(block.ln2(mid))
+    return x
