@@ -13,7 +13,9 @@ The FLOP floor of a sweep counts, for each swept head, the matmul FLOPs (2 per m
 of what the definition requires from the head's layer onward, on the tokens the metric
 depends on (each prompt up to its read position): activation patching needs the head's
 output change, MLP of its layer and every later block on those tokens (attention scores and
-pattern-value products included, causal), and the unembedding at the read position; path
+pattern-value products included, causal), except that the last block only needs keys and
+values of every token and everything else at the read position (a last-layer head needs its
+layer's MLP at the read position only), and the unembedding at the read position; path
 patching to logits needs, at the read position only, the output change, the MLPs of layers
 >= the sender's, and the unembedding. The unembedding counts only the vocabulary columns the
 metric reads (2 for IOI's logit difference). Norms, activations and softmax are not counted.
@@ -59,6 +61,15 @@ def block_flops(cfg, length: int) -> int:
     return length * (proj + mlp_flops(cfg)) + 4 * cfg.n_heads * cfg.d_head * keys
 
 
+def last_block_flops(cfg, length: int) -> int:
+    """The last block when only the read position (the prompt's last token) is read: keys and
+    values of every token, the query, attention, output projection and MLP of one token."""
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    kv = 2 * 2 * cfg.d_model * cfg.d_head * n_kv
+    q_o = 2 * 2 * cfg.d_model * cfg.d_head * cfg.n_heads
+    return length * kv + q_o + 4 * cfg.n_heads * cfg.d_head * length + mlp_flops(cfg)
+
+
 def metric_columns(cfg, metric) -> int:
     """Unembedding columns a metric needs: 2 for a logit difference, else the vocabulary."""
     return 2 if isinstance(metric, LogitDiff) else cfg.d_vocab
@@ -70,12 +81,16 @@ def act_patch_floor(cfg, lengths: list[int], columns: int | None = None) -> int:
     `columns`: unembedding columns the metric reads (default: the whole vocabulary)."""
     head_out = 2 * cfg.d_head * cfg.d_model
     unembed = 2 * cfg.d_model * (columns or cfg.d_vocab)
+    last = cfg.n_layers - 1
     total = 0
     for layer in range(cfg.n_layers):
-        per_head = sum(n * (head_out + mlp_flops(cfg)) + unembed
-                       + sum(block_flops(cfg, n) for _ in range(layer + 1, cfg.n_layers))
-                       for n in lengths)
-        total += cfg.n_heads * per_head
+        for n in lengths:
+            if layer == last:  # only the read position matters
+                per_head = head_out + mlp_flops(cfg) + unembed
+            else:
+                per_head = (n * (head_out + mlp_flops(cfg)) + last_block_flops(cfg, n) + unembed
+                            + sum(block_flops(cfg, n) for _ in range(layer + 1, last)))
+            total += cfg.n_heads * per_head
     return total
 
 

@@ -38,16 +38,33 @@ def _hand_block(cfg, n_tokens: int) -> int:
     return flops
 
 
+def _hand_last_block(cfg, n_tokens: int) -> int:
+    """The last block read at its last token only: K/V everywhere, the rest at that token."""
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    mlp_mats = 3 if cfg.gated_mlp else 2
+    flops = n_tokens * 2 * 2 * cfg.d_model * cfg.d_head * n_kv  # W_K, W_V on every token
+    flops += 2 * cfg.d_model * cfg.d_head * cfg.n_heads  # W_Q, read token
+    flops += 2 * cfg.d_head * cfg.n_heads * cfg.d_model  # W_O, read token
+    for _head in range(cfg.n_heads):
+        for _key in range(n_tokens):
+            flops += 2 * cfg.d_head + 2 * cfg.d_head
+    return flops + mlp_mats * 2 * cfg.d_model * cfg.d_mlp
+
+
 def _hand_act_floor(cfg, lengths, cols) -> int:
     mlp = (3 if cfg.gated_mlp else 2) * 2 * cfg.d_model * cfg.d_mlp
     total = 0
     for layer in range(cfg.n_layers):
         for _head in range(cfg.n_heads):
             for n in lengths:
-                total += n * 2 * cfg.d_head * cfg.d_model + n * mlp  # delta @ W_O, MLP L
-                for _later in range(layer + 1, cfg.n_layers):
-                    total += _hand_block(cfg, n)
                 total += 2 * cfg.d_model * cols  # unembed, read position only
+                if layer == cfg.n_layers - 1:  # delta @ W_O and MLP at the read token
+                    total += 2 * cfg.d_head * cfg.d_model + mlp
+                    continue
+                total += n * 2 * cfg.d_head * cfg.d_model + n * mlp  # delta @ W_O, MLP L
+                for _later in range(layer + 1, cfg.n_layers - 1):
+                    total += _hand_block(cfg, n)
+                total += _hand_last_block(cfg, n)
     return total
 
 
@@ -73,14 +90,15 @@ def test_flop_floors_match_hand_count(cfg):
 
 
 def test_flop_floor_tiny_numbers():
-    """One number worked out on paper: the tiny config, one prompt of 2 tokens, last layer's
-    heads only contribute output change + MLP + unembed."""
+    """One number worked out on paper: the tiny config (2 layers), one prompt of 2 tokens.
+    Layer-1 heads: output change + MLP + unembed at the read token. Layer-0 heads: output
+    change and MLP on both tokens, then the last block (K/V of 2 tokens, the rest at one)."""
     c = TINY
     mlp, unembed, head_out = 4 * 64 * 256, 2 * 64 * 50257, 2 * 16 * 64
-    qkvo = 4 * 2 * 64 * 64  # four d_model x d_model projections
-    block = 2 * (qkvo + mlp) + 4 * 4 * 16 * (1 + 2)  # 2 tokens: 1 + 2 keys
-    layer1 = 4 * (2 * (head_out + mlp) + unembed)
-    layer0 = 4 * (2 * (head_out + mlp) + unembed + block)
+    proj = 2 * 64 * 64  # one d_model x d_model projection
+    last_block = 2 * 2 * proj + 2 * proj + 4 * 4 * 16 * 2 + mlp
+    layer1 = 4 * (head_out + mlp + unembed)
+    layer0 = 4 * (2 * (head_out + mlp) + unembed + last_block)
     assert act_patch_floor(c, [2]) == layer0 + layer1
 
 
