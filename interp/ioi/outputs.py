@@ -25,6 +25,7 @@ def write_figures(run) -> dict[str, str]:
     folder, spec, n_layers = run.folder, run.spec, run.model.cfg.n_layers
     views = _top_heads_per_class(run.classes)
     attention_views(run.model, _example_tokens(run), views, folder)
+    how = "" if run.config.exact else " (attribution estimate; --exact patches every head)"
     grids = {
         "dla_heads.html": (run.dla, f"{spec}: direct logit attribution per head (IO - S)",
                            "logit diff"),
@@ -32,11 +33,11 @@ def write_figures(run) -> dict[str, str]:
                                          f"{spec}: path patching, head -> logits (change of "
                                          "logit diff)", "change of logit diff"),
         "activation_patching.html": (run.act_all, f"{spec}: activation patching per head, "
-                                     "corrupted -> clean, all positions", "change of logit diff"),
+                                     f"corrupted -> clean, all positions{how}",
+                                     "change of logit diff"),
+        "activation_patching_end.html": (run.act_end, f"{spec}: activation patching per head "
+                                         f"at END{how}", "change of logit diff"),
     }
-    if run.act_end is not None:
-        grids["activation_patching_end.html"] = (run.act_end, f"{spec}: activation patching "
-                                                 "per head at END", "change of logit diff")
     for name, (values, title, label) in grids.items():
         save_linked_figure(head_heatmap(values, title, label), folder / name, heads=views)
     save_linked_figure(circuit_diagram(run.classes, n_layers, f"{spec}: IOI circuit found "

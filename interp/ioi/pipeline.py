@@ -3,6 +3,11 @@
 Stages: dataset -> clean/corrupted runs -> direct logit attribution -> activation patching ->
 attention scores -> head classification (path patching) -> copying scores -> circuit
 evaluation -> files (dataset.jsonl, summary.json, circuit.yaml, HTML figures).
+
+Default mode: activation patching is estimated by attribution (EAP) and the q/k/v
+path-patching steps screen senders by attribution before patching the strongest exactly; one
+clean backward pass serves both. `IOIConfig(exact=True)` (`interp ioi --exact`) patches every
+head and sender exactly instead.
 """
 
 import sys
