@@ -132,9 +132,25 @@ def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, na
         yield start, end, grads, acts
 
 
+def path_gradients(model, batch: TaskBatch, names: list[str], steps: int,
+                   chunk_size: int = 16) -> dict[str, Tensor]:
+    """EAP-IG gradients of the mean metric at `names`: averaged over `steps` midpoints of the
+    input-embedding path from the clean run to the corrupted one ("noise" direction)."""
+    _check("attribution-ig", "noise", steps)
+    parts = []
+    for index in _chunks(len(batch), chunk_size):
+        total: dict[str, Tensor] = {}
+        for _, _, grads, _ in _passes(model, batch.subset(index), "noise", "attribution-ig",
+                                      steps, [INPUT, *names], len(batch)):
+            for n in names:
+                total[n] = total.get(n, 0) + grads[n].detach() / steps
+        parts.append(total)
+    return {n: torch.cat([p[n] for p in parts]) for n in names}
+
+
 def head_attribution(
     model, batch: TaskBatch, method: str = "attribution", steps: int = 5,
-    direction: str = "noise", chunk_size: int = 16,
+    direction: str = "noise", chunk_size: int = 16, positions: str | None = None,
 ) -> Float[Tensor, "n_layers n_heads"]:
     """Estimated change of the mean metric when one head's output (`hook_z`, all positions)
     is patched, for every head at once.
@@ -148,6 +164,8 @@ def head_attribution(
         direction: "noise" (corrupted into clean; the IOI paper's activation patching) or
             "denoise" (clean into corrupted). See the module docstring.
         chunk_size: prompts per forward (memory only; the result does not depend on it).
+        positions: None for the head's output at all positions, or a name in
+            `batch.positions` (e.g. "END") to patch it at that position only.
 
     Returns:
         `[n_layers, n_heads]`, raw metric units; compare with exact activation patching.
@@ -165,10 +183,13 @@ def head_attribution(
         sub = batch.subset(index)
         for start, end, grads, _ in _passes(model, sub, direction, method, steps, names,
                                             len(batch)):
+            rows = torch.arange(len(sub))
             for layer in range(n_layers):
                 name = f"blocks.{layer}.attn.hook_z"
-                delta = end[name] - start[name]  # [b, pos, heads, d_head]
-                out[layer] += (delta * grads[name]).sum((0, 1, 3)).detach().cpu() / n_points
+                term = (end[name] - start[name]) * grads[name]  # [b, pos, heads, d_head]
+                if positions is not None:
+                    term = term[rows, sub.positions[positions]][:, None]
+                out[layer] += term.sum((0, 1, 3)).detach().cpu() / n_points
     return out
 
 

@@ -61,9 +61,8 @@ def _layer_effects(model, runs: Runs, engine: BaseRun, layer: int, direction: st
     return torch.cat(out)
 
 
-@torch.inference_mode()
 def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str | None = None,
-                    budget_gb: float | None = None,
+                    *, method: str = "exact", steps: int = 5, budget_gb: float | None = None,
                     progress: bool = True) -> Float[Tensor, "layer head"]:
     """Mean change of the metric when one head's output is patched, for every head.
 
@@ -73,12 +72,27 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
             paper's convention); "denoise" patches the clean output into the corrupted run
             (TransformerLens' `get_act_patch_attn_head_out_all_pos`).
         positions: None for all positions, or a name in `batch.positions` (e.g. "END").
+        method: "exact" (one patched run per head, batched, near the FLOP floor),
+            "attribution" (EAP: one forward per run and one backward for all heads) or
+            "attribution-ig" (EAP-IG with `steps` interpolation points); see
+            `interp.attribution.head_attribution`.
         budget_gb: activation memory budget per batched forward (None: the device default);
             items are split to fit.
     """
+    if method != "exact":
+        from interp.attribution import head_attribution
+
+        return head_attribution(model, runs.batch, method, steps, direction,
+                                positions=positions)
+    return _exact(model, runs, direction, positions, budget_gb, progress)
+
+
+@torch.inference_mode()
+def _exact(model, runs: Runs, direction: str, positions: str | None, budget_gb: float | None,
+           progress: bool) -> Float[Tensor, "layer head"]:
     check_sequential(model)
-    layers = range(model.cfg.n_layers)
     engine = base_run(model, runs, _base_source(direction)[0])
+    layers = range(model.cfg.n_layers)
     rows = [_layer_effects(model, runs, engine, layer, direction, positions, budget_gb)
             for layer in tqdm(layers, desc="activation patching", disable=not progress)]
     return torch.stack(rows)

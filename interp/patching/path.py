@@ -144,12 +144,22 @@ def _clean_value(model, runs: Runs, r: Receiver) -> Float[Tensor, "batch d_head"
     return runs.clean_cache[r.hook_name()][rows, runs.batch.positions[r.position], r.slot(model)]
 
 
-def receiver_gradients(model, runs: Runs, receivers: list[Receiver]) -> dict:
-    """d(mean metric)/d(receiver input) on the clean run: {receiver: [batch, d_head]}.
+def receiver_gradients(model, runs: Runs, receivers: list[Receiver],
+                       steps: int | None = None) -> dict:
+    """d(mean metric)/d(receiver input): {receiver: [batch, d_head]}.
 
-    From the shared clean-run gradients (one forward and one backward pass per `Runs`).
+    `steps=None`: on the clean run, from the shared clean-run gradients (one forward and one
+    backward pass per `Runs`). `steps=m`: EAP-IG, averaged over m points of the input path
+    from the clean to the corrupted prompts (`interp.attribution.path_gradients`).
     """
-    grads, rows = clean_gradients(model, runs), torch.arange(len(runs.batch))
+    if steps is None:
+        grads = clean_gradients(model, runs)
+    else:
+        from interp.attribution import path_gradients
+
+        grads = path_gradients(model, runs.batch, sorted({r.hook_name() for r in receivers}),
+                               steps)
+    rows = torch.arange(len(runs.batch))
     return {r: grads[r.hook_name()][rows, runs.batch.positions[r.position], r.slot(model)]
             for r in receivers}
 
@@ -178,8 +188,12 @@ def _final_run(model, runs: Runs, start: int, values: dict, k: int,
     return torch.cat(out)
 
 
+METHODS = ("exact", "attribution", "attribution-ig", "screen")
+
+
 def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
-               method: str = "exact", top_k: int = 20, budget_gb: float | None = None,
+               method: str = "exact", top_k: int = 20, steps: int = 5,
+               budget_gb: float | None = None,
                progress: bool = True) -> Float[Tensor, " n_senders"]:
     """Mean change of the metric when each sender's path to the receivers is patched.
 
@@ -189,7 +203,8 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
         receivers: "logits" or a list of `Receiver` (q/k/v inputs of heads at positions).
         method: for q/k/v receivers, "exact"; "attribution" (each receiver input's exact
             change under the sender's path, times the metric's gradient w.r.t. that input:
-            one backward pass replaces the final runs); or "screen" (attribution for all,
+            one backward pass replaces the final runs); "attribution-ig" (the same with the
+            gradient averaged over `steps` EAP-IG points); or "screen" (attribution for all,
             then exact for the `top_k` senders with the largest |estimate|). Paths to the
             logits are always exact (they are cheap).
         budget_gb: activation memory budget of one batched forward (None: device default).
@@ -197,14 +212,15 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
     Returns:
         [n_senders] mean over prompts of metric(patched) - metric(clean), raw units.
     """
-    if method not in ("exact", "attribution", "screen"):
-        raise ValueError(f"method must be exact, attribution or screen, got '{method}'")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got '{method}'")
     check_sequential(model)
     if receivers == "logits" or method == "exact":
         return _sweep(model, runs, senders, receivers, None, budget_gb, progress)
-    grads = receiver_gradients(model, runs, receivers)
+    grads = receiver_gradients(model, runs, receivers,
+                               steps if method == "attribution-ig" else None)
     estimate = _sweep(model, runs, senders, receivers, grads, budget_gb, progress)
-    if method == "attribution":
+    if method != "screen":
         return estimate
     chosen = estimate.abs().argsort(descending=True)[:top_k].tolist()
     exact = _sweep(model, runs, [senders[i] for i in chosen], receivers, None, budget_gb,
