@@ -59,6 +59,20 @@ class ChangedTokens:
         return self.first + positions - self.pos[self.first]
 
 
+SUPPORTED = ("GPT2LMHeadModel", "LlamaForCausalLM")  # attention written out in `_attend`
+
+
+def check_supported(model) -> None:
+    """Refuse architectures whose attention `_attend` does not reproduce."""
+    arch = type(getattr(model, "original_model", None)).__name__
+    attn = model.blocks[0].attn.original_component
+    if arch not in SUPPORTED or getattr(attn, "scale_attn_by_inverse_layer_idx", False):
+        raise NotImplementedError(
+            f"the fast exact sweeps drive the attention of {SUPPORTED} themselves; this "
+            f"model is {arch}. Use the references in interp.patching.naive, or add its "
+            "attention to interp/patching/sparse.py (and to its tests).")
+
+
 class BaseRun:
     """A cached run's residual stream and keys/values per layer (computed on first use).
 
@@ -66,6 +80,7 @@ class BaseRun:
     """
 
     def __init__(self, model, runs: Runs, which: str = "clean"):
+        check_supported(model)
         self.model, self.cache = model, runs.cache(which)
         self.n_prompts = len(runs.batch)
         self._kv: dict[int, tuple[Tensor, Tensor]] = {}
@@ -133,8 +148,12 @@ def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
            for kind in ("q", "k", "v")}
     for ov in overrides:
         index = tokens.index_of(ov.positions)
-        if ov.kind == "q":
+        if ov.kind == "q":  # queries are a sorted subset of the tokens
             index = torch.searchsorted(queries, index)
+            if not torch.equal(queries[index.clamp(max=len(queries) - 1)],
+                               tokens.index_of(ov.positions)):
+                raise ValueError("a q override must sit at a query token (in the last "
+                                 "layer: the read position)")
         qkv[ov.kind][index, ov.slot] = ov.values.to(h.dtype)
     q = base.rotate(qkv["q"], prompt[queries], tokens.pos[queries])
     k_new = base.rotate(qkv["k"], prompt, tokens.pos)
@@ -144,7 +163,7 @@ def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
     v_all = v_clean.repeat(n_items, 1, 1, 1)
     k_all[tokens.rows, tokens.pos] = k_new
     v_all[tokens.rows, tokens.pos] = qkv["v"]
-    q_all = torch.zeros(tokens.n_rows, k_all.shape[1], q.shape[1], q.shape[2], dtype=q.dtype)
+    q_all = q.new_zeros(tokens.n_rows, k_all.shape[1], q.shape[1], q.shape[2])
     q_all[tokens.rows[queries], tokens.pos[queries]] = q
     scale = model.blocks[layer].attn.original_component.scaling
     z = F.scaled_dot_product_attention(q_all.transpose(1, 2), k_all.transpose(1, 2),

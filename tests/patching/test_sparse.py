@@ -58,3 +58,15 @@ def test_smollm2_rotary_gqa_forward_and_act_patching(smol):
         ref = act_patch_heads_naive(smol, runs, direction, positions, layers)[layers]
         assert fast.abs().max() > 0.01
         assert torch.allclose(fast, ref, atol=1e-4)
+
+
+def test_unsupported_attention_is_refused(tiny):
+    from types import SimpleNamespace
+
+    from interp.patching.sparse import check_supported
+
+    check_supported(tiny)  # GPT-2
+    other = SimpleNamespace(original_model=SimpleNamespace(),
+                            blocks=[SimpleNamespace(attn=tiny.blocks[0].attn)])
+    with pytest.raises(NotImplementedError, match="interp.patching.naive"):
+        check_supported(other)
