@@ -35,6 +35,9 @@ def _report(run) -> None:
 
 
 def run(args) -> int:
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1 (got {args.top_k}); it is how many senders "
+                         "each screened path-patching step patches exactly")
     model = load_model(args.model, device=args.device, seed=args.seed)
     config = IOIConfig(n_prompts=args.n_prompts, seed=args.seed, exact=args.exact,
                        top_k=args.top_k, thresholds=_thresholds(args.threshold))
@@ -54,7 +57,8 @@ def register(subparsers) -> None:
                            "senders (and all near a threshold) patched exactly")
     mode.add_argument("--exact", action="store_true",
                       help="every sweep exact: activation patching of every head, path "
-                           "patching of every sender (about 10x slower)")
+                           "patching of every sender (about 5x slower: 625 s vs 116 s for "
+                           "SmolLM2 on 2 CPU cores)")
     parser.add_argument("--top-k", type=int, default=10,
                         help="senders patched exactly in each screened path-patching step "
                              "(default 10; more when more are near a threshold)")

@@ -115,3 +115,9 @@ def test_exact_mode_patches_every_head(tmp_path, tiny_run):
     runs = prepare_runs(model, build_ioi(model, 8, 0).batch)
     ref = act_patch_heads(model, runs, "noise", "END", progress=False)
     assert torch.allclose(torch.tensor(exact["activation_patching_end"]), ref, atol=1e-4)
+
+
+def test_bad_top_k_is_refused_before_loading(tmp_path, capsys):
+    code = main(["ioi", "--model", "random:tiny", "--top-k", "0", "--out", str(tmp_path)])
+    assert code == 1 and "--top-k must be >= 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
