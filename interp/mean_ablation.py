@@ -9,7 +9,7 @@ computed run only from layer L onward (e.g. C minus a class whose heads all sit 
 share that run's residual stream up to L, so `MeanAblation.metrics` resumes them there, many
 circuits per batch, and unembeds only at the metric's read positions. The full model (every
 head kept) is the first such base run; a circuit that differs from all bases already at layer
-0 is run from the embeddings and kept as a new base.
+0 is run from the embeddings and, while fewer than `MAX_BASES` are cached, kept as a new base.
 
 Example:
     >>> ev = MeanAblation(model, runs)
@@ -29,7 +29,7 @@ from interp.nodes import Head, Mlp, Node
 from interp.patching.runs import Runs, chunk_size, metric_from_resid, read_rows
 
 Circuit = Mapping[Node, list[str] | None]  # node -> kept positions (None: all)
-MAX_BASES = 8  # cached base runs (each keeps resid_pre of every layer)
+MAX_BASES = 4  # cached base runs, the clean one included (each keeps every layer's resid_pre)
 
 
 @dataclass
@@ -45,11 +45,12 @@ class Ablation:
         for layer in range(n_layers):
             if not torch.equal(self.heads[layer], other.heads[layer]):
                 return layer
-            if not torch.equal(self._mlp(layer), other._mlp(layer)):
+            if not torch.equal(self.mlp_keep(layer), other.mlp_keep(layer)):
                 return layer
         return n_layers
 
-    def _mlp(self, layer: int) -> Tensor:
+    def mlp_keep(self, layer: int) -> Bool[Tensor, "batch pos"]:
+        """The MLP keep mask of one layer (all True when MLPs are kept)."""
         if self.mlps is None:
             return torch.ones(self.heads.shape[1:3], dtype=torch.bool)
         return self.mlps[layer]
@@ -132,7 +133,7 @@ class MeanAblation:
             hooks.append(_replace(f"blocks.{layer}.attn.hook_z", keep,
                                   self.z_means[layer].repeat(k, 1, 1, 1)))
             if any(a.mlps is not None for a in ablations):
-                keep = torch.cat([a._mlp(layer) for a in ablations])[..., None]
+                keep = torch.cat([a.mlp_keep(layer) for a in ablations])[..., None]
                 hooks.append(_replace(f"blocks.{layer}.hook_mlp_out", keep,
                                       self.mlp_means()[layer].repeat(k, 1, 1)))
         return hooks
@@ -154,8 +155,6 @@ class MeanAblation:
         final = read_rows(x, self.batch.read_positions, 1)
         base = _Base(ablation, resid, metric_from_resid(model, self.batch, final))
         self.bases.append(base)
-        if len(self.bases) > MAX_BASES:  # keep memory bounded; the clean run always stays
-            del self.bases[1]
         return base
 
     def _run_resumed(self, items: list[tuple[Ablation, _Base]], start: int) -> Tensor:
@@ -175,9 +174,9 @@ class MeanAblation:
         if not circuits:
             return torch.empty(0, len(self.batch))
         ablations = [self.ablation(c) for c in circuits]
-        for ablation in ablations:  # a run that shares no layer with a base becomes one
-            if self._best_base(ablation)[1] == 0:
-                self._run_base(ablation)
+        for ablation in ablations:  # a run that shares no layer with a base becomes one,
+            if self._best_base(ablation)[1] == 0 and len(self.bases) < MAX_BASES:
+                self._run_base(ablation)  # while there is room (later ones start at layer 0)
         placed = [self._best_base(a) for a in ablations]
         out = [base.metric if start == n_layers else None for base, start in placed]
         pending = sorted((start, i) for i, (_, start) in enumerate(placed) if start < n_layers)

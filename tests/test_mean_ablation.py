@@ -57,3 +57,14 @@ def test_one_chunk_per_item_gives_the_same(tiny, runs, monkeypatch):
     monkeypatch.setattr("interp.mean_ablation.chunk_size", lambda *a: 1)
     apart = MeanAblation(tiny, runs).metrics(circuits)
     assert torch.allclose(together, apart, atol=1e-5)
+
+
+def test_base_cache_is_bounded(tiny, runs, monkeypatch):
+    """Past MAX_BASES, runs that share nothing with a base start at layer 0, uncached."""
+    monkeypatch.setattr("interp.mean_ablation.MAX_BASES", 2)
+    circuits = [{Head(0, h): None} for h in range(4)]
+    ev = MeanAblation(tiny, runs)
+    got = ev.metrics(circuits)
+    assert len(ev.bases) == 2
+    for circuit, row in zip(circuits, got, strict=True):
+        assert torch.allclose(row, circuit_metric(tiny, runs, circuit), atol=1e-4)
