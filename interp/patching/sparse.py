@@ -163,15 +163,31 @@ def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
     v_all = v_clean.repeat(n_items, 1, 1, 1)
     k_all[tokens.rows, tokens.pos] = k_new
     v_all[tokens.rows, tokens.pos] = qkv["v"]
-    q_all = q.new_zeros(tokens.n_rows, k_all.shape[1], q.shape[1], q.shape[2])
-    q_all[tokens.rows[queries], tokens.pos[queries]] = q
     scale = model.blocks[layer].attn.original_component.scaling
-    z = F.scaled_dot_product_attention(q_all.transpose(1, 2), k_all.transpose(1, 2),
-                                       v_all.transpose(1, 2), is_causal=True, scale=scale,
-                                       enable_gqa=q.shape[1] != k_all.shape[2])
-    z = z.transpose(1, 2)[tokens.rows[queries], tokens.pos[queries]]  # [n_q, heads, d_head]
+    rows, pos = tokens.rows[queries], tokens.pos[queries]
+    if len(queries) <= tokens.n_rows:  # about one query per row: attend per query
+        z = _attend_queries(q, k_all[rows], v_all[rows], pos, scale)
+    else:  # many queries per row: dense causal attention, read at the queries
+        q_all = q.new_zeros(tokens.n_rows, k_all.shape[1], q.shape[1], q.shape[2])
+        q_all[rows, pos] = q
+        z = F.scaled_dot_product_attention(q_all.transpose(1, 2), k_all.transpose(1, 2),
+                                           v_all.transpose(1, 2), is_causal=True, scale=scale,
+                                           enable_gqa=q.shape[1] != k_all.shape[2])
+        z = z.transpose(1, 2)[rows, pos]  # [n_q, heads, d_head]
     out = torch.einsum("nhe,hed->nd", z, base.w["W_O"][layer])
     return out if base.w["b_O"] is None else out + base.w["b_O"][layer]
+
+
+def _attend_queries(q: Float[Tensor, "n heads d"], k: Float[Tensor, "n pos kv d"],
+                    v: Float[Tensor, "n pos kv d"], pos: Int[Tensor, " n"],
+                    scale: float) -> Float[Tensor, "n heads d"]:
+    """Causal attention of single query tokens (at `pos`) over their own row's keys."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[2], dim=2)  # GQA: kv head h // group
+    v = v.repeat_interleave(q.shape[1] // v.shape[2], dim=2)
+    scores = torch.einsum("nhd,nshd->nhs", q, k) * scale
+    future = torch.arange(k.shape[1], device=pos.device)[None, :] > pos[:, None]
+    scores = scores.masked_fill(future[:, None, :].to(scores.device), float("-inf"))
+    return torch.einsum("nhs,nshd->nhd", scores.softmax(-1), v)
 
 
 def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
