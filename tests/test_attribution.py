@@ -11,11 +11,6 @@ from interp.nodes import all_heads
 from interp.tasks.base import TaskBatch
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("random:tiny")
-
-
 def _batch(model, n=6, length=10, seed=0) -> TaskBatch:
     """Random prompts; corrupted = clean with three tokens swapped; ragged read positions."""
     gen = torch.Generator().manual_seed(seed)

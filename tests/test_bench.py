@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 
-from interp import load_model
 from interp.bench import act_patch_floor, path_patch_floor, tl_act_patch_heads
 from interp.cli import main
 from interp.ioi.dataset import build_ioi
@@ -103,13 +102,12 @@ def test_flop_floor_tiny_numbers():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    model = load_model("random:tiny")
-    return model, build_ioi(model, 8, seed=0).batch
+def tiny_ioi(tiny):
+    return tiny, build_ioi(tiny, 8, seed=0).batch
 
 
-def test_interp_denoise_equals_transformer_lens(tiny):
-    model, batch = tiny
+def test_interp_denoise_equals_transformer_lens(tiny_ioi):
+    model, batch = tiny_ioi
     runs = prepare_runs(model, batch)
     ours = act_patch_heads(model, runs, direction="denoise", progress=False)
 

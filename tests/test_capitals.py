@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from interp import load_model
 from interp.capitals import (
     CapitalTask,
     build_prompts,
@@ -17,8 +16,8 @@ from interp.capitals import (
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("random:tiny", device="cpu")
+def model(tiny):
+    return tiny  # the session's random:tiny (conftest)
 
 
 @pytest.fixture(scope="module")

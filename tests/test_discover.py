@@ -128,11 +128,10 @@ def test_docs_walkthrough_runs_on_smollm2(tmp_path, monkeypatch):
     _run_walkthrough(tmp_path, monkeypatch, "smollm2-135m", "8")
 
 
-def test_zero_ablation_runs_match_zero_ablate_interventions():
+def test_zero_ablation_runs_match_zero_ablate_interventions(tiny):
     """evaluate-circuit's zero ablation (interp.circuit fed a zero cache) = zero_ablate hooks."""
     import torch
 
-    from interp import load_model
     from interp.circuit import circuit_metric
     from interp.commands.evaluate_circuit import ablation_runs
     from interp.interventions import run_with_interventions, zero_ablate
@@ -141,7 +140,7 @@ def test_zero_ablation_runs_match_zero_ablate_interventions():
     from interp.patching.runs import prepare_runs
     from interp.tasks.registry import get_task
 
-    model = load_model("random:tiny")
+    model = tiny
     batch = get_task("greater-than").build(model, 4, 0)
     keep = Head(1, 2)
     runs = ablation_runs(prepare_runs(model, batch), "zero", seed=0)

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from interp import load_model
 from interp.capitals import build_prompts, find, load_capitals, mark_tokens
 from interp.ffn import (
     Condition,
@@ -20,8 +19,8 @@ from interp.ffn import (
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("random:tiny", device="cpu")
+def model(tiny):
+    return tiny  # the session's random:tiny (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-import interp
 from interp.cli import main
 from interp.outputs import run_dir, write_json
 from interp.plotting import head_heatmap, save_figure
@@ -28,11 +27,6 @@ from interp.report import build_report, fmt, key_numbers, lookup
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 LINKED = ["L0H1", "L1H2"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return interp.load_model("random:tiny")
 
 
 def make_results(out: Path, model) -> Path:

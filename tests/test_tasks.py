@@ -11,11 +11,6 @@ from interp.tasks.induction import InductionTask
 from interp.tasks.registry import get_task, task_names
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("random:tiny")
-
-
 def _decode(model, ids) -> list[str]:
     return [model.tokenizer.decode([int(i)]) for i in ids]
 

@@ -99,9 +99,8 @@ def test_smollm2_solves_ioi_and_has_a_name_mover(smol):
     assert len(movers) >= 1
 
 
-def test_exact_mode_patches_every_head(tmp_path, tiny_run):
+def test_exact_mode_patches_every_head(tmp_path, tiny_run, tiny):
     """`--exact` stores exact activation patching; the default stores gradient estimates."""
-    from interp.models import load_model
     from interp.patching import act_patch_heads
 
     assert main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--out", str(tmp_path),
@@ -111,9 +110,8 @@ def test_exact_mode_patches_every_head(tmp_path, tiny_run):
     assert exact["activation_patching_method"] == "exact"
     assert default["activation_patching_method"] == "attribution"
     assert exact["config"]["paths"] == "exact" and default["config"]["paths"] == "screen"
-    model = load_model("random:tiny")
-    runs = prepare_runs(model, build_ioi(model, 8, 0).batch)
-    ref = act_patch_heads(model, runs, "noise", "END", progress=False)
+    runs = prepare_runs(tiny, build_ioi(tiny, 8, 0).batch)
+    ref = act_patch_heads(tiny, runs, "noise", "END", progress=False)
     assert torch.allclose(torch.tensor(exact["activation_patching_end"]), ref, atol=1e-4)
 
 
