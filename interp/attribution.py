@@ -101,13 +101,6 @@ def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total):
     return dict(zip(names, grads, strict=True)), acts
 
 
-def chunk_gradients(model, batch: TaskBatch, names: list[str],
-                    n_total: int) -> dict[str, Tensor]:
-    """d(sum of `batch`'s metric / n_total)/d(activation) at `names`, on its clean prompts."""
-    grads = _grads_at(model, batch, batch.clean_tokens, None, names, n_total)[0]
-    return {n: g.detach() for n, g in grads.items()}
-
-
 def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, names,
             n_total: int):
     """Yield (start acts, end acts, grads, acts at the gradient point) per gradient point.
@@ -132,19 +125,30 @@ def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, na
         yield start, end, grads, acts
 
 
-def path_gradients(model, batch: TaskBatch, names: list[str], steps: int,
-                   chunk_size: int = 16) -> dict[str, Tensor]:
-    """EAP-IG gradients of the mean metric at `names`: averaged over `steps` midpoints of the
-    input-embedding path from the clean run to the corrupted one ("noise" direction)."""
-    _check("attribution-ig", "noise", steps)
+def metric_gradients(model, batch: TaskBatch, names: list[str], steps: int | None = None,
+                     chunk_size: int = 16) -> dict[str, Tensor]:
+    """d(mean metric)/d(activation) at `names`, prompt by prompt: `[batch, ...]` per name.
+
+    `steps=None`: on the clean run (one forward+backward per chunk). `steps=m`: EAP-IG,
+    averaged over m midpoints of the input-embedding path from the clean run to the
+    corrupted one ("noise" direction). Callers may sit inside inference mode.
+    """
+    if steps is not None:
+        _check("attribution-ig", "noise", steps)
     parts = []
-    for index in _chunks(len(batch), chunk_size):
-        total: dict[str, Tensor] = {}
-        for _, _, grads, _ in _passes(model, batch.subset(index), "noise", "attribution-ig",
-                                      steps, [INPUT, *names], len(batch)):
-            for n in names:
-                total[n] = total.get(n, 0) + grads[n].detach() / steps
-        parts.append(total)
+    with torch.inference_mode(False):
+        for index in _chunks(len(batch), chunk_size):
+            sub = batch.subset(index)
+            if steps is None:
+                grads = _grads_at(model, sub, sub.clean_tokens, None, names, len(batch))[0]
+                parts.append({n: grads[n].detach() for n in names})
+                continue
+            total: dict[str, Tensor] = {}
+            for _, _, grads, _ in _passes(model, sub, "noise", "attribution-ig", steps,
+                                          [INPUT, *names], len(batch)):
+                for n in names:
+                    total[n] = total.get(n, 0) + grads[n].detach() / steps
+            parts.append(total)
     return {n: torch.cat([p[n] for p in parts]) for n in names}
 
 

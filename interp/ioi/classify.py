@@ -21,6 +21,7 @@ from interp.circuit import ablation_hooks, full_circuit, without
 from interp.dla import direct_logit_attribution
 from interp.nodes import Head, all_heads
 from interp.patching import Receiver, path_patch
+from interp.patching.path import screened
 from interp.patching.runs import Runs
 
 CLASSES = ("name_movers", "backup_name_movers", "negative_name_movers", "s_inhibition",
@@ -99,8 +100,7 @@ class Classifier:
         estimate = path_patch(self.model, self.runs, senders, receivers, method="attribution",
                               progress=self.progress) / self.clean
         floor = 0.5 * min(self.t.s_inhibition, self.t.induction_duplicate, self.t.previous_token)
-        order = estimate.abs().argsort(descending=True).tolist()
-        chosen = sorted(set(order[: self.top_k]) | {i for i in order if estimate[i].abs() >= floor})
+        chosen = screened(estimate, self.top_k, floor)
         exact = path_patch(self.model, self.runs, [senders[i] for i in chosen], receivers,
                            progress=self.progress) / self.clean
         values = dict(zip(senders, estimate.tolist(), strict=True))

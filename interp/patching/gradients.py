@@ -35,13 +35,9 @@ def clean_gradients(model, runs: Runs, chunk: int = 32) -> dict[str, Tensor]:
     Prompts go through in chunks of `chunk` (memory only: the sum does not depend on it).
     """
     if runs.grads is None:
-        from interp.attribution import chunk_gradients
+        from interp.attribution import metric_gradients
 
-        batch, names = runs.batch, gradient_names(model)
-        with torch.inference_mode(False):  # callers may sit inside inference mode
-            parts = [chunk_gradients(model, batch.subset(index), names, len(batch))
-                     for index in torch.arange(len(batch)).split(chunk)]
-        runs.grads = {n: torch.cat([p[n] for p in parts]) for n in names}
+        runs.grads = metric_gradients(model, runs.batch, gradient_names(model), chunk_size=chunk)
     return runs.grads
 
 

@@ -62,14 +62,11 @@ class Receiver:
         return self.head.head // (model.cfg.n_heads // n_kv)
 
 
-def _project(model, receiver: Receiver, resid_pre: Float[Tensor, "n d_model"]):
+def _project(model, runs: Runs, receiver: Receiver, resid_pre: Float[Tensor, "... d_model"]):
     """The receiver's q/k/v vector computed from a residual stream (LN1, then W, then b)."""
-    layer, slot = receiver.head.layer, receiver.slot(model)
-    attn = model.blocks[layer].attn
-    w = getattr(model, f"W_{receiver.input.upper()}")[layer][slot]  # [d_model, d_head]
-    bias = getattr(attn, f"b_{receiver.input.upper()}", None)
-    out = model.blocks[layer].ln1(resid_pre) @ w
-    return out + bias[slot] if bias is not None else out
+    layer = receiver.head.layer
+    return base_run(model, runs).project(layer, receiver.input,
+                                         model.blocks[layer].ln1(resid_pre), receiver.slot(model))
 
 
 def _position_table(runs: Runs, pos_names: list[str]) -> Tensor:
@@ -122,7 +119,7 @@ def _receiver_values(model, runs: Runs, layer: int, heads, receivers: list[Recei
     top = max(r.head.layer for r in receivers)
     delta = _sender_delta(model, runs, layer, heads, pos_names)
     pre = _propagate(model, runs, layer, delta, pos_names, top)
-    return {r: _project(model, r, pre[r.head.layer][:, :, pos_names.index(r.position)])
+    return {r: _project(model, runs, r, pre[r.head.layer][:, :, pos_names.index(r.position)])
             for r in receivers}
 
 
@@ -150,15 +147,15 @@ def receiver_gradients(model, runs: Runs, receivers: list[Receiver],
 
     `steps=None`: on the clean run, from the shared clean-run gradients (one forward and one
     backward pass per `Runs`). `steps=m`: EAP-IG, averaged over m points of the input path
-    from the clean to the corrupted prompts (`interp.attribution.path_gradients`).
+    from the clean to the corrupted prompts (`interp.attribution.metric_gradients`).
     """
     if steps is None:
         grads = clean_gradients(model, runs)
     else:
-        from interp.attribution import path_gradients
+        from interp.attribution import metric_gradients
 
-        grads = path_gradients(model, runs.batch, sorted({r.hook_name() for r in receivers}),
-                               steps)
+        grads = metric_gradients(model, runs.batch, sorted({r.hook_name() for r in receivers}),
+                                 steps)
     rows = torch.arange(len(runs.batch))
     return {r: grads[r.hook_name()][rows, runs.batch.positions[r.position], r.slot(model)]
             for r in receivers}
@@ -189,6 +186,14 @@ def _final_run(model, runs: Runs, start: int, values: dict, k: int,
 
 
 METHODS = ("exact", "attribution", "attribution-ig", "screen")
+
+
+def screened(estimate: Float[Tensor, " n"], top_k: int,
+             at_least: float = float("inf")) -> list[int]:
+    """Indices to patch exactly after screening: the `top_k` largest |estimate|, and every
+    one whose |estimate| reaches `at_least`; ascending."""
+    order = estimate.abs().argsort(descending=True).tolist()
+    return sorted(set(order[:top_k]) | {i for i in order if estimate[i].abs() >= at_least})
 
 
 def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
@@ -222,7 +227,7 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
     estimate = _sweep(model, runs, senders, receivers, grads, budget_gb, progress)
     if method != "screen":
         return estimate
-    chosen = estimate.abs().argsort(descending=True)[:top_k].tolist()
+    chosen = screened(estimate, top_k)
     exact = _sweep(model, runs, [senders[i] for i in chosen], receivers, None, budget_gb,
                    progress)
     result = estimate.clone()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.patching.runs import Runs
+from interp.patching.runs import Runs, mlp_step
 
 
 @dataclass
@@ -92,11 +92,18 @@ class BaseRun:
     def resid_pre(self, layer: int) -> Float[Tensor, "prompts pos d_model"]:
         return self.cache[f"blocks.{layer}.hook_resid_pre"]
 
-    def project(self, layer: int, kind: str, h: Float[Tensor, "n d_model"]):
-        """h @ W_kind[layer] + b_kind[layer] -> [n, heads, d_head] (kind in q, k, v)."""
-        out = torch.einsum("nd,hde->nhe", h, self.w[f"W_{kind.upper()}"][layer])
-        bias = self.w[f"b_{kind.upper()}"]
-        return out if bias is None else out + bias[layer]
+    def project(self, layer: int, kind: str, h: Float[Tensor, "... d_model"],
+                slot: int | None = None) -> Tensor:
+        """h @ W_kind[layer] + b_kind[layer] (kind in q, k, v): [..., heads, d_head], or
+        [..., d_head] for one head `slot` (a query head for q, a key/value head for k, v)."""
+        w, bias = self.w[f"W_{kind.upper()}"][layer], self.w[f"b_{kind.upper()}"]
+        bias = None if bias is None else bias[layer]
+        if slot is not None:
+            w, bias = w[slot], None if bias is None else bias[slot]
+            out = h @ w
+        else:
+            out = torch.einsum("...d,hde->...he", h, w)
+        return out if bias is None else out + bias
 
     def rotate(self, x: Tensor, prompt: Tensor, pos: Tensor) -> Tensor:
         """Rotary embedding (HF convention) of [n, heads, d_head] vectors at positions."""
@@ -207,6 +214,5 @@ def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
         queries = tokens.read if layer == model.cfg.n_layers - 1 else every
         mine = [ov for ov in overrides if ov.layer == layer]
         attn = _attend(model, base, layer, block.ln1(x), tokens, queries, mine)
-        mid = x[queries] + attn
-        x = mid + block.mlp(block.ln2(mid))
+        x = mlp_step(model, layer, x[queries] + attn)
     return x

@@ -79,3 +79,12 @@ def test_path_patch_methods(tiny, runs):
         assert est.shape == exact.shape and not torch.allclose(est, exact, atol=1e-9)
     with pytest.raises(ValueError, match="method must be one of"):
         path_patch(tiny, runs, senders, recv, method="ig", progress=False)
+
+
+def test_screened_takes_top_k_and_everything_past_the_bar():
+    from interp.patching.path import screened
+
+    est = torch.tensor([0.1, -0.9, 0.3, -0.05, 0.4])
+    assert screened(est, 2) == [1, 4]
+    assert screened(est, 1, at_least=0.3) == [1, 2, 4]
+    assert screened(est, 0, at_least=1.0) == []
