@@ -169,19 +169,26 @@ def set_mlp_out(layer: int, vector: Float[Tensor, " d_model"], positions: Positi
     return Intervention(node.hook_name, vector, None, positions, label=f"set {node}")
 
 
+RESID_POINTS = ("resid_pre", "resid_mid", "resid_post")
+
+
+def _resid_hook(layer: int, where: str) -> str:
+    if where not in RESID_POINTS:
+        raise ValueError(f"where must be resid_pre, resid_mid or resid_post, got '{where}'")
+    return f"blocks.{layer}.hook_{where}"
+
+
 def add_to_resid(layer: int, position: Positions, vector: Float[Tensor, " d_model"],
                  where: str = "resid_pre") -> Intervention:
     """Add a vector to the residual stream before (`resid_pre`) or after a block."""
-    if where not in ("resid_pre", "resid_mid", "resid_post"):
-        raise ValueError(f"where must be resid_pre, resid_mid or resid_post, got '{where}'")
-    return Intervention(f"blocks.{layer}.hook_{where}", vector, None, position, "add",
+    return Intervention(_resid_hook(layer, where), vector, None, position, "add",
                         label=f"add to {where} {layer}")
 
 
 def patch_resid(layer: int, position: Positions, value: Tensor,
                 where: str = "resid_pre") -> Intervention:
     """Set the residual stream at (layer, position) to a value."""
-    return Intervention(f"blocks.{layer}.hook_{where}", value, None, position,
+    return Intervention(_resid_hook(layer, where), value, None, position,
                         label=f"patch {where} {layer}")
 
 

@@ -8,6 +8,7 @@ from interp.interventions import (
     applied,
     mean_ablate,
     patch_node,
+    patch_resid,
     resample_ablate,
     run_with_interventions,
     set_mlp_out,
@@ -163,3 +164,18 @@ def test_gqa_head_is_query_head_slice(smol):
             o_proj.weight.copy_(saved)
     assert torch.allclose(out, ref, atol=1e-4)
     assert smol.cfg.n_key_value_heads == 3
+
+
+def test_patch_resid_matches_hand_hook_and_checks_where(tiny):
+    tokens = _tokens(tiny)
+    vec = torch.randn(tiny.cfg.d_model)
+    out = run_with_interventions(tiny, tokens, [patch_resid(1, 3, vec, where="resid_mid")])
+
+    def set_pos(x, hook=None):
+        x = x.clone()
+        x[:, 3] = vec
+        return x
+    ref = tiny.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_mid", set_pos)])
+    assert torch.allclose(out, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="where must be"):
+        patch_resid(1, 3, vec, where="attn_out")

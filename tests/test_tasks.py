@@ -8,7 +8,7 @@ import torch
 from interp import load_model
 from interp.tasks.greater_than import GreaterThanTask, YearMassDiff, year_scheme
 from interp.tasks.induction import InductionTask
-from interp.tasks.registry import get_task, task_names
+from interp.tasks.registry import get_task, register_task, task_names
 
 
 def _decode(model, ids) -> list[str]:
@@ -121,3 +121,12 @@ def test_registry(tmp_path, tiny):
     assert task.name == "short" and task.build(tiny, 3, 0).clean_tokens.shape == (3, 8)
     with pytest.raises(ValueError, match="defines no 'Long'"):
         get_task(f"{path}:Long")
+
+
+def test_register_task_makes_it_available(monkeypatch):
+    from interp.tasks import registry
+
+    monkeypatch.setattr(registry, "TASKS", dict(registry.TASKS))  # leave the registry as found
+    register_task("greater-than-again", lambda: get_task("greater-than"))
+    assert "greater-than-again" in task_names()
+    assert get_task("greater-than-again").name == "greater-than"

@@ -13,7 +13,7 @@ Effects are the mean change of the logit difference, in units of the clean logit
 (e.g. -0.02 = the patch lowers it by 2% of its clean value).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -212,7 +212,3 @@ def classify_heads(model, runs: Runs, attention: dict, thresholds: Thresholds | 
     """
     clf = Classifier(model, runs, attention, thresholds or Thresholds(), progress, paths, top_k)
     return clf.run(), clf
-
-
-def thresholds_dict(t: Thresholds) -> dict:
-    return asdict(t)
