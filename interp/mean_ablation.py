@@ -25,8 +25,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.forward import repeat_kwargs, run_blocks
+from interp.metrics import logits_at
 from interp.nodes import Head, Mlp, Node
-from interp.patching.runs import Runs, chunk_size, metric_from_resid, read_rows
+from interp.patching.runs import Runs, chunk_size, metric_from_resid
 
 Circuit = Mapping[Node, list[str] | None]  # node -> kept positions (None: all)
 MAX_BASES = 4  # cached base runs, the clean one included (each keeps every layer's resid_pre)
@@ -152,7 +153,7 @@ class MeanAblation:
             for layer in range(model.cfg.n_layers):
                 resid.append(x)
                 x = run_blocks(model, x, layer, runs.clean_kwargs, stop=layer + 1)
-        final = read_rows(x, self.batch.read_positions, 1)
+        final = logits_at(x, self.batch.read_positions)  # [batch, d_model] at the reads
         base = _Base(ablation, resid, metric_from_resid(model, self.batch, final))
         self.bases.append(base)
         return base
@@ -163,7 +164,8 @@ class MeanAblation:
         kw = repeat_kwargs(self.runs.clean_kwargs, n, len(items))
         with model.hooks(fwd_hooks=self.hooks([a for a, _ in items], start)):
             x = run_blocks(model, x, start, kw)
-        final = read_rows(x, self.batch.read_positions, len(items)).view(len(items), n, -1)
+        final = logits_at(x, self.batch.read_positions.repeat(len(items)))
+        final = final.view(len(items), n, -1)
         return metric_from_resid(model, self.batch, final)
 
     @torch.inference_mode()

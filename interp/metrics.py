@@ -45,5 +45,5 @@ class LogitDiff:
 
 def logits_at(logits: Float[Tensor, "batch pos vocab"],
               positions: Int[Tensor, " batch"]) -> Float[Tensor, "batch vocab"]:
-    """Each prompt's logits at its own position."""
+    """Each prompt's logits at its own position (works for any [batch, pos, ...] tensor)."""
     return logits[torch.arange(logits.shape[0], device=logits.device), positions.to(logits.device)]

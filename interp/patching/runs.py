@@ -115,8 +115,3 @@ def chunk_size(model, n_rows_per_item: int, seq_len: int, budget_gb: float | Non
     per_row = 4 * seq_len * (12 * cfg.d_model + 3 * d_mlp + 3 * cfg.n_heads * seq_len)
     return max(1, int(budget_gb * 2**30 // (per_row * n_rows_per_item)))
 
-
-def read_rows(x: Float[Tensor, "rows pos d"], positions: Int[Tensor, " batch"], repeats: int):
-    """Residual vectors at each row's read position; rows are `repeats` blocks of the batch."""
-    pos = positions.to(x.device).repeat(repeats)
-    return x[torch.arange(x.shape[0], device=x.device), pos]
