@@ -187,14 +187,22 @@ def head_attribution(
         sub = batch.subset(index)
         for start, end, grads, _ in _passes(model, sub, direction, method, steps, names,
                                             len(batch)):
-            rows = torch.arange(len(sub))
             for layer in range(n_layers):
                 name = f"blocks.{layer}.attn.hook_z"
-                term = (end[name] - start[name]) * grads[name]  # [b, pos, heads, d_head]
-                if positions is not None:
-                    term = term[rows, sub.positions[positions]][:, None]
-                out[layer] += term.sum((0, 1, 3)).detach().cpu() / n_points
+                score = head_scores(end[name] - start[name], grads[name], sub, positions)
+                out[layer] += score.detach().cpu() / n_points
     return out
+
+
+def head_scores(delta: Float[Tensor, "batch pos n_heads d_head"],
+                grad: Float[Tensor, "batch pos n_heads d_head"], batch: TaskBatch,
+                positions: str | None = None) -> Float[Tensor, " n_heads"]:
+    """EAP score of each head of one layer: delta . gradient, summed over prompts and over
+    all positions (None) or at one named position of each prompt."""
+    term = delta * grad
+    if positions is not None:
+        term = term[torch.arange(len(batch)), batch.positions[positions]][:, None]
+    return term.sum((0, 1, 3))
 
 
 @dataclass

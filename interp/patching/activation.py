@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.attribution import head_attribution
 from interp.patching.runs import (
     Runs,
     check_sequential,
@@ -80,8 +81,6 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
             items are split to fit.
     """
     if method != "exact":
-        from interp.attribution import head_attribution
-
         return head_attribution(model, runs.batch, method, steps, direction,
                                 positions=positions)
     return _exact(model, runs, direction, positions, budget_gb, progress)

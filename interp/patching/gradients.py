@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.attribution import head_scores, metric_gradients
 from interp.patching.runs import Runs
 
 HOOKS = ("z", "q", "k", "v")
@@ -35,8 +36,6 @@ def clean_gradients(model, runs: Runs, chunk: int = 32) -> dict[str, Tensor]:
     Prompts go through in chunks of `chunk` (memory only: the sum does not depend on it).
     """
     if runs.grads is None:
-        from interp.attribution import metric_gradients
-
         runs.grads = metric_gradients(model, runs.batch, gradient_names(model), chunk_size=chunk)
     return runs.grads
 
@@ -48,13 +47,7 @@ def act_patch_attribution(model, runs: Runs,
     Args:
         positions: None for all positions, or a name in `batch.positions` (e.g. "END").
     """
-    grads, batch = clean_gradients(model, runs), runs.batch
-    rows = torch.arange(len(batch))
-    out = []
-    for layer in range(model.cfg.n_layers):  # plain arithmetic on cached tensors
-        name = f"blocks.{layer}.attn.hook_z"
-        term = (runs.corrupted_cache[name] - runs.clean_cache[name]) * grads[name]
-        if positions is not None:
-            term = term[rows, batch.positions[positions]][:, None]
-        out.append(term.sum((0, 1, 3)))  # [n_heads]
-    return torch.stack(out).cpu()
+    grads = clean_gradients(model, runs)
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    return torch.stack([head_scores(runs.corrupted_cache[n] - runs.clean_cache[n], grads[n],
+                                    runs.batch, positions) for n in names]).cpu()

@@ -23,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.attribution import metric_gradients
 from interp.nodes import Head
 from interp.patching.gradients import clean_gradients
 from interp.patching.runs import (
@@ -152,8 +153,6 @@ def receiver_gradients(model, runs: Runs, receivers: list[Receiver],
     if steps is None:
         grads = clean_gradients(model, runs)
     else:
-        from interp.attribution import metric_gradients
-
         grads = metric_gradients(model, runs.batch, sorted({r.hook_name() for r in receivers}),
                                  steps)
     rows = torch.arange(len(runs.batch))
