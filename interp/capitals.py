@@ -35,7 +35,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from interp.tasks.base import TaskBatch, group_ids
-from interp.tokens import encode_batch
+from interp.tokens import encode_batch, model_bos
 
 DATA = Path(__file__).parent / "data" / "capitals.csv"
 KINDS = ("abstractive", "extractive")
@@ -215,7 +215,7 @@ class CapitalTask:
         return TaskBatch(
             prompts.tokens, prompts.tokens[partner], prompts.read_positions, groups,
             LogitDiff(prompts.capital_ids, prompts.capital_ids[partner]),
-            {"END": prompts.read_positions}, bool(model.prepend_bos), prompts.records())
+            {"END": prompts.read_positions}, model_bos(model), prompts.records())
 
 
 def _same_length_partner(lengths: Int[Tensor, " batch"], seed: int) -> Int[Tensor, " batch"]:

@@ -58,6 +58,13 @@ class Provenance:
         self.stages: dict[str, float] = {}
         self.started = datetime.now(timezone.utc)
 
+    def set_model(self, model) -> None:
+        """Record the model actually loaded: its resolved spec and its BOS token."""
+        from interp.tokens import model_bos
+
+        self.model = model.interp_spec
+        self.extra.update(model_bos(model).record())
+
     @contextmanager
     def stage(self, name: str):
         t0 = time.perf_counter()

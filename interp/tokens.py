@@ -5,16 +5,91 @@ pads after a prompt's last token change nothing at or before it. Read each promp
 at its own position (`lengths - 1`), never blindly at `[:, -1]`.
 """
 
+from dataclasses import dataclass
+
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+# Chat-template role markers: they open a chat turn, they never started a pretraining
+# document, so a base-model experiment must not use them as BOS (SmolLM2-Instruct's tokenizer
+# lists <|im_start|> as its bos_token; its pretraining separator is <|endoftext|>).
+CHAT_ROLE_TOKENS = frozenset({
+    "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<|start_header_id|>",
+    "<|end_header_id|>", "<|eot_id|>", "<|user|>", "<|assistant|>", "<|system|>", "<|turn|>",
+})
+DOCUMENT_SEPARATOR = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class Bos:
+    """The token put before every prompt, or none (`token is None`).
+
+    Example:
+        >>> Bos("<|endoftext|>", 0).record()
+        {'bos_token': '<|endoftext|>', 'bos_token_id': 0}
+    """
+
+    token: str | None
+    id: int | None
+
+    def record(self) -> dict:
+        return {"bos_token": self.token, "bos_token_id": self.id}
+
+
+NO_BOS = Bos(None, None)
+
+
+def pretraining_bos(tokenizer) -> Bos:
+    """The tokenizer's documented BOS, unless it is a chat-role marker; then the document
+    separator `<|endoftext|>` when the vocabulary has it; else no BOS."""
+    token = tokenizer.bos_token
+    if token is not None and token not in CHAT_ROLE_TOKENS:
+        return Bos(token, tokenizer.convert_tokens_to_ids(token))
+    ident = tokenizer.get_vocab().get(DOCUMENT_SEPARATOR)
+    return Bos(DOCUMENT_SEPARATOR, ident) if ident is not None else NO_BOS
+
+
+def choose_bos(tokenizer, request: str = "auto", family: str = "") -> Bos:
+    """Resolve `--bos auto|none|TOKEN` for a tokenizer.
+
+    auto: none for GPT-2 (the IOI paper ran GPT-2 without BOS), else `pretraining_bos`.
+
+    Raises:
+        ValueError: TOKEN is not a single token of this vocabulary.
+    """
+    if request == "none":
+        return NO_BOS
+    if request == "auto":
+        return NO_BOS if family == "gpt2" else pretraining_bos(tokenizer)
+    ident = tokenizer.get_vocab().get(request)
+    if ident is None:
+        raise ValueError(f"--bos {request!r} is not a token of this model's vocabulary; pass "
+                         "auto, none, or a special token such as '<|endoftext|>'.")
+    return Bos(request, ident)
+
+
+def model_bos(model) -> Bos:
+    """The BOS this model's prompts get (set by `load_model`; `NO_BOS` if never set)."""
+    return getattr(model, "interp_bos", NO_BOS)
+
+
+def bos_for(model, prepend_bos: bool | None = None) -> Bos:
+    """The BOS for `prepend_bos`: None = the model's choice, False = none, True = the model's
+    BOS, or its `pretraining_bos` when the model runs without one."""
+    bos = model_bos(model)
+    if prepend_bos is None:
+        return bos
+    if not prepend_bos:
+        return NO_BOS
+    return bos if bos.id is not None else pretraining_bos(model.tokenizer)
+
 
 def encode(model, text: str, prepend_bos: bool | None = None) -> list[int]:
     """Token ids of `text`, with BOS first when `prepend_bos` (default: the model's choice)."""
-    bos = model.prepend_bos if prepend_bos is None else prepend_bos
-    ids = model.tokenizer.encode(text, add_special_tokens=False)
-    return ([model.tokenizer.bos_token_id] if bos else []) + ids
+    bos = bos_for(model, prepend_bos)
+    return ([] if bos.id is None else [bos.id]) + model.tokenizer.encode(
+        text, add_special_tokens=False)
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"],

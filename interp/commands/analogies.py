@@ -39,7 +39,8 @@ def run(args) -> int:
     config = {"model": args.model, "seed": args.seed, "data": str(args.data), "k": args.k}
     prov = Provenance(model=args.model, seed=args.seed)
     with prov.stage("load_model"):
-        model = load_model(args.model, device=args.device, seed=args.seed)
+        model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
+    prov.set_model(model)
     folder = run_dir(args.out, args.model, EXPERIMENT, config, args.overwrite)
     items = load_analogies(args.data)
     tied = _tied(model)

@@ -70,7 +70,8 @@ def run(args) -> int:
     prov = Provenance(model=args.model, seed=args.seed)
     torch.manual_seed(args.seed)
     with prov.stage("load_model"):
-        model = load_model(args.model, device=args.device, seed=args.seed)
+        model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
+    prov.set_model(model)
     name = model.interp_spec
     folder = run_dir(args.out, args.model, EXPERIMENT, config, args.overwrite)
     items = mark_tokens(model, load_capitals())

@@ -68,13 +68,14 @@ def run(args) -> int:
     from interp.tasks.registry import get_task
 
     task = get_task(args.task)
-    model = load_model(args.model, device=args.device, seed=args.seed)
+    model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
     spec = model.interp_spec
     config = {"task": args.task, "model": spec, "method": args.method, "steps": args.steps,
               "n_prompts": args.n_prompts, "seed": args.seed, "target": args.target}
     experiment = f"discover-{task.name}" + ("-ig" if args.method == "attribution-ig" else "")
     folder = run_dir(args.out, spec, experiment, config, args.overwrite)
     prov = Provenance(model=spec, seed=args.seed)
+    prov.set_model(model)
     with prov.stage("dataset"):
         batch = task.build(model, args.n_prompts, args.seed)
     with prov.stage("discover"):

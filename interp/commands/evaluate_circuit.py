@@ -99,9 +99,10 @@ def run(args) -> int:
 
     load_circuit(args.circuit)  # syntax errors before the model loads
     task = get_task(args.task)
-    model = load_model(args.model, device=args.device, seed=args.seed)
+    model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
     spec_name = model.interp_spec
     prov = Provenance(model=spec_name, seed=args.seed)
+    prov.set_model(model)
     with prov.stage("dataset"):
         batch = task.build(model, args.n_prompts, args.seed)
     spec = load_circuit(args.circuit, model=model, positions=batch.positions)

@@ -161,7 +161,8 @@ def run(args) -> int:
               "demo": args.demo, "critical_layer_search": "layers >= n_layers // 2"}
     prov = Provenance(model=args.model, seed=args.seed)
     with prov.stage("load_model"):
-        model = load_model(args.model, device=args.device, seed=args.seed)
+        model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
+    prov.set_model(model)
     folder = run_dir(args.out, args.model, EXPERIMENT, config, args.overwrite)
     items = mark_tokens(model, load_capitals())
     with prov.stage("select"):

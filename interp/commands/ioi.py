@@ -38,7 +38,7 @@ def run(args) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1 (got {args.top_k}); it is how many senders "
                          "each screened path-patching step patches exactly")
-    model = load_model(args.model, device=args.device, seed=args.seed)
+    model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
     config = IOIConfig(n_prompts=args.n_prompts, seed=args.seed, exact=args.exact,
                        top_k=args.top_k, thresholds=_thresholds(args.threshold))
     _report(run_ioi(model, config, args.out, args.overwrite, progress=not args.quiet))

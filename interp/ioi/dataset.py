@@ -17,7 +17,7 @@ from interp.ioi.templates import NAMES, OBJECTS, PLACES, TEMPLATES
 from interp.metrics import LogitDiff
 from interp.outputs import write_atomic
 from interp.tasks.base import TaskBatch, group_ids
-from interp.tokens import encode, pad_right
+from interp.tokens import bos_for, encode, pad_right
 
 MIN_NAMES = 20
 POSITION_KEYS = ("IO", "S1", "S1+1", "S2", "END")
@@ -115,7 +115,8 @@ class IOIDataset:
     def write_jsonl(self, path: Path) -> Path:
         keys = ("clean_prompt", "corrupted_prompt", "io", "s", "clean_tokens",
                 "corrupted_tokens", "positions", "template")
-        lines = [json.dumps({k: r[k] for k in keys}) for r in self.records]
+        bos = self.batch.bos.record()
+        lines = [json.dumps({k: r[k] for k in keys} | bos) for r in self.records]
         return write_atomic(Path(path), "\n".join(lines) + "\n")
 
 
@@ -124,7 +125,8 @@ def build_ioi(model, n_prompts: int = 100, seed: int = 0,
     """Seeded p_IOI / p_ABC dataset; templates cycle so every template is used evenly."""
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
-    bos = model.prepend_bos if prepend_bos is None else prepend_bos
+    bos_token = bos_for(model, prepend_bos)
+    bos = bos_token.id is not None
     vocab = ioi_vocab(model)
     rng = random.Random(seed)
     order = list(range(len(TEMPLATES)))
@@ -140,7 +142,7 @@ def build_ioi(model, n_prompts: int = 100, seed: int = 0,
     batch = TaskBatch(
         clean_tokens=clean, corrupted_tokens=corrupted, read_positions=positions["END"],
         groups=group_ids([r["template_index"] for r in records]),
-        metric=LogitDiff(io_ids, s_ids), positions=positions, prepend_bos=bos, records=records,
+        metric=LogitDiff(io_ids, s_ids), positions=positions, bos=bos_token, records=records,
     )
     return IOIDataset(batch, records, vocab)
 

@@ -62,6 +62,7 @@ class IOIRun:
         self.spec = model.interp_spec
         self.folder = run_dir(out, self.spec, "ioi", self._config_record(), overwrite)
         self.prov = Provenance(model=self.spec, seed=config.seed)
+        self.prov.set_model(model)
         self.summary: dict = {"model": self.spec, "n_prompts": config.n_prompts,
                               "seed": config.seed}
 
@@ -75,7 +76,8 @@ class IOIRun:
             self.runs = prepare_runs(self.model, self.ds.batch)
         clean, acc = _mean_stats(self.runs.clean_metric)
         corrupted, corr_acc = _mean_stats(self.runs.corrupted_metric)
-        self.summary.update(prepend_bos=self.ds.batch.prepend_bos, clean_logit_diff=clean,
+        self.summary.update(prepend_bos=self.ds.batch.prepend_bos, **self.ds.batch.bos.record(),
+                            clean_logit_diff=clean,
                             clean_accuracy=acc, corrupted_logit_diff=corrupted,
                             corrupted_accuracy=corr_acc, n_names=len(self.ds.vocab.names))
 

@@ -12,6 +12,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.models.errors import ModelUnavailableError, UnknownModelError
 from interp.models.random_gpt2 import RANDOM_GPT2_SHAPES, gpt2_tokenizer, random_gpt2_hf
 from interp.models.smollm2 import ensure_smollm2, is_converted, smollm2_folder
+from interp.tokens import choose_bos
 
 GPT2_HUB_NAMES = {
     "gpt2": "openai-community/gpt2",
@@ -23,10 +24,6 @@ GPT2_HUB_NAMES = {
 OFFLINE_SPEC = "smollm2-135m"
 RANDOM_SPECS = [f"random:{name}" for name in RANDOM_GPT2_SHAPES]
 MODEL_SPECS: list[str] = [*GPT2_HUB_NAMES, OFFLINE_SPEC, *RANDOM_SPECS, "auto"]
-
-# Whether a model solves tasks at all, and whether BOS is prepended to prompts.
-# GPT-2 ran without BOS in the IOI paper; Llama-family models expect one.
-PREPEND_BOS = {"gpt2": False, "llama": True}
 
 
 def _hub_endpoint() -> str:
@@ -146,6 +143,7 @@ def load_model(
     device_map=None,
     n_devices: int | None = None,
     max_memory: dict | None = None,
+    bos: str = "auto",
 ) -> TransformerBridge:
     """Load a model as a TransformerLens `TransformerBridge`.
 
@@ -159,9 +157,12 @@ def load_model(
         seed: initialisation seed for the random:* specs.
         device_map, n_devices, max_memory: passed to `boot_transformers` (accelerate) to split
             a model larger than one device.
+        bos: "auto" (none for GPT-2, as in the IOI paper; else the tokenizer's pretraining
+            BOS, never a chat-role token: `<|endoftext|>` for SmolLM2), "none", or a token.
 
     Returns:
-        The bridge, with `interp_spec` (the resolved spec) and `prepend_bos` attributes set.
+        The bridge, with `interp_spec` (the resolved spec), `interp_bos` (an
+        `interp.tokens.Bos`) and `prepend_bos` attributes set.
 
     Example:
         >>> m = load_model("random:tiny")
@@ -184,7 +185,8 @@ def load_model(
         model = _load_folder(Path(resolved), **boot_kwargs)
     model.eval()
     model.interp_spec = resolved
-    model.prepend_bos = PREPEND_BOS.get(_family(model), True)
+    model.interp_bos = choose_bos(model.tokenizer, bos, _family(model))
+    model.prepend_bos = model.interp_bos.id is not None
     return model
 
 

@@ -14,6 +14,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.tokens import NO_BOS, Bos
+
 Metric = Callable[[Float[Tensor, "... batch vocab"]], Float[Tensor, "... batch"]]
 
 
@@ -28,7 +30,7 @@ class TaskBatch:
         groups: `[batch]` group id (template); mean ablations are per group and position.
         metric: logits `[..., batch, vocab]` at `read_positions` -> `[..., batch]`.
         positions: named positions `[batch]` each, e.g. {"IO": ..., "S2": ..., "END": ...}.
-        prepend_bos: whether BOS was prepended.
+        bos: the BOS token prepended to every prompt (`NO_BOS` for none).
         records: one JSON-able dict per prompt (strings, ids) for dataset files.
     """
 
@@ -38,8 +40,12 @@ class TaskBatch:
     groups: Int[Tensor, " batch"]
     metric: Metric
     positions: dict[str, Int[Tensor, " batch"]] = field(default_factory=dict)
-    prepend_bos: bool = True
+    bos: Bos = NO_BOS
     records: list[dict] = field(default_factory=list)
+
+    @property
+    def prepend_bos(self) -> bool:
+        return self.bos.id is not None
 
     def __len__(self) -> int:
         return self.clean_tokens.shape[0]
@@ -57,7 +63,7 @@ class TaskBatch:
         return TaskBatch(
             self.clean_tokens[index], self.corrupted_tokens[index], self.read_positions[index],
             self.groups[index], metric, {k: v[index] for k, v in self.positions.items()},
-            self.prepend_bos, [self.records[i] for i in index.tolist()] if self.records else [],
+            self.bos, [self.records[i] for i in index.tolist()] if self.records else [],
         )
 
 

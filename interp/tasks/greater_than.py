@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.tasks.base import TaskBatch, group_ids
-from interp.tokens import encode
+from interp.tokens import encode, model_bos
 
 NOUNS = ("war", "siege", "expedition", "voyage", "reign", "drought", "famine", "plague",
          "rebellion", "journey", "trial", "alliance", "conflict", "campaign", "occupation",
@@ -144,5 +144,5 @@ def _batch(model, clean, corrupted, thresholds, year_ids, records, scheme) -> Ta
         read_positions=torch.full((n,), length - 1), groups=group_ids([length] * n),
         metric=YearMassDiff(year_ids, torch.tensor(thresholds)),
         positions={k: torch.full((n,), v) for k, v in positions.items()},
-        prepend_bos=model.prepend_bos, records=records)
+        bos=model_bos(model), records=records)
     return batch  # one group: every prompt has the same length and positions

@@ -27,6 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.tasks.base import TaskBatch
+from interp.tokens import model_bos
 
 
 @dataclass
@@ -75,7 +76,7 @@ class InductionTask:
                                 for r in rows])
 
         first, other = sample(), sample()
-        bos = [model.tokenizer.bos_token_id] if model.prepend_bos else []
+        bos = [] if model_bos(model).id is None else [model_bos(model).id]
         prefix = torch.tensor(bos, dtype=torch.long).expand(n_prompts, len(bos))
         clean = torch.cat([prefix, first, first], 1)
         corrupted = torch.cat([prefix, other, first], 1)
@@ -88,4 +89,4 @@ class InductionTask:
                     "read_position": int(r), "target": int(t)}
                    for c, k, r, t in zip(clean, corrupted, read, target, strict=True)]
         return TaskBatch(clean, corrupted, read, torch.zeros(n_prompts, dtype=torch.long),
-                         TokenLogProb(target), positions, model.prepend_bos, records)
+                         TokenLogProb(target), positions, model_bos(model), records)

@@ -76,7 +76,10 @@ def test_jsonl(tmp_path, ds):
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(lines) == 40
     assert set(lines[0]) == {"clean_prompt", "corrupted_prompt", "io", "s", "clean_tokens",
-                             "corrupted_tokens", "positions", "template"}
+                             "corrupted_tokens", "positions", "template", "bos_token",
+                             "bos_token_id"}
+    assert lines[0]["bos_token"] is None  # GPT-2 runs without BOS, as in the paper
+    assert lines[0]["clean_tokens"][0] != 50256
 
 
 def test_too_few_names_is_a_clear_error(tiny, monkeypatch):

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
 
 def test_outputs_written(tiny_run):
     s = json.loads((tiny_run / "summary.json").read_text())
-    for key in ("model", "n_prompts", "seed", "prepend_bos", "clean_logit_diff",
+    for key in ("model", "n_prompts", "seed", "prepend_bos", "bos_token", "clean_logit_diff",
                 "clean_accuracy", "corrupted_logit_diff", "path_patching_to_logits",
                 "head_classes", "circuit", "paper_comparison", "provenance", "config"):
         assert key in s
