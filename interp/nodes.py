@@ -10,6 +10,8 @@ Example:
 import re
 from dataclasses import dataclass
 
+from interp.errors import UserValueError
+
 _HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
 _MLP_RE = re.compile(r"^MLP(\d+)$")
 
@@ -46,7 +48,7 @@ class Mlp:
 Node = Head | Mlp
 
 
-class NodeError(ValueError):
+class NodeError(UserValueError):
     """A node name is malformed or out of range for the model."""
 
 

@@ -10,8 +10,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from interp.errors import UserError
 
-class OverwriteError(FileExistsError):
+
+class OverwriteError(UserError, FileExistsError):
     """The target folder holds the results of a different run."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from interp.errors import UserValueError
 from interp.nodes import Head, Mlp, Node, NodeError, check_node, parse_node
 
 ABLATIONS = ("mean", "resample", "zero")
@@ -36,7 +37,7 @@ GROUP_KEYS = ("nodes", "positions", "description")
 EDGE_KEYS = ("from", "to", "input")
 
 
-class CircuitFormatError(ValueError):
+class CircuitFormatError(UserValueError):
     """A circuit file is malformed; the message is one line: `file:line: problem`."""
 
 
