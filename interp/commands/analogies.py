@@ -12,11 +12,8 @@ import torch
 
 from interp.analogies import DATA, SPACES, evaluate, load_analogies, neighbours
 from interp.commands._args import add_run_arguments
-from interp.models import load_model
-from interp.outputs import run_dir, write_json
 from interp.plotting import save_figure
 from interp.plotting.lens import grouped_bars
-from interp.provenance import Provenance
 
 EXPERIMENT = "analogies"
 BIAS = [("doctor", "man", "woman"), ("doctor", "woman", "man")]
@@ -36,35 +33,35 @@ def _tied(model) -> bool:
 
 
 def run(args) -> int:
-    config = {"model": args.model, "seed": args.seed, "data": str(args.data), "k": args.k}
-    prov = Provenance(model=args.model, seed=args.seed)
-    with prov.stage("load_model"):
-        model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
-    prov.set_model(model)
-    folder = run_dir(args.out, args.model, EXPERIMENT, config, args.overwrite)
-    items = load_analogies(args.data)
-    tied = _tied(model)
-    spaces = SPACES[:1] if tied else SPACES
-    with prov.stage("analogies"):
-        results = {f"{space}{'_words' if words else ''}": evaluate(model, items, space, args.k,
-                                                                   words)
-                   for space in spaces for words in (False, True)}
-        bias = {f"{a} - {b} + {c}": neighbours(model, a, b, c, k=args.k) for a, b, c in BIAS}
-    main = results["embed"]
-    summary = {"model": model.interp_spec, "n_items": len(items),
-               "n_scored": main["overall"]["n"], "tied_embeddings": tied,
-               "convention": "a - b + c = expected; inputs a, b, c excluded from neighbours",
-               "per_category": main["per_category"], "overall": main["overall"],
-               "results": results, "bias_example": bias, "config": config,
-               "provenance": prov.record()}
-    rows = {f"{cat} (n={r['n']})": {"acc@1": r["accuracy@1"], f"acc@{args.k}": r["accuracy@k"],
-                                    "c-only baseline@1": r["c_only_baseline@1"]}
-            for cat, r in main["per_category"].items()}
-    if rows:
-        save_figure(grouped_bars(rows, f"Word analogies a - b + c in the input embedding "
-                                 f"({model.interp_spec})", "category", "accuracy"),
-                    folder / "analogies.html")
-    write_json(folder / "summary.json", summary)
+    from interp.runner import ExperimentRun, RunOptions
+
+    config = {"data": str(args.data), "k": args.k}
+    items = load_analogies(args.data)  # a bad table fails before the model loads
+    with ExperimentRun(RunOptions.from_args(args), EXPERIMENT, config) as run:
+        model = run.load_model()
+        tied = _tied(model)
+        spaces = SPACES[:1] if tied else SPACES
+        with run.stage("analogies"):
+            results = {f"{space}{'_words' if words else ''}": evaluate(model, items, space,
+                                                                       args.k, words)
+                       for space in spaces for words in (False, True)}
+            bias = {f"{a} - {b} + {c}": neighbours(model, a, b, c, k=args.k)
+                    for a, b, c in BIAS}
+        main = results["embed"]
+        summary = {"model": run.spec, "n_items": len(items),
+                   "n_scored": main["overall"]["n"], "tied_embeddings": tied,
+                   "convention": "a - b + c = expected; inputs a, b, c excluded from neighbours",
+                   "per_category": main["per_category"], "overall": main["overall"],
+                   "results": results, "bias_example": bias}
+        rows = {f"{cat} (n={r['n']})": {"acc@1": r["accuracy@1"],
+                                        f"acc@{args.k}": r["accuracy@k"],
+                                        "c-only baseline@1": r["c_only_baseline@1"]}
+                for cat, r in main["per_category"].items()}
+        if rows:
+            save_figure(grouped_bars(rows, f"Word analogies a - b + c in the input embedding "
+                                     f"({run.spec})", "category", "accuracy"),
+                        run.folder / "analogies.html")
+        folder = run.finish(summary)
     _print(summary, results, args.k, folder)
     return 0
 

@@ -13,11 +13,8 @@ import torch
 from interp.capitals import build_prompts, find, load_capitals, mark_tokens, one_shot, sample
 from interp.commands._args import add_run_arguments
 from interp.lens import LensStats, layer_metrics, lens_at, trajectory
-from interp.models import load_model
-from interp.outputs import run_dir, write_json
 from interp.plotting import save_figure
 from interp.plotting.lens import layer_curves, trajectory_heatmap
-from interp.provenance import Provenance
 from interp.tokens import encode
 
 EXPERIMENT = "capitals"
@@ -65,33 +62,31 @@ def _per_prompt(model, prompts, stats: LensStats) -> list[dict]:
 
 
 def run(args) -> int:
-    config = {"model": args.model, "seed": args.seed, "n_prompts": args.n_prompts,
-              "country": args.country, "demo": args.demo, "format": "one-shot Q/A"}
-    prov = Provenance(model=args.model, seed=args.seed)
-    torch.manual_seed(args.seed)
-    with prov.stage("load_model"):
-        model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
-    prov.set_model(model)
-    name = model.interp_spec
-    folder = run_dir(args.out, args.model, EXPERIMENT, config, args.overwrite)
-    items = mark_tokens(model, load_capitals())
-    with prov.stage("lens"):
-        prompts = build_prompts(model, sample(items, args.n_prompts, args.seed), seed=args.seed)
-        stats = lens_at(model, prompts.tokens, prompts.read_positions,
-                        {"capital": prompts.capital_ids, "country": prompts.country_ids},
-                        batch_size=args.batch_size)
-        metrics = layer_metrics(stats)
-        single = torch.tensor([it.single for it in prompts.items])
-        single_metrics = layer_metrics(subset(stats, single)) if single.sum() > 0 else None
-        trace, traj = prompt_trace(model, items, args.country, args.demo)
-    summary = {"model": name, "n_prompts": len(prompts),
-               "n_single_token": int(single.sum()), "layers": list(range(model.cfg.n_layers)),
-               **metrics,
-               "single_token_subset": single_metrics, "example": trace,
-               "prompts": _per_prompt(model, prompts, stats),
-               "config": config, "provenance": prov.record()}
-    _figures(folder, name, metrics, traj, args.country)
-    write_json(folder / "summary.json", summary)
+    from interp.runner import ExperimentRun, RunOptions
+
+    config = {"n_prompts": args.n_prompts, "country": args.country, "demo": args.demo,
+              "format": "one-shot Q/A"}
+    with ExperimentRun(RunOptions.from_args(args), EXPERIMENT, config) as run:
+        model = run.load_model()
+        name, folder = run.spec, run.folder
+        items = mark_tokens(model, load_capitals())
+        with run.stage("lens"):
+            prompts = build_prompts(model, sample(items, args.n_prompts, args.seed),
+                                    seed=args.seed)
+            stats = lens_at(model, prompts.tokens, prompts.read_positions,
+                            {"capital": prompts.capital_ids, "country": prompts.country_ids},
+                            batch_size=args.batch_size)
+            metrics = layer_metrics(stats)
+            single = torch.tensor([it.single for it in prompts.items])
+            single_metrics = layer_metrics(subset(stats, single)) if single.sum() > 0 else None
+            trace, traj = prompt_trace(model, items, args.country, args.demo)
+        summary = {"model": name, "n_prompts": len(prompts),
+                   "n_single_token": int(single.sum()), "layers": list(range(model.cfg.n_layers)),
+                   **metrics,
+                   "single_token_subset": single_metrics, "example": trace,
+                   "prompts": _per_prompt(model, prompts, stats)}
+        _figures(folder, name, metrics, traj, args.country)
+        folder = run.finish(summary)
     _print(summary, trace, folder)
     return 0
 

@@ -5,12 +5,9 @@ Writes to `<out>/<model>/discover-<task>/` (`discover-<task>-ig/` with EAP-IG): 
 faithfulness_curve.html, head_scores.html and circuit.yaml (read by `interp evaluate-circuit`).
 """
 
-import plotly.graph_objects as go
-
-from interp.commands._args import add_run_arguments
-from interp.outputs import model_slug, run_dir, write_json
+from interp.commands._args import add_run_arguments, fraction, positive_int
+from interp.outputs import model_slug
 from interp.plotting import head_heatmap, save_figure
-from interp.provenance import Provenance
 
 
 def register(subparsers) -> None:
@@ -18,15 +15,19 @@ def register(subparsers) -> None:
     p.add_argument("--task", required=True,
                    help="ioi, greater-than, induction, capitals, or path/to/file.py:Class")
     p.add_argument("--method", default="attribution", choices=["attribution", "attribution-ig"])
-    p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default 5)")
-    p.add_argument("--n-prompts", type=int, default=50, help="prompts (default 50)")
-    p.add_argument("--target", type=float, default=0.8,
-                   help="best circuit = smallest with normalised faithfulness >= this (0.8)")
+    p.add_argument("--steps", type=positive_int, default=5,
+                   help="EAP-IG interpolation steps (default 5)")
+    p.add_argument("--n-prompts", type=positive_int, default=50, help="prompts (default 50)")
+    p.add_argument("--target", type=fraction, default=0.8,
+                   help="best circuit = smallest with normalised faithfulness >= this, in "
+                        "(0, 1] (default 0.8)")
     add_run_arguments(p)
     p.set_defaults(func=run)
 
 
-def curve_figure(result, title: str) -> go.Figure:
+def curve_figure(result, title: str):
+    import plotly.graph_objects as go
+
     xs = [p.n_edges for p in result.points]
     fig = go.Figure(go.Scatter(
         x=xs, y=[p.normalised for p in result.points], mode="lines+markers",
@@ -61,30 +62,51 @@ def _summary(result, args, spec: str) -> dict:
 
 
 def run(args) -> int:
-    from interp.attribution import head_attribution
-    from interp.circuits.format import write_circuit
-    from interp.discover import circuit_spec, discover
-    from interp.models import load_model
+    from interp.runner import ExperimentRun, RunOptions, check_memory
     from interp.tasks.registry import get_task
 
     task = get_task(args.task)
-    model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
-    spec = model.interp_spec
-    config = {"task": args.task, "model": spec, "method": args.method, "steps": args.steps,
-              "n_prompts": args.n_prompts, "seed": args.seed, "target": args.target}
+    config = {"task": args.task, "method": args.method, "steps": args.steps,
+              "n_prompts": args.n_prompts, "target": args.target}
     experiment = f"discover-{task.name}" + ("-ig" if args.method == "attribution-ig" else "")
-    folder = run_dir(args.out, spec, experiment, config, args.overwrite)
-    prov = Provenance(model=spec, seed=args.seed)
-    prov.set_model(model)
-    with prov.stage("dataset"):
-        batch = task.build(model, args.n_prompts, args.seed)
-    with prov.stage("discover"):
-        result = discover(model, batch, method=args.method, steps=args.steps,
+    with ExperimentRun(RunOptions.from_args(args), experiment, config) as run:
+        model = run.load_model()
+        check_memory(model, args.n_prompts)
+        result, batch = _discover(run, task, args)
+        _write(run, task, batch, result, args)
+        folder = run.finish(_summary(result, args, run.spec))
+    print(f"discover {task.name} on {run.spec} ({args.method}): {result.n_edges_total} edges, "
+          f"F(model)={result.f_model:.4f}, F(all ablated)={result.f_empty:.4f}")
+    for p in result.points:
+        print(f"  {p.n_edges:>7} edges {len(p.nodes):>4} heads  faithfulness {p.normalised:.3f}")
+    print(f"CPR={result.cpr:.3f} CMD={result.cmd:.3f}; wrote {folder / 'circuit.yaml'} "
+          f"({result.best.n_edges} edges, {len(result.best.nodes)} heads, "
+          f"faithfulness {result.best.normalised:.3f})")
+    return 0
+
+
+def _discover(run, task, args):
+    from interp.discover import discover
+
+    with run.stage("dataset"):
+        batch = task.build(run.model, args.n_prompts, args.seed)
+    with run.stage("discover"):
+        result = discover(run.model, batch, method=args.method, steps=args.steps,
                           target=args.target)
+    return result, batch
+
+
+def _write(run, task, batch, result, args) -> None:
+    """The figures and circuit.yaml, into the run's (staging) folder."""
+    from interp.attribution import head_attribution
+    from interp.circuits.format import write_circuit
+    from interp.discover import circuit_spec
+
+    model, spec, folder = run.model, run.spec, run.folder
     label = f"{spec}, {task.name}, {args.method}"
     save_figure(curve_figure(result, f"Faithfulness vs circuit size ({label})"),
                 folder / "faithfulness_curve.html")
-    with prov.stage("head scores"):
+    with run.stage("head scores"):
         grid = head_attribution(model, batch, method=args.method, steps=args.steps)
     save_figure(head_heatmap(grid.tolist(), f"Head attribution, corrupted -> clean ({label})",
                              "estimated metric change"), folder / "head_scores.html")
@@ -93,13 +115,3 @@ def run(args) -> int:
                            f"interp discover, {args.method}, {result.best.n_edges} edges")
     write_circuit(circuit, folder / "circuit.yaml",
                   f"Discovered by `interp discover` on {spec} ({task.name}); not a paper circuit.")
-    write_json(folder / "summary.json", {**_summary(result, args, spec), "config": config,
-                                         "provenance": prov.record()})
-    print(f"discover {task.name} on {spec} ({args.method}): {result.n_edges_total} edges, "
-          f"F(model)={result.f_model:.4f}, F(all ablated)={result.f_empty:.4f}")
-    for p in result.points:
-        print(f"  {p.n_edges:>7} edges {len(p.nodes):>4} heads  faithfulness {p.normalised:.3f}")
-    print(f"CPR={result.cpr:.3f} CMD={result.cmd:.3f}; wrote {folder / 'circuit.yaml'} "
-          f"({result.best.n_edges} edges, {len(result.best.nodes)} heads, "
-          f"faithfulness {result.best.normalised:.3f})")
-    return 0

@@ -11,16 +11,10 @@ Writes `<out>/<model>/evaluate-<task>-<circuit name>/`: summary.json, completene
 minimality.html.
 """
 
-import re
 from dataclasses import replace
 
-import plotly.graph_objects as go
-import torch
-
-from interp.commands._args import add_run_arguments
-from interp.outputs import run_dir, write_json
+from interp.commands._args import add_run_arguments, existing_file, non_negative, positive_int
 from interp.plotting import save_figure
-from interp.provenance import Provenance
 
 
 def register(subparsers) -> None:
@@ -28,9 +22,10 @@ def register(subparsers) -> None:
                               help="faithfulness/completeness/minimality of a circuit file")
     p.add_argument("--task", required=True,
                    help="ioi, greater-than, induction, capitals, or path/to/file.py:Class")
-    p.add_argument("--circuit", required=True, help="circuit hypothesis file (YAML)")
-    p.add_argument("--n-prompts", type=int, default=100, help="prompts (default 100)")
-    p.add_argument("--minimality-threshold", type=float, default=0.01,
+    p.add_argument("--circuit", required=True, type=existing_file,
+                   help="circuit hypothesis file (YAML)")
+    p.add_argument("--n-prompts", type=positive_int, default=100, help="prompts (default 100)")
+    p.add_argument("--minimality-threshold", type=non_negative, default=0.01,
                    help="a node is needed when it moves the metric by >= this x F(M) (0.01)")
     add_run_arguments(p)
     p.set_defaults(func=run)
@@ -38,6 +33,8 @@ def register(subparsers) -> None:
 
 def ablation_runs(runs, kind: str, seed: int):
     """`runs` whose corrupted cache makes interp.circuit's mean ablation the `kind` one."""
+    import torch
+
     if kind == "mean":
         return runs
     cache = runs.corrupted_cache
@@ -54,6 +51,8 @@ def ablation_runs(runs, kind: str, seed: int):
 
 
 def _figures(comp: dict, mini: dict, title: str):
+    import plotly.graph_objects as go
+
     names = list(comp)
     f_m = [comp[n]["F_M_minus_K"] for n in names]
     f_c = [comp[n]["F_C_minus_K"] for n in names]
@@ -93,39 +92,48 @@ def _evaluate(model, runs, spec, threshold: float) -> dict:
 
 def run(args) -> int:
     from interp.circuits.format import load_circuit
-    from interp.models import load_model
-    from interp.patching.runs import prepare_runs
+    from interp.runner import ExperimentRun, RunOptions, check_memory
     from interp.tasks.registry import get_task
 
-    load_circuit(args.circuit)  # syntax errors before the model loads
+    parsed = load_circuit(args.circuit)  # syntax errors before the model loads
     task = get_task(args.task)
-    model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
-    spec_name = model.interp_spec
-    prov = Provenance(model=spec_name, seed=args.seed)
-    prov.set_model(model)
-    with prov.stage("dataset"):
-        batch = task.build(model, args.n_prompts, args.seed)
-    spec = load_circuit(args.circuit, model=model, positions=batch.positions)
-    config = {"task": args.task, "model": spec_name, "circuit": str(args.circuit),
-              "circuit_name": spec.name, "ablation": spec.ablation,
-              "n_prompts": args.n_prompts, "seed": args.seed,
+    config = {"task": args.task, "circuit": str(args.circuit), "circuit_name": parsed.name,
+              "ablation": parsed.ablation, "n_prompts": args.n_prompts,
               "minimality_threshold": args.minimality_threshold}
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"evaluate-{task.name}-{spec.name}")
-    folder = run_dir(args.out, spec_name, name, config, args.overwrite)
-    with prov.stage("runs"):
-        runs = ablation_runs(prepare_runs(model, batch), spec.ablation, args.seed)
-    with prov.stage("evaluate"):
-        result = _evaluate(model, runs, spec, args.minimality_threshold)
-    title = f"{spec.name} on {spec_name} ({task.name}, {spec.ablation} ablation)"
-    fig_c, fig_m = _figures(result["completeness"], result["minimality"], title)
-    save_figure(fig_c, folder / "completeness.html")
-    save_figure(fig_m, folder / "minimality.html")
-    circuit_text = {"groups": {k: [str(n) for n in v] for k, v in spec.group_nodes().items()}}
-    write_json(folder / "summary.json", {"model": spec_name, "task": task.name,
-                                         "circuit": circuit_text, **result, "config": config,
-                                         "provenance": prov.record()})
+    experiment = f"evaluate-{task.name}-{parsed.name}"
+    with ExperimentRun(RunOptions.from_args(args), experiment, config) as run:
+        model = run.load_model()
+        check_memory(model, args.n_prompts)
+        spec, batch, result = _run(run, task, args)
+        title = f"{spec.name} on {run.spec} ({task.name}, {spec.ablation} ablation)"
+        fig_c, fig_m = _figures(result["completeness"], result["minimality"], title)
+        save_figure(fig_c, run.folder / "completeness.html")
+        save_figure(fig_m, run.folder / "minimality.html")
+        circuit_text = {"groups": {k: [str(n) for n in v]
+                                   for k, v in spec.group_nodes().items()}}
+        folder = run.finish({"model": run.spec, "task": task.name, "circuit": circuit_text,
+                             **result})
+    _print(spec, run.spec, task, batch, result, folder)
+    return 0
+
+
+def _run(run, task, args):
+    from interp.circuits.format import load_circuit
+    from interp.patching.runs import prepare_runs
+
+    with run.stage("dataset"):
+        batch = task.build(run.model, args.n_prompts, args.seed)
+    spec = load_circuit(args.circuit, model=run.model, positions=batch.positions)
+    with run.stage("runs"):
+        runs = ablation_runs(prepare_runs(run.model, batch), spec.ablation, args.seed)
+    with run.stage("evaluate"):
+        result = _evaluate(run.model, runs, spec, args.minimality_threshold)
+    return spec, batch, result
+
+
+def _print(spec, model_name: str, task, batch, result: dict, folder) -> None:
     f = result["faithfulness"]
-    print(f"{spec.name} on {spec_name} ({task.name}, {len(batch)} prompts, {spec.ablation} "
+    print(f"{spec.name} on {model_name} ({task.name}, {len(batch)} prompts, {spec.ablation} "
           f"ablation): F(C)={f['F_C']:.4f} F(M)={f['F_M']:.4f} faithfulness F(C)/F(M)="
           f"{f['faithfulness']:.3f} normalised={f['normalised_faithfulness']:.3f}")
     for name, c in result["completeness"].items():
@@ -136,4 +144,3 @@ def run(args) -> int:
     print(f"  minimality: {len(mini['per_node']) - len(small)}/{len(mini['per_node'])} nodes "
           f"contribute >= {mini['threshold']} x F(M)" + (f"; below: {small}" if small else ""))
     print(f"wrote {folder}")
-    return 0

@@ -33,11 +33,8 @@ from interp.ffn import (
     window,
     window_conditions,
 )
-from interp.models import load_model
-from interp.outputs import run_dir, write_json
 from interp.plotting import save_figure
 from interp.plotting.lens import ablation_curves, transfer_bars
-from interp.provenance import Provenance
 
 EXPERIMENT = "ffn-ablation"
 KINDS = ("zero", "mean")
@@ -156,40 +153,38 @@ def transfer_study(model, items, args, layer: int) -> dict:
 
 
 def run(args) -> int:
-    config = {"model": args.model, "seed": args.seed, "n_prompts": args.n_prompts,
-              "select": args.select, "positions": args.positions, "country": args.country,
-              "demo": args.demo, "critical_layer_search": "layers >= n_layers // 2"}
-    prov = Provenance(model=args.model, seed=args.seed)
-    with prov.stage("load_model"):
-        model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
-    prov.set_model(model)
-    folder = run_dir(args.out, args.model, EXPERIMENT, config, args.overwrite)
-    items = mark_tokens(model, load_capitals())
-    with prov.stage("select"):
-        chosen, demos, info = select_items(model, items, args)
-    sets = {k: build_prompts(model, chosen, k, demos=demos) for k in ("abstractive",
-                                                                       "extractive")}
-    with prov.stage("ablation_sweeps"):
-        results = {k: sweep(model, p, args) for k, p in sets.items()}
-    answers = {k: p.capital_ids for k, p in sets.items()}
-    single, windows = tables(model, results, answers)
-    clean = {k: results[k]["clean"].summary(answers[k]) for k in sets}
-    best, layers = critical_layers(
-        *([single[str(la)]["zero"][k]["accuracy"] for la in range(model.cfg.n_layers)]
-          for k in sets), clean["abstractive"]["accuracy"], clean["extractive"]["accuracy"],
-        min_layer=model.cfg.n_layers // 2)
-    gap_window = max(windows, key=lambda f: windows[f]["zero"]["extractive"]["accuracy"]
-                     - windows[f]["zero"]["abstractive"]["accuracy"])
-    with prov.stage("demo_and_transfer"):
-        demo = poland_demo(model, items, args, layers, windows[gap_window]["layers"])
-        moved = transfer_study(model, items, args, best)
-    summary = {"model": model.interp_spec, "n_prompts": len(chosen), "selection": info,
-               "countries": [it.country for it in chosen], "clean": clean,
-               "critical_layer": best, "critical_layers": layers, "single_layer": single,
-               "windows": windows, "poland_demo": demo, "transfer": moved,
-               "config": config, "provenance": prov.record()}
-    _figures(folder, model, summary)
-    write_json(folder / "summary.json", summary)
+    from interp.runner import ExperimentRun, RunOptions
+
+    config = {"n_prompts": args.n_prompts, "select": args.select, "positions": args.positions,
+              "country": args.country, "demo": args.demo,
+              "critical_layer_search": "layers >= n_layers // 2"}
+    with ExperimentRun(RunOptions.from_args(args), EXPERIMENT, config) as run:
+        model = run.load_model()
+        items = mark_tokens(model, load_capitals())
+        with run.stage("select"):
+            chosen, demos, info = select_items(model, items, args)
+        sets = {k: build_prompts(model, chosen, k, demos=demos) for k in ("abstractive",
+                                                                           "extractive")}
+        with run.stage("ablation_sweeps"):
+            results = {k: sweep(model, p, args) for k, p in sets.items()}
+        answers = {k: p.capital_ids for k, p in sets.items()}
+        single, windows = tables(model, results, answers)
+        clean = {k: results[k]["clean"].summary(answers[k]) for k in sets}
+        best, layers = critical_layers(
+            *([single[str(la)]["zero"][k]["accuracy"] for la in range(model.cfg.n_layers)]
+              for k in sets), clean["abstractive"]["accuracy"], clean["extractive"]["accuracy"],
+            min_layer=model.cfg.n_layers // 2)
+        gap_window = max(windows, key=lambda f: windows[f]["zero"]["extractive"]["accuracy"]
+                         - windows[f]["zero"]["abstractive"]["accuracy"])
+        with run.stage("demo_and_transfer"):
+            demo = poland_demo(model, items, args, layers, windows[gap_window]["layers"])
+            moved = transfer_study(model, items, args, best)
+        summary = {"model": run.spec, "n_prompts": len(chosen), "selection": info,
+                   "countries": [it.country for it in chosen], "clean": clean,
+                   "critical_layer": best, "critical_layers": layers, "single_layer": single,
+                   "windows": windows, "poland_demo": demo, "transfer": moved}
+        _figures(run.folder, model, summary)
+        folder = run.finish(summary)
     _print(summary, folder)
     return 0
 

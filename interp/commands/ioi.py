@@ -3,9 +3,8 @@
 from dataclasses import asdict, fields
 
 from interp.commands._args import add_run_arguments
+from interp.errors import UserValueError
 from interp.ioi.classify import Thresholds
-from interp.ioi.pipeline import IOIConfig, run_ioi
-from interp.models import load_model
 
 
 def _thresholds(pairs: list[str]) -> dict:
@@ -14,8 +13,8 @@ def _thresholds(pairs: list[str]) -> dict:
     for pair in pairs:
         name, _, value = pair.partition("=")
         if name not in valid or not value:
-            raise ValueError(f"--threshold {pair!r}: use NAME=VALUE with NAME one of "
-                             f"{sorted(valid)}")
+            raise UserValueError(f"--threshold {pair!r}: use NAME=VALUE with NAME one of "
+                                 f"{sorted(valid)}")
         out[name] = int(value) if name == "max_per_class" else float(value)
     return out
 
@@ -35,13 +34,19 @@ def _report(run) -> None:
 
 
 def run(args) -> int:
+    from interp.ioi.pipeline import IOIConfig, config_record, run_stages
+    from interp.runner import ExperimentRun, RunOptions, check_memory
+
     if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1 (got {args.top_k}); it is how many senders "
-                         "each screened path-patching step patches exactly")
-    model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
+        raise UserValueError(f"--top-k must be >= 1 (got {args.top_k}); it is how many "
+                             "senders each screened path-patching step patches exactly")
     config = IOIConfig(n_prompts=args.n_prompts, seed=args.seed, exact=args.exact,
                        top_k=args.top_k, thresholds=_thresholds(args.threshold))
-    _report(run_ioi(model, config, args.out, args.overwrite, progress=not args.quiet))
+    with ExperimentRun(RunOptions.from_args(args), "ioi", config_record(config)) as run:
+        run.load_model()
+        check_memory(run.model, args.n_prompts)
+        result = run_stages(run, config, progress=not args.quiet)
+    _report(result)
     return 0
 
 

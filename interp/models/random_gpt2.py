@@ -14,13 +14,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from interp.models.cache import cache_root
-
-# name -> (n_layer, n_head, n_embd)
-RANDOM_GPT2_SHAPES: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 4, 64),
-    "gpt2": (12, 12, 768),
-    "gpt2-medium": (24, 16, 1024),
-}
+from interp.models.specs import RANDOM_GPT2_SHAPES
 
 
 def _bpe_files() -> tuple[Path, Path]:
