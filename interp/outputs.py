@@ -89,19 +89,19 @@ def _jsonable(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _previous_config(folder: Path):
-    """The `config` of the run in `folder`; None when there is none; "unreadable" when the
-    summary is not a JSON object with a config (binary, a list, truncated)."""
+def _previous_run(folder: Path) -> str | None:
+    """Why `folder` may hold another run: None (empty or absent), "config" (read it from
+    the summary), or a description of what is there instead."""
     summary = folder / SUMMARY
     if not summary.exists():
-        return "other files" if folder.is_dir() and any(folder.iterdir()) else None
+        return f"files but no {SUMMARY}" if folder.is_dir() and any(folder.iterdir()) else None
     try:
         data = json.loads(summary.read_bytes().decode("utf-8"))
     except (OSError, ValueError):
-        return "unreadable"
+        data = None
     if not isinstance(data, dict) or "config" not in data:
-        return "unreadable"
-    return data["config"]
+        return f"an unreadable {SUMMARY} (not a JSON object with a config)"
+    return "config"
 
 
 def check_target(folder: Path, config: dict, overwrite: bool = False) -> None:
@@ -116,11 +116,14 @@ def check_target(folder: Path, config: dict, overwrite: bool = False) -> None:
     if not folder.is_dir():
         raise OverwriteError(f"{folder} is a file, not a run folder; remove it, pass "
                              "--overwrite, or choose another --out")
-    previous = _previous_config(folder)
-    if previous is None or previous == json.loads(json.dumps(config, default=_jsonable)):
+    what = _previous_run(folder)
+    if what == "config":
+        previous = json.loads((folder / SUMMARY).read_text())["config"]
+        if previous == json.loads(json.dumps(config, default=_jsonable)):
+            return
+        what = f"config {previous}"
+    if what is None:
         return
-    what = {"unreadable": f"an unreadable {SUMMARY} (not a JSON object with a config)",
-            "other files": f"files but no {SUMMARY}"}.get(previous, f"config {previous}")
     raise OverwriteError(f"{folder} holds a different run ({what}; this one: {config}). "
                          "Pass --overwrite to replace it, or choose another --out.")
 

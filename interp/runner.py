@@ -136,7 +136,8 @@ class ExperimentRun(AbstractContextManager):
     Args:
         options: model, seed, out, device, bos, overwrite.
         experiment: the run folder's name (sanitised: no "/", no leading dot).
-        config: the arguments that define the run; "model" (resolved) and "seed" are added. Stored as summary.json's `config` and compared by the overwrite guard.
+        config: the arguments that define the run; "model" (resolved) and "seed" are added.
+            Stored as summary.json's `config` and compared by the overwrite guard.
 
     Raises:
         UserError: a bad seed, device or --out; UnknownModelError; OverwriteError;
