@@ -11,6 +11,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from interp.errors import UserValueError
+
 # Chat-template role markers: they open a chat turn, they never started a pretraining
 # document, so a base-model experiment must not use them as BOS (SmolLM2-Instruct's tokenizer
 # lists <|im_start|> as its bos_token; its pretraining separator is <|endoftext|>).
@@ -64,8 +66,8 @@ def choose_bos(tokenizer, request: str = "auto", family: str = "") -> Bos:
         return NO_BOS if family == "gpt2" else pretraining_bos(tokenizer)
     ident = tokenizer.get_vocab().get(request)
     if ident is None:
-        raise ValueError(f"--bos {request!r} is not a token of this model's vocabulary; pass "
-                         "auto, none, or a special token such as '<|endoftext|>'.")
+        raise UserValueError(f"--bos {request!r} is not a token of this model's vocabulary; "
+                             "pass auto, none, or a special token such as '<|endoftext|>'.")
     return Bos(request, ident)
 
 

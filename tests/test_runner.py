@@ -118,7 +118,7 @@ def test_second_concurrent_run_fails_at_once_naming_the_first(tmp_path):
     target = tmp_path / "m" / "exp"
     with RunFolder(target, {"seed": 0}):
         code = ("import sys; from interp.outputs import RunFolder\n"
-                f"RunFolder(sys.argv[1], {{'seed': 1}}).__enter__()")
+                "RunFolder(sys.argv[1], {'seed': 1}).__enter__()")
         proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True,
                               text=True, cwd=ROOT, timeout=60)
         assert proc.returncode == 1

@@ -13,6 +13,7 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
+from interp.errors import UserError, UserValueError
 from interp.tasks.base import Task
 
 
@@ -26,7 +27,7 @@ def _lazy(*candidates: str) -> Callable[[], Task]:
                 return getattr(importlib.import_module(module), cls)()
             except (ImportError, AttributeError) as err:
                 errors.append(f"{spec} ({err})")
-        raise ValueError("task not available: " + "; ".join(errors))
+        raise UserValueError("task not available: " + "; ".join(errors))
     return factory
 
 
@@ -49,7 +50,7 @@ def get_task(name: str) -> Task:
         return TASKS[name]()
     if ":" in name:
         return _from_path(name)
-    raise ValueError(f"unknown task '{name}'; valid tasks: {', '.join(task_names())}, "
+    raise UserValueError(f"unknown task '{name}'; valid tasks: {', '.join(task_names())}, "
                      "or your own as path/to/file.py:ClassName")
 
 
@@ -58,17 +59,17 @@ def _from_path(spec: str) -> Task:
     if target.endswith(".py"):
         path = Path(target)
         if not path.exists():
-            raise FileNotFoundError(f"task file {path} does not exist")
+            raise UserError(f"task file {path} does not exist; pass path/to/file.py:ClassName")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     else:
         module = importlib.import_module(target)
     if not hasattr(module, cls):
-        raise ValueError(f"{target} defines no '{cls}'")
+        raise UserValueError(f"{target} defines no '{cls}'")
     task = getattr(module, cls)()
     if not callable(getattr(task, "build", None)):
-        raise ValueError(f"{spec} is not a Task: it needs build(model, n_prompts, seed)")
+        raise UserValueError(f"{spec} is not a Task: it needs build(model, n_prompts, seed)")
     return task
 
 
