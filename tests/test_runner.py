@@ -211,3 +211,13 @@ def test_memory_check_runs_before_the_dataset(tmp_path, monkeypatch, capsys):
                  "100000", "--out", str(tmp_path)]) == 1
     assert "--n-prompts 100000 needs at least" in capsys.readouterr().err
     assert not (tmp_path / "random-tiny" / "discover-induction").exists()
+
+
+def test_cli_run_into_a_locked_target_fails_at_once(tmp_path, monkeypatch, capsys):
+    """Two simultaneous runs into one --out once both exited 0 with mixed files."""
+    _no_load(monkeypatch)
+    with RunFolder(tmp_path / "random-tiny" / "capitals", {}):
+        assert main(["capitals", "--model", "random:tiny", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"is being written by another run (pid {os.getpid()}: " in err
+    assert len(err.strip().splitlines()) == 1
