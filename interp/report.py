@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+from interp.errors import UserError
 from interp.outputs import write_atomic
 from interp.plotting.html import ensure_plotly_js
 
@@ -375,18 +376,22 @@ def index_page(by_model: dict[str, list[Run]], out: Path) -> str:
     return _page("interp results", "\n".join(body))
 
 
+class NoResultsError(UserError, FileNotFoundError):
+    """The folder to report on does not exist or holds no results."""
+
+
 def build_report(out: Path) -> Report:
     """Write `<out>/index.html` and `<out>/<slug>/index.html` for every model with results.
 
     Raises:
-        FileNotFoundError: `out` does not exist or holds no `*/*/summary.json`.
+        NoResultsError: `out` does not exist or holds no `*/*/summary.json`.
     """
     out = Path(out)
     if not out.is_dir():
-        raise FileNotFoundError(f"{out} is not a folder; pass the --out of your experiments.")
+        raise NoResultsError(f"{out} is not a folder; pass the --out of your experiments.")
     runs = find_runs(out)
     if not runs:
-        raise FileNotFoundError(f"no {out}/<model>/<experiment>/summary.json found; run an "
+        raise NoResultsError(f"no {out}/<model>/<experiment>/summary.json found; run an "
                                 f"experiment first (e.g. `interp ioi --out {out}`).")
     ensure_plotly_js(out)
     by_model: dict[str, list[Run]] = {}

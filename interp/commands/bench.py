@@ -7,13 +7,13 @@ Example:
 import argparse
 from pathlib import Path
 
-from interp.bench import format_table, run_bench
-from interp.outputs import write_json
+from interp.commands._args import out_folder, positive_int, seed
 
 
 def run(args) -> int:
-    if args.n_prompts < 1 or args.attribution_prompts < 1:
-        raise ValueError("--n-prompts and --attribution-prompts must be >= 1")
+    from interp.bench import format_table, run_bench
+    from interp.outputs import write_json
+
     report = run_bench(args.model, args.n_prompts, args.seed, skip_tl=args.skip_tl,
                        attribution_model=args.attribution_model or None,
                        attribution_prompts=args.attribution_prompts, direction=args.direction,
@@ -34,19 +34,21 @@ def register(subparsers) -> None:
         "in one process; prints a table and writes OUT/bench/<machine>.json (replaced on rerun).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="random:gpt2", help="model for rows 1, 2 and 4")
-    parser.add_argument("--n-prompts", type=int, default=20, help="IOI prompts in the batch")
-    parser.add_argument("--seed", type=int, default=0, help="IOI dataset seed")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="output root")
+    parser.add_argument("--n-prompts", type=positive_int, default=20,
+                        help="IOI prompts in the batch")
+    parser.add_argument("--seed", type=seed, default=0, help="IOI dataset seed")
+    parser.add_argument("--out", type=out_folder, default=Path("results"), help="output root")
     parser.add_argument("--skip-tl", action="store_true",
                         help="skip TransformerLens' sweep (the slowest row)")
     parser.add_argument("--attribution-model", default="smollm2-135m",
                         help="second model for row 3, where the scores mean something "
                         "('' to skip)")
-    parser.add_argument("--attribution-prompts", type=int, default=20,
+    parser.add_argument("--attribution-prompts", type=positive_int, default=20,
                         help="IOI prompts for the attribution model")
     parser.add_argument("--direction", choices=("noise", "denoise"), default="denoise",
                         help="patching direction of row 3 (attribution and its exact check); "
                         "denoise matches row 1, whose exact sweep is then reused")
-    parser.add_argument("--ig-steps", type=int, default=5, help="EAP-IG interpolation steps")
+    parser.add_argument("--ig-steps", type=positive_int, default=5,
+                        help="EAP-IG interpolation steps")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)

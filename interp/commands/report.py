@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from interp.report import build_report, group_model
+from interp.commands._args import out_folder
 
 
 def run(args) -> int:
+    from interp.report import build_report, group_model
+
     report = build_report(args.out)
     for slug, page in report.pages.items():
         runs = [r for r in report.runs if r.slug == slug]
@@ -23,6 +25,6 @@ def run(args) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report", help="build OUT/index.html and one page per model from OUT/*/*/summary.json")
-    parser.add_argument("--out", type=Path, default=Path("results"),
+    parser.add_argument("--out", type=out_folder, default=Path("results"),
                         help="results folder to scan and write into (default results/)")
     parser.set_defaults(func=run)
