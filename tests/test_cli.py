@@ -125,3 +125,28 @@ def test_unknown_task_is_a_user_error(tmp_path, capsys):
     assert main(["discover", "--task", "nope", "--model", "random:tiny", "--out",
                  str(tmp_path)]) == 1
     assert "unknown task 'nope'; valid tasks:" in capsys.readouterr().err
+
+
+def test_gpt2_cached_reads_the_hub_cache_layout(tmp_path, monkeypatch):
+    """The light check agrees with huggingface_hub's own lookup on a hand-made cache."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from interp.models.specs import gpt2_cached
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--openai-community--gpt2"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snap / "config.json").write_text("{}")
+
+    def hub_says() -> bool:
+        return all(isinstance(try_to_load_from_cache("openai-community/gpt2", f,
+                                                     cache_dir=str(tmp_path)), str)
+                   for f in ("config.json", "model.safetensors"))
+
+    assert gpt2_cached("gpt2") is False and hub_says() is False  # weights missing
+    (snap / "model.safetensors").write_bytes(b"w")
+    assert gpt2_cached("gpt2") is True and hub_says() is True
+    assert gpt2_cached("gpt2-medium") is False

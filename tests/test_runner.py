@@ -221,3 +221,17 @@ def test_cli_run_into_a_locked_target_fails_at_once(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert f"is being written by another run (pid {os.getpid()}: " in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_library_run_of_a_loaded_model_records_it(tiny, tmp_path):
+    with ExperimentRun.for_model(tiny, tmp_path, "probe", {"n": 1}, seed=3) as run:
+        with run.stage("work"):
+            (run.folder / "a.txt").write_text("x")
+        folder = run.finish({"value": 1.5})
+    assert folder == tmp_path / "random-tiny" / "probe" == run.folder
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["config"] == {"model": "random:tiny", "seed": 3, "n": 1}
+    prov = summary["provenance"]
+    assert prov["model"] == "random:tiny" and "work" in prov["wall_time_s"]
+    assert (prov["bos_token"], prov["bos_token_id"]) == (tiny.interp_bos.token, tiny.interp_bos.id)
+    assert (folder / "a.txt").read_text() == "x"

@@ -62,12 +62,23 @@ def _hub_offline() -> bool:
 
 
 def gpt2_cached(spec: str) -> bool:
-    """True when the HF cache holds this GPT-2 checkpoint's config and weights."""
-    from huggingface_hub import try_to_load_from_cache
+    """True when the HF cache holds this GPT-2 checkpoint's config and weights (revision
+    "main"), read from the cache's layout directly: `huggingface_hub.try_to_load_from_cache`
+    does the same but imports an HTTP client (0.5 s), and `interp models` should be instant.
 
-    repo = GPT2_HUB_NAMES[spec]
-    found = [try_to_load_from_cache(repo, f) for f in ("config.json", "model.safetensors")]
-    return all(isinstance(p, str) for p in found)
+    Layout: <HF_HUB_CACHE>/models--<org>--<name>/refs/main holds the commit hash, and
+    snapshots/<hash>/<file> the files.
+    """
+    from huggingface_hub import constants
+
+    repo_dir = Path(constants.HF_HUB_CACHE) / ("models--" + GPT2_HUB_NAMES[spec].replace("/",
+                                                                                       "--"))
+    try:
+        commit = (repo_dir / "refs" / "main").read_text().strip()
+    except OSError:
+        return False
+    snapshot = repo_dir / "snapshots" / commit
+    return all((snapshot / f).is_file() for f in ("config.json", "model.safetensors"))
 
 
 def _resolve_auto() -> str:
