@@ -46,7 +46,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"interp {interp.__version__}")
     parser.add_argument("--debug", action="store_true",
-                        help="print the full traceback of every error")
+                        help="print the full traceback of every error (also after COMMAND)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = COMMANDS if argv is None else {_command_in(argv)}
     for name, help_text in COMMANDS.items():
@@ -60,8 +60,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # accepted anywhere: `interp ioi ... --debug` too
+    argv = [a for a in argv if a != "--debug"]
     command = _command_in(argv)
-    debug = "--debug" in argv[: argv.index(command) if command else len(argv)]
     name = f"interp {command}" if command else "interp"
     try:
         parser = build_parser(argv)

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from interp.errors import UserError
+from interp.provenance import command_line
 
 SUMMARY = "summary.json"
 
@@ -234,8 +235,6 @@ class RunFolder:
             os.close(fd)
             raise RunLockedError(f"{self.target} is being written by another run ({holder}); "
                                  "wait for it to finish, or choose another --out") from None
-        from interp.provenance import command_line
-
         os.ftruncate(fd, 0)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         os.write(fd, f"pid {os.getpid()}: {command_line()}, started {started}".encode())

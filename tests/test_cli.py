@@ -68,10 +68,11 @@ def test_debug_shows_the_traceback_of_a_user_error(monkeypatch, capsys):
     def fail(args):
         raise UserError("bad input")
     monkeypatch.setattr(importlib.import_module("interp.commands.models"), "run", fail)
-    assert main(["--debug", "models"]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback (most recent call last)" in err and "in fail" in err
-    assert err.endswith("interp models: error: bad input\n")
+    for argv in (["--debug", "models"], ["models", "--debug"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and "in fail" in err
+        assert err.endswith("interp models: error: bad input\n")
 
 
 def test_internal_bug_is_not_hidden_as_a_user_error(monkeypatch):
