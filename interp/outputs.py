@@ -51,7 +51,7 @@ def safe_name(name: str) -> str:
 
     Example:
         >>> safe_name("discover-../../x")
-        'discover-.-.-x'
+        'discover-..-..-x'
     """
     import re
 

@@ -235,3 +235,18 @@ def test_library_run_of_a_loaded_model_records_it(tiny, tmp_path):
     assert prov["model"] == "random:tiny" and "work" in prov["wall_time_s"]
     assert (prov["bos_token"], prov["bos_token_id"]) == (tiny.interp_bos.token, tiny.interp_bos.id)
     assert (folder / "a.txt").read_text() == "x"
+
+
+def test_custom_task_named_to_escape_stays_inside_out(tmp_path, monkeypatch):
+    """A custom task named "../../x" once made discover write outside --out."""
+    task_file = tmp_path / "evil.py"
+    task_file.write_text("class Evil:\n    name = '../../x'\n"
+                         "    def build(self, model, n_prompts, seed):\n        raise SystemExit\n")
+    out = tmp_path / "a" / "b" / "out"
+    _no_load(monkeypatch)
+    with pytest.raises(AssertionError, match="loaded before"):  # stopped at the load
+        main(["discover", "--task", f"{task_file}:Evil", "--model", "random:tiny", "--out",
+              str(out)])
+    made = [p for p in tmp_path.rglob("*") if p != task_file and not p.name == "__pycache__"]
+    assert all(p == out or out in p.parents or p in out.parents for p in made), made
+    assert [p.name for p in (out / "random-tiny").iterdir()] == [".discover-..-..-x.lock"]
