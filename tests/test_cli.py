@@ -30,8 +30,10 @@ def test_import_interp_loads_no_heavy_library():
     assert _imported_by("import interp, interp.cli, interp.models, interp.runner") == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["models"]])
+@pytest.mark.parametrize("argv", [["--help"], ["models"], *([c, "--help"] for c in (
+    "ioi", "discover", "evaluate-circuit", "bench", "report"))])
 def test_help_and_models_load_no_heavy_library(argv):
+    """Heavy libraries load inside the commands that run, not to parse or list them."""
     code = (f"import sys\nfrom interp.cli import main\ntry:\n    main({argv!r})\n"
             "except SystemExit:\n    pass")
     assert _imported_by(code) == []

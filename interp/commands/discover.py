@@ -7,7 +7,6 @@ faithfulness_curve.html, head_scores.html and circuit.yaml (read by `interp eval
 
 from interp.commands._args import add_run_arguments, fraction, positive_int
 from interp.outputs import model_slug
-from interp.plotting import head_heatmap, save_figure
 
 
 def register(subparsers) -> None:
@@ -101,6 +100,7 @@ def _write(run, task, batch, result, args) -> None:
     from interp.attribution import head_attribution
     from interp.circuits.format import write_circuit
     from interp.discover import circuit_spec
+    from interp.plotting import head_heatmap, save_figure
 
     model, spec, folder = run.model, run.spec, run.folder
     label = f"{spec}, {task.name}, {args.method}"

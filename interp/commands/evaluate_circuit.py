@@ -14,7 +14,6 @@ minimality.html.
 from dataclasses import replace
 
 from interp.commands._args import add_run_arguments, existing_file, non_negative, positive_int
-from interp.plotting import save_figure
 
 
 def register(subparsers) -> None:
@@ -92,6 +91,7 @@ def _evaluate(model, runs, spec, threshold: float) -> dict:
 
 def run(args) -> int:
     from interp.circuits.format import load_circuit
+    from interp.plotting import save_figure
     from interp.runner import ExperimentRun, RunOptions, check_memory
     from interp.tasks.registry import get_task
 

@@ -4,10 +4,11 @@ from dataclasses import asdict, fields
 
 from interp.commands._args import add_run_arguments
 from interp.errors import UserValueError
-from interp.ioi.classify import Thresholds
 
 
 def _thresholds(pairs: list[str]) -> dict:
+    from interp.ioi.classify import Thresholds
+
     out = asdict(Thresholds())
     valid = {f.name: f.type for f in fields(Thresholds)}
     for pair in pairs:
