@@ -214,7 +214,14 @@ class TaskBatch:
             torch.zeros(1, cfg.d_vocab, device=device))
         expected["metric.subset(index)(logits)"] = (1,)
         for name, call in checks.items():
-            out = call()
+            try:
+                out = call()
+            except (RuntimeError, IndexError, ValueError, TypeError) as err:
+                raise UserValueError(
+                    f"TaskBatch.metric: {name} failed on zero input shaped like this batch "
+                    f"({type(err).__name__}: {str(err).splitlines()[0]}); a metric reads "
+                    "[..., batch, vocab] logits, and subset must slice every per-prompt tensor"
+                ) from err
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             if shape != expected[name]:
                 _fail("metric", f"{name} returned {shape} for {expected[name]} prompts-shaped "
