@@ -58,7 +58,8 @@ def test_metric_without_from_resid_or_call():
 
 def test_shape_and_type_errors_name_the_field():
     parts = _parts()
-    _raises(r"corrupted_tokens: shape \(4, 5\) differs", corrupted_tokens=parts["clean_tokens"][:, :5])
+    _raises(r"corrupted_tokens: shape \(4, 5\) differs",
+            corrupted_tokens=parts["clean_tokens"][:, :5])
     _raises(r"clean_tokens: no prompts", clean_tokens=parts["clean_tokens"][:0],
             corrupted_tokens=parts["corrupted_tokens"][:0])
     _raises(r"clean_tokens: expected token ids", clean_tokens=parts["clean_tokens"].float(),

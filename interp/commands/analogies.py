@@ -63,7 +63,7 @@ def run(args) -> int:
     if rows:
         save_figure(grouped_bars(rows, f"Word analogies a - b + c in the input embedding "
                                  f"({model.interp_spec})", "category", "accuracy"),
-                    folder / "analogies.html")
+                    folder / "analogies.html", root=args.out)
     write_json(folder / "summary.json", summary)
     _print(summary, results, args.k, folder)
     return 0

@@ -5,11 +5,10 @@ Writes to `<out>/<model>/discover-<task>/` (`discover-<task>-ig/` with EAP-IG): 
 faithfulness_curve.html, head_scores.html and circuit.yaml (read by `interp evaluate-circuit`).
 """
 
-import plotly.graph_objects as go
-
 from interp.commands._args import add_run_arguments
 from interp.outputs import model_slug, run_dir, write_json
 from interp.plotting import head_heatmap, save_figure
+from interp.plotting.circuit import faithfulness_curve
 from interp.provenance import Provenance
 
 
@@ -24,24 +23,6 @@ def register(subparsers) -> None:
                    help="best circuit = smallest with normalised faithfulness >= this (0.8)")
     add_run_arguments(p)
     p.set_defaults(func=run)
-
-
-def curve_figure(result, title: str) -> go.Figure:
-    xs = [p.n_edges for p in result.points]
-    fig = go.Figure(go.Scatter(
-        x=xs, y=[p.normalised for p in result.points], mode="lines+markers",
-        text=[f"{p.n_edges} edges, {len(p.nodes)} heads" for p in result.points],
-        hovertemplate="%{text}<br>normalised faithfulness %{y:.3f}<extra></extra>",
-        name="circuit"))
-    best = result.best
-    fig.add_trace(go.Scatter(x=[best.n_edges], y=[best.normalised], mode="markers",
-                             marker={"size": 14, "symbol": "star"}, name="written circuit",
-                             hovertemplate="written circuit: %{x} edges<extra></extra>"))
-    fig.add_hline(y=1.0, line_dash="dot")
-    fig.update_layout(title=title, xaxis={"type": "log", "title": "edges kept (top |score|)"},
-                      yaxis_title="normalised faithfulness (1 = full model, 0 = all ablated)",
-                      width=820, height=480)
-    return fig
 
 
 def _summary(result, args, spec: str) -> dict:
@@ -82,12 +63,13 @@ def run(args) -> int:
         result = discover(model, batch, method=args.method, steps=args.steps,
                           target=args.target)
     label = f"{spec}, {task.name}, {args.method}"
-    save_figure(curve_figure(result, f"Faithfulness vs circuit size ({label})"),
-                folder / "faithfulness_curve.html")
+    save_figure(faithfulness_curve(result, f"Faithfulness vs circuit size ({label})"),
+                folder / "faithfulness_curve.html", root=args.out)
     with prov.stage("head scores"):
         grid = head_attribution(model, batch, method=args.method, steps=args.steps)
     save_figure(head_heatmap(grid.tolist(), f"Head attribution, corrupted -> clean ({label})",
-                             "estimated metric change"), folder / "head_scores.html")
+                             "estimated metric change"), folder / "head_scores.html",
+                root=args.out)
     circuit = circuit_spec(result.best, result.edge_scores.kv_groups,
                            f"discover-{task.name}-{model_slug(spec)}", spec, task.name,
                            f"interp discover, {args.method}, {result.best.n_edges} edges")
