@@ -1,5 +1,3 @@
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -15,9 +13,11 @@ from interp.circuit import (
 from interp.errors import UserValueError
 from interp.ioi.dataset import build_ioi
 from interp.mean_ablation import MeanAblation, resample_pick
-from interp.metrics import logits_at
+from interp.metrics import LogitDiff, logits_at
 from interp.nodes import Head, Mlp
 from interp.patching import prepare_runs
+from interp.patching.runs import Runs
+from interp.tasks.base import TaskBatch
 from interp.tasks.greater_than import GreaterThanTask
 
 
@@ -72,18 +72,25 @@ def test_completeness_and_minimality_shapes(tiny, runs):
     assert set(mini["per_node"]) == {"L0H1", "L1H2", "L1H3"}
 
 
-class SetFunction:
-    """A stand-in for `MeanAblation` whose F(C) is a hand-written function of the node set."""
+class SetFunction(MeanAblation):
+    """A `MeanAblation` whose F(C) is a hand-written function of the circuit's node set."""
 
-    def __init__(self, value):
+    def __init__(self, value):  # no model: nothing is run
         self.value = value
 
     def metrics(self, circuits, progress=False):
         return torch.tensor([[float(self.value(set(c)))] for c in circuits])
 
 
+def _one_prompt_runs(clean_metric: float) -> Runs:
+    tokens = torch.zeros(1, 2, dtype=torch.long)
+    batch = TaskBatch(tokens, tokens, torch.tensor([1]), torch.tensor([0]),
+                      LogitDiff(torch.tensor([0]), torch.tensor([1])))
+    return Runs(batch, {}, {}, torch.tensor([clean_metric]), torch.tensor([0.0]), {}, {})
+
+
 A, B, C, M = Head(0, 0), Head(0, 1), Head(1, 0), Mlp(0)
-FULL = SimpleNamespace(clean_metric=torch.tensor([1.0]))  # F(M) = 1
+FULL = _one_prompt_runs(1.0)  # F(M) = 1
 
 
 def test_minimality_falls_back_to_the_group_for_backup_heads():
