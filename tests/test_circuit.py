@@ -1,3 +1,5 @@
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from interp.metrics import LogitDiff, logits_at
 from interp.nodes import Head, Mlp
 from interp.patching import prepare_runs
 from interp.patching.runs import Runs
-from interp.tasks.base import TaskBatch
+from interp.tasks.base import TaskBatch, UnembedMetric
 from interp.tasks.greater_than import GreaterThanTask
 
 
@@ -169,3 +171,25 @@ def test_resample_ablation_takes_one_corrupted_prompt_of_the_group(tiny):
 def test_ablation_kind_is_validated(tiny, runs):
     with pytest.raises(UserValueError, match=r"\('mean', 'zero', 'resample'\), got 'median'"):
         MeanAblation(tiny, runs, kind="median")
+
+
+def test_discover_refuses_an_undefined_normalisation_before_scoring(tiny, monkeypatch):
+    """A metric no ablation can move: F(M) = F(0), refused before any edge is scored."""
+    import interp.discover as discover_module
+
+    @dataclass
+    class Flat(UnembedMetric):
+        n: int
+
+        def __call__(self, logits):
+            return logits[..., 0] * 0.0
+
+        def subset(self, index):
+            return Flat(len(index))
+
+    tokens = torch.arange(12).view(2, 6) + 100
+    batch = TaskBatch(tokens, tokens + 1, torch.tensor([5, 5]), torch.tensor([0, 0]), Flat(2))
+    monkeypatch.setattr(discover_module, "edge_attribution",
+                        lambda *a, **k: pytest.fail("scored edges before the check"))
+    with pytest.raises(UserValueError, match="normalised faithfulness is undefined"):
+        discover_module.discover(tiny, batch, progress=False)
