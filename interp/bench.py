@@ -35,6 +35,7 @@ import time
 
 import torch
 
+from interp.attribution import head_attribution
 from interp.ioi.dataset import build_ioi
 from interp.metrics import LogitDiff, logits_at
 from interp.models import ModelUnavailableError, load_model
@@ -275,14 +276,6 @@ def bench_path_patching(model, runs, rate: float, progress: bool) -> dict:
             "naive_floor_fraction": floor / (t_naive * rate)}
 
 
-def _attribution_fn():
-    try:
-        from interp.attribution import head_attribution
-    except ImportError as err:
-        return None, f"not available ({err})"
-    return head_attribution, ""
-
-
 def bench_attribution(model, spec: str, batch, direction: str, methods: list[str],
                       ig_steps: int, rate: float, progress: bool, exact=None) -> dict:
     """Row 3 for one model: exact activation patching vs attribution estimates.
@@ -302,11 +295,7 @@ def bench_attribution(model, spec: str, batch, direction: str, methods: list[str
            "exact": {"seconds": t_exact, "sweep_s": t_sweep, "forward_equivalents": t_exact / unit,
                      "forward_equivalents_cpu": t_exact.cpu / unit.cpu,
                      **_floor_fields(floor, t_sweep, rate)}}
-    head_attribution, why = _attribution_fn()
     for method in methods:
-        if head_attribution is None:
-            out[method] = {"available": False, "reason": why}
-            continue
         est, t = timed(lambda m=method: head_attribution(
             model, batch, method=m, steps=ig_steps, direction=direction, chunk_size=len(batch)))
         out[method] = {"available": True, "seconds": t, "forward_equivalents": t / unit,
@@ -470,10 +459,6 @@ def _attribution_rows_text(report: dict) -> list[str]:
                      + f"   floor frac {e['floor_fraction']:.1%}")
         for method in ("attribution", "attribution-ig"):
             est = row[method]
-            if not est["available"]:
-                lines.append(fmt.format(row["model"], row["n_prompts"], method, "n/a", "", "",
-                                        "", "") + f"   {est['reason']}")
-                continue
             label = method if est["steps"] is None else f"{method}({est['steps']})"
             lines.append(fmt.format(row["model"], row["n_prompts"], label, _s(est["seconds"]),
                                     f"{est['forward_equivalents']:.1f}",

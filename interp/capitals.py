@@ -215,7 +215,8 @@ class CapitalTask:
         return TaskBatch(
             prompts.tokens, prompts.tokens[partner], prompts.read_positions, groups,
             LogitDiff(prompts.capital_ids, prompts.capital_ids[partner]),
-            {"END": prompts.read_positions}, model_bos(model), prompts.records())
+            {"END": prompts.read_positions}, model_bos(model), prompts.records(),
+            prompts.lengths)
 
 
 def _same_length_partner(lengths: Int[Tensor, " batch"], seed: int) -> Int[Tensor, " batch"]:

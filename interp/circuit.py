@@ -5,10 +5,14 @@ head outside it (and every kept head at its other positions) is mean-ablated: re
 mean output over the corrupted prompts of the same group (template) at the same position.
 MLPs are kept, unless the circuit lists MLP nodes: then MLPs outside it are mean-ablated too.
 
+Normalised faithfulness (MIB): (F(C) - F(0)) / (F(M) - F(0)), F(0) the metric with every
+head ablated: 1 = the full model, 0 = nothing kept (`normalised_faithfulness`).
+
 Example:
     >>> circuit = {Head(9, 9): ["END"], Head(9, 6): ["END"]}
     >>> f = faithfulness(model, runs, circuit)
-    >>> f["faithfulness"]  # F(C) / F(M)
+    >>> f["faithfulness"], f["normalised_faithfulness"]  # F(C) / F(M), MIB-style
+    >>> result = evaluate(model, runs, circuit, groups, kind="resample")
 """
 
 from collections.abc import Iterable, Mapping
@@ -17,9 +21,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.errors import UserValueError
 from interp.mean_ablation import Circuit, MeanAblation
 from interp.metrics import logits_at
-from interp.nodes import Head, Node
+from interp.nodes import Head, Mlp, Node
 from interp.patching.runs import Runs
 
 
@@ -56,11 +61,32 @@ def _mean(ev: MeanAblation, circuits: list[Circuit], progress: bool = False) -> 
     return ev.metrics(circuits, progress).mean(-1).tolist()
 
 
+def normalised_faithfulness(f_c: float, f_model: float, f_empty: float) -> float:
+    """(F(C) - F(0)) / (F(M) - F(0)): 1 = the full model, 0 = every head ablated.
+
+    UserValueError when F(M) and F(0) (nearly) agree: the ratio is then undefined.
+
+    Example:
+        >>> normalised_faithfulness(1.5, 2.0, 1.0)
+        0.5
+    """
+    if abs(f_model - f_empty) <= 1e-6 * max(1.0, abs(f_model), abs(f_empty)):
+        raise UserValueError(
+            f"the full model (F(M) = {f_model:.6g}) and the fully ablated model (F(0) = "
+            f"{f_empty:.6g}) score the same on this task, so normalised faithfulness is "
+            "undefined; use a task the model solves (clean metric far from corrupted)")
+    return (f_c - f_empty) / (f_model - f_empty)
+
+
 def faithfulness(model, runs: Runs, circuit: Circuit, ev: MeanAblation | None = None) -> dict:
-    """F(C), F(M) and F(C)/F(M) (mean metric; F(M) is the unablated clean metric)."""
-    [f_c] = _mean(ev or MeanAblation(model, runs), [circuit])
+    """F(C), F(M), F(0) (every head ablated), F(C)/F(M), the normalised faithfulness and
+    the circuit's head and MLP counts (mean metric; F(M) is the unablated clean metric)."""
+    f_c, f_empty = _mean(ev or MeanAblation(model, runs), [circuit, {}])
     f_m = runs.clean_metric.mean().item()
-    return {"F_C": f_c, "F_M": f_m, "faithfulness": f_c / f_m, "n_heads": len(circuit)}
+    return {"F_C": f_c, "F_M": f_m, "faithfulness": f_c / f_m, "F_all_heads_ablated": f_empty,
+            "normalised_faithfulness": normalised_faithfulness(f_c, f_m, f_empty),
+            "n_heads": sum(isinstance(n, Head) for n in circuit),
+            "n_mlps": sum(isinstance(n, Mlp) for n in circuit)}
 
 
 def completeness(model, runs: Runs, circuit: Circuit, groups: Mapping[str, list[Node]],
@@ -104,3 +130,14 @@ def minimality(model, runs: Runs, circuit: Circuit, groups: Mapping[str, list[No
                          "minimal": contribution[v] >= threshold * abs(f_m)} for v in nodes}
     return {"threshold": threshold, "per_node": per_node,
             "all_minimal": all(v["minimal"] for v in per_node.values())}
+
+
+def evaluate(model, runs: Runs, circuit: Circuit, groups: Mapping[str, list[Node]],
+             threshold: float = 0.01, kind: str = "mean", seed: int = 0,
+             progress: bool = False) -> dict:
+    """Faithfulness, completeness per group and minimality per node of `circuit`, with
+    everything outside it ablated the `kind` way ("mean", "zero", "resample" with `seed`)."""
+    ev = MeanAblation(model, runs, kind, seed)
+    return {"faithfulness": faithfulness(model, ev.runs, circuit, ev),
+            "completeness": completeness(model, ev.runs, circuit, groups, progress, ev),
+            "minimality": minimality(model, ev.runs, circuit, groups, threshold, progress, ev)}

@@ -25,6 +25,7 @@ Example:
 from dataclasses import dataclass, field
 
 from interp.attribution import EdgeScores, edge_attribution
+from interp.circuit import normalised_faithfulness
 from interp.circuits.format import CircuitSpec, Group, GroupEdge
 from interp.mean_ablation import MeanAblation
 from interp.nodes import Head, Node, parse_node
@@ -102,19 +103,18 @@ def areas(points: list[tuple[float, float]]) -> tuple[float, float]:
 def discover(model, batch, method: str = "attribution", steps: int = 5, target: float = 0.8,
              fractions=FRACTIONS, progress: bool = True) -> Discovery:
     """Score edges, evaluate circuits of several sizes, pick the best (module docstring)."""
-    scores = edge_attribution(model, batch, receivers=RECEIVERS, method=method, steps=steps)
-    ranked = [e for e in scores.edges() if not e[0].startswith("MLP")]  # MLPs are never ablated
-    runs = prepare_runs(model, batch)
+    runs = prepare_runs(model, batch)  # checks the batch against the model first
     f_model = runs.clean_metric.mean().item()
     ev = MeanAblation(model, runs)
     [f_empty] = ev.metrics([{}]).mean(-1).tolist()
-    if abs(f_model - f_empty) < 1e-9:
-        raise ValueError("the full model and the fully ablated model score the same on this "
-                         "task; normalised faithfulness is undefined (is the task solved?)")
+    normalised_faithfulness(f_model, f_model, f_empty)  # refuses F(M) = F(0) before scoring
+    scores = edge_attribution(model, batch, receivers=RECEIVERS, method=method, steps=steps)
+    ranked = [e for e in scores.edges() if not e[0].startswith("MLP")]  # MLPs are never ablated
     ks = sizes(len(ranked), fractions)
     node_sets = [edge_nodes(ranked[:k], scores.kv_groups) for k in ks]
     values = ev.metrics([{n: None for n in nodes} for nodes in node_sets], progress).mean(-1)
-    points = [CurvePoint(k, nodes, value, (value - f_empty) / (f_model - f_empty), ranked[:k])
+    points = [CurvePoint(k, nodes, value, normalised_faithfulness(value, f_model, f_empty),
+                         ranked[:k])
               for k, nodes, value in zip(ks, node_sets, values.tolist(), strict=True)]
     cpr, cmd = areas([(p.n_edges / len(ranked), p.normalised) for p in points])
     good = [p for p in points if p.normalised >= target]

@@ -12,6 +12,7 @@ Example:
     >>> by_layer = layer_metrics(stats, "capital", "country")
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,8 +126,13 @@ def layer_metrics(stats: LensStats, answer: str = "capital",
     return out
 
 
-def overtake_layer(answer: list[float], argument: list[float]) -> int | None:
-    """First layer from which `answer > argument` holds at every later layer; None if never."""
+def overtake_layer(answer: Sequence[float | int], argument: Sequence[float | int]) -> int | None:
+    """First layer from which `answer > argument` holds at every later layer; None if never.
+
+    Example:
+        >>> overtake_layer([0, 1, 0, 1], [0, 0, 1, 0])
+        3
+    """
     layer = None
     for lay in reversed(range(len(answer))):
         if answer[lay] > argument[lay]:

@@ -11,19 +11,25 @@ circuits per batch, and unembeds only at the metric's read positions. The full m
 head kept) is the first such base run; a circuit that differs from all bases already at layer
 0 is run from the embeddings and, while fewer than `MAX_BASES` are cached, kept as a new base.
 
+The same code gives the other ablations (`kind`), through the values it averages:
+- "zero": zeros (the mean of an all-zero corrupted cache);
+- "resample": each prompt gets the activation of one corrupted prompt of its group drawn at
+  random (seeded), i.e. the mean over a group of one.
+
 Example:
-    >>> ev = MeanAblation(model, runs)
+    >>> ev = MeanAblation(model, runs)  # or MeanAblation(model, runs, kind="resample", seed=0)
     >>> f_c, f_c_minus = ev.metrics([circuit, without(circuit, [Head(9, 9)])]).mean(-1)
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.errors import UserValueError
 from interp.forward import repeat_kwargs, run_blocks
 from interp.metrics import logits_at
 from interp.nodes import Head, Mlp, Node
@@ -31,6 +37,32 @@ from interp.patching.runs import Runs, chunk_size, metric_from_resid
 
 Circuit = Mapping[Node, list[str] | None]  # node -> kept positions (None: all)
 MAX_BASES = 4  # cached base runs, the clean one included (each keeps every layer's resid_pre)
+KINDS = ("mean", "zero", "resample")
+
+
+def resample_pick(groups: Int[Tensor, " batch"], seed: int) -> Int[Tensor, " batch"]:
+    """For each prompt, a prompt of the same group drawn at random (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.arange(len(groups))
+    for g in groups.unique():
+        rows = (groups == g).nonzero().flatten()
+        pick[rows] = rows[torch.randint(len(rows), (len(rows),), generator=gen)]
+    return pick
+
+
+def ablation_runs(runs: Runs, kind: str = "mean", seed: int = 0) -> Runs:
+    """`runs` whose corrupted cache makes `MeanAblation`'s mean ablation the `kind` one
+    (module docstring); a copy, the given `runs` is unchanged."""
+    if kind not in KINDS:
+        raise UserValueError(f"ablation kind must be one of {KINDS}, got {kind!r}")
+    cache = runs.corrupted_cache
+    if kind == "mean":
+        return runs
+    if kind == "zero":
+        return replace(runs, corrupted_cache={k: torch.zeros_like(v) for k, v in cache.items()})
+    pick = resample_pick(runs.batch.groups, seed)
+    batch = replace(runs.batch, groups=torch.arange(len(pick)))  # a group per prompt
+    return replace(runs, batch=batch, corrupted_cache={k: v[pick] for k, v in cache.items()})
 
 
 @dataclass
@@ -88,10 +120,14 @@ def group_means(act: Float[Tensor, "batch pos ..."], groups) -> Tensor:
 
 
 class MeanAblation:
-    """Mean-ablated runs of circuits on one `Runs` (clean prompts; means from corrupted)."""
+    """Mean-ablated runs of circuits on one `Runs` (clean prompts; means from corrupted).
 
-    def __init__(self, model, runs: Runs):
-        self.model, self.runs, self.batch = model, runs, runs.batch
+    `kind` "zero" or "resample" (with `seed`) ablates that way instead (module docstring).
+    """
+
+    def __init__(self, model, runs: Runs, kind: str = "mean", seed: int = 0):
+        runs = ablation_runs(runs, kind, seed)
+        self.model, self.runs, self.batch, self.kind = model, runs, runs.batch, kind
         self.seq = self.batch.clean_tokens.shape[1]
         cfg, cache = model.cfg, runs.corrupted_cache
         groups = self.batch.groups

@@ -221,7 +221,7 @@ def model_note(spec: str) -> str:
     if spec.startswith("random"):
         return (f"{spec}: seeded RANDOM weights, an untrained model. These numbers only "
                 "exercise the pipeline; they are not GPT-2's and mean nothing about language.")
-    if spec.startswith("gpt2") or spec.startswith("random-gpt2"):
+    if spec.startswith("gpt2"):
         return ""
     return (f"{spec}: these results are this model's, not GPT-2's. GPT-2 numbers from the "
             "papers are references only, not reproduced here.")

@@ -149,7 +149,7 @@ class ExperimentRun(AbstractContextManager):
 
         self.options = options
         check_seed(options.seed)
-        out = check_out(options.out)
+        self.out = out = check_out(options.out)  # the output root (figures find plotly.js here)
         self.spec = resolve_spec(options.model)
         check_device(options.device)
         self.config = {"model": self.spec, "seed": options.seed, **config}

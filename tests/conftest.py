@@ -1,9 +1,26 @@
-"""Shared fixtures: models are loaded once per test session."""
+"""Shared fixtures: models are loaded once per test session.
 
-import pytest
-import torch
+The math modules run with their jaxtyping shape hints checked by beartype (a wrong shape or
+dtype fails the test): the import hook is installed before anything imports them.
+`INTERP_SHAPE_CHECKS=0` turns the checks off (e.g. to time the suite without them).
+"""
 
-import interp
+import contextlib
+import os
+
+from jaxtyping import install_import_hook
+
+SHAPE_CHECKED = ("interp.metrics", "interp.lens", "interp.dla", "interp.attribution",
+                 "interp.patching", "interp.mean_ablation", "interp.circuit", "interp.tasks")
+
+with (install_import_hook(SHAPE_CHECKED, "beartype.beartype")
+      if os.environ.get("INTERP_SHAPE_CHECKS", "1") != "0" else contextlib.nullcontext()):
+    import interp  # noqa: E402  (imported under the hook)
+    for _name in SHAPE_CHECKED:
+        __import__(_name)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 
+from interp import bench
 from interp.bench import act_patch_floor, path_patch_floor, tl_act_patch_heads
 from interp.cli import main
 from interp.ioi.dataset import build_ioi
@@ -140,24 +141,60 @@ def test_bench_rows_and_ratios(tmp_path, capsys):
                 "targets:"):
         assert row in printed and row in report["table"]
     act, path = report["act_patching"], report["path_patching"]
-    assert act["ratio"] == pytest.approx(act["tl_s"] / act["interp_s"])
-    assert act["interp_s"] == pytest.approx(act["interp_prepare_s"] + act["interp_sweep_s"])
-    assert path["ratio"] == pytest.approx(path["naive_s"] / path["interp_s"])
-    assert act["ratio_cpu"] == pytest.approx(act["tl_cpu_s"] / act["interp_cpu_s"])
-    assert path["ratio_cpu"] == pytest.approx(path["naive_cpu_s"] / path["interp_cpu_s"])
     assert f"{act['ratio']:.1f}x" in printed and f"{path['ratio']:.1f}x" in printed
     assert act["max_abs_diff"] < 1e-4 and path["max_abs_diff"] < 1e-4
     (row,) = report["attribution"]
-    assert row["exact"]["forward_equivalents"] == pytest.approx(
-        row["exact"]["seconds"] / row["forward_s"])
-    est = row["attribution"]
-    if est["available"]:
-        assert est["forward_equivalents"] == pytest.approx(est["seconds"] / row["forward_s"])
-        assert -1.0 <= est["pearson_r"] <= 1.0
-    else:
-        assert "not available" in printed
+    assert -1.0 <= row["attribution"]["pearson_r"] <= 1.0
     met = {t["target"]: t["met"] for t in report["targets"]}
     assert met["act patching vs TransformerLens (x faster) >= 3"] == (act["ratio"] >= 3)
     assert report["provenance"]["model"] == "random:tiny"
     assert report["machine"]["torch_threads"] == torch.get_num_threads()
     assert len(report["machine"]["load_before"]) == 3
+
+
+def _scripted(monkeypatch, spans):
+    """Make interp.bench time each call with the next of `spans` (wall, cpu) seconds."""
+    it = iter([bench.Seconds(w, c) for w, c in spans])
+    monkeypatch.setattr(bench, "timed", lambda fn: (fn(), next(it)))
+
+
+def test_act_patching_ratios_from_known_timings(monkeypatch, tiny_ioi):
+    """prepare 1 s, sweep 2 s; TransformerLens cache 3 s, sweep 9 s (CPU: .5, 1.5, 2, 6)."""
+    model, batch = tiny_ioi
+    _scripted(monkeypatch, [(1, .5), (2, 1.5), (3, 2), (9, 6)])
+    row, _, _ = bench.bench_act_patching(model, batch, rate=1e9, skip_tl=False, progress=False)
+    assert row["interp_s"] == 3 and row["tl_s"] == 12
+    assert row["ratio"] == 4.0 and row["ratio_sweep"] == 4.5 and row["ratio_cpu"] == 4.0
+    assert row["floor_fraction"] == pytest.approx(row["floor_gflop"] / 2)  # GFLOP / (2 s x 1 GF/s)
+
+
+def test_attribution_row_from_known_timings(monkeypatch, tiny_ioi):
+    model, batch = tiny_ioi
+    monkeypatch.setattr(bench, "forward_seconds", lambda m, t: bench.Seconds(0.5, 0.25))
+    _scripted(monkeypatch, [(4, 2)])
+    exact = (torch.arange(8.0).view(2, 4), bench.Seconds(6, 3), bench.Seconds(5, 2.5))
+    row = bench.bench_attribution(model, "random:tiny", batch, "denoise", ["attribution"], 1,
+                                  rate=1e9, progress=False, exact=exact)
+    assert row["exact"]["forward_equivalents"] == 12  # 6 s / 0.5 s
+    assert row["exact"]["forward_equivalents_cpu"] == 12  # 3 s / 0.25 s
+    est = row["attribution"]
+    assert est["forward_equivalents"] == 8 and est["forward_equivalents_cpu"] == 8
+
+
+def test_pearson_and_top_overlap_by_hand():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert bench.pearson(a, 2 * a + 1) == pytest.approx(1.0)
+    assert bench.pearson(a, -a) == pytest.approx(-1.0)
+    assert bench.pearson(a, torch.tensor([[1.0, -1.0], [-1.0, 1.0]])) == pytest.approx(0.0)
+    # top-2 by |score|: a -> cells 3, 2; b -> cells 3, 0
+    assert bench.top_overlap(a, torch.tensor([[-9.0, 0.0], [1.0, 5.0]]), k=2) == 1
+    assert bench.top_overlap(a, a, k=10) == 4  # k is capped at the number of heads
+
+
+def test_targets_met_exactly_at_the_bound():
+    """Bounds: act >= 3, path >= 2, forward-equivalents <= 4, Pearson r >= 0.9."""
+    report = {"act_patching": {"ratio": 3.0}, "path_patching": {"ratio": 1.99},
+              "attribution": [{"model": "m", "attribution": {"forward_equivalents": 4.0,
+                                                             "pearson_r": None}}]}
+    met = [t["met"] for t in bench.check_targets(report)]
+    assert met == [True, False, True, None]  # None: not measured, neither met nor failed

@@ -133,8 +133,8 @@ def test_zero_ablation_runs_match_zero_ablate_interventions(tiny):
     import torch
 
     from interp.circuit import circuit_metric
-    from interp.commands.evaluate_circuit import ablation_runs
     from interp.interventions import run_with_interventions, zero_ablate
+    from interp.mean_ablation import ablation_runs
     from interp.metrics import logits_at
     from interp.nodes import all_heads
     from interp.patching.runs import prepare_runs

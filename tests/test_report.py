@@ -35,11 +35,11 @@ def make_results(out: Path, model) -> Path:
     ioi = run_dir(out, "random:tiny", "ioi", config)
     prov = Provenance(model="random:tiny", seed=0)
     with prov.stage("plots"):
-        attention_views(model, PROMPT, LINKED, ioi)
-        attention_grid_views(model, PROMPT, [1], ioi)
+        attention_views(model, PROMPT, LINKED, ioi, root=out)
+        attention_grid_views(model, PROMPT, [1], ioi, root=out)
         scores = np.arange(8.0).reshape(2, 4) - 3.5
         save_linked_figure(head_heatmap(scores, "random:tiny: test scores", "score"),
-                           ioi / "heads.html", heads=LINKED)
+                           ioi / "heads.html", root=out, heads=LINKED)
     write_json(ioi / "summary.json", {
         "model": "random:tiny", "config": config, "provenance": prov.record(),
         "clean_logit_diff": 0.123456, "circuit": {"faithfulness": 0.5, "n_heads": 7},
@@ -48,7 +48,7 @@ def make_results(out: Path, model) -> Path:
     caps = run_dir(out, "random:tiny", "capitals", config)
     fig = go.Figure(go.Scatter(y=[0.1, 0.4, 0.3]))
     fig.update_layout(title="random:tiny: capital top-1 by layer")
-    save_figure(fig, caps / "by_layer.html")
+    save_figure(fig, caps / "by_layer.html", root=out)
     write_json(caps / "summary.json", {
         "config": config, "provenance": Provenance(model="random:tiny", seed=0).record(),
         "capital_top1_by_layer": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9, 0.8],
@@ -203,13 +203,14 @@ def test_attention_patterns_match_hand_computation(tiny):
 
 def test_attention_views_files_and_errors(tiny, tmp_path):
     folder = tmp_path / "random-tiny" / "ioi"
-    paths = attention_views(tiny, PROMPT, ["L1H3"], folder)
+    paths = attention_views(tiny, PROMPT, ["L1H3"], folder, root=tmp_path)
     assert paths == [folder / "attention_L1H3.html"]
     assert "random:tiny: L1H3 attention pattern" in paths[0].read_text()
     with pytest.raises(ValueError, match="out of range"):
-        attention_views(tiny, PROMPT, ["L5H0"], folder)
+        attention_views(tiny, PROMPT, ["L5H0"], folder, root=tmp_path)
     with pytest.raises(ValueError, match="one prompt"):
-        attention_views(tiny, torch.zeros(2, 3, dtype=torch.long), ["L0H0"], folder)
+        attention_views(tiny, torch.zeros(2, 3, dtype=torch.long), ["L0H0"], folder,
+                        root=tmp_path)
 
 
 def test_link_script():
@@ -226,3 +227,18 @@ def test_cli_report(report, capsys, tmp_path):
     assert f"-> {out / 'index.html'}" in printed and "4 runs of 2 models" in printed
     assert main(["report", "--out", str(tmp_path)]) == 1
     assert "no " in capsys.readouterr().err
+
+
+def test_save_figure_writes_plotly_js_into_the_given_root_only(tmp_path):
+    """It used to default to three folders up: a/b/c/fig.html put plotly.min.js in a/."""
+    fig = go.Figure(go.Scatter(y=[1, 2]))
+    path = tmp_path / "a" / "b" / "c" / "fig.html"
+    with pytest.raises(TypeError):
+        save_figure(fig, path)  # the root is required
+    assert not (tmp_path / "a").exists()
+    save_figure(fig, path, root=tmp_path / "a" / "b")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
+        "a/b/c/fig.html", "a/b/plotly.min.js"]
+    assert 'src="../plotly.min.js"' in path.read_text()
+    with pytest.raises(ValueError, match="not inside the output root"):
+        save_figure(fig, tmp_path / "elsewhere.html", root=tmp_path / "a")

@@ -60,7 +60,7 @@ def run(args) -> int:
         if rows:
             save_figure(grouped_bars(rows, f"Word analogies a - b + c in the input embedding "
                                      f"({run.spec})", "category", "accuracy"),
-                        run.folder / "analogies.html")
+                        run.folder / "analogies.html", root=run.out)
         folder = run.finish(summary)
     _print(summary, results, args.k, folder)
     return 0

@@ -85,21 +85,21 @@ def run(args) -> int:
                    **metrics,
                    "single_token_subset": single_metrics, "example": trace,
                    "prompts": _per_prompt(model, prompts, stats)}
-        _figures(folder, name, metrics, traj, args.country)
+        _figures(folder, name, metrics, traj, args.country, run.out)
         folder = run.finish(summary)
     _print(summary, trace, folder)
     return 0
 
 
-def _figures(folder, name, metrics, traj, country) -> None:
+def _figures(folder, name, metrics, traj, country, root) -> None:
     curves = {k.replace("_by_layer", ""): metrics[k] for k in
               ("capital_top1_by_layer", "country_top1_by_layer", "capital_mrr_by_layer",
                "country_mrr_by_layer")}
     save_figure(layer_curves(curves, name, "Logit lens at the answer position",
                              "top-1 fraction (solid) / MRR (dotted)"),
-                folder / "lens_curves.html")
+                folder / "lens_curves.html", root=root)
     save_figure(trajectory_heatmap(traj, name, f"('{country}' prompt)", target="capital"),
-                folder / f"lens_{country.lower().replace(' ', '_')}.html")
+                folder / f"lens_{country.lower().replace(' ', '_')}.html", root=root)
 
 
 def _print(summary: dict, trace: dict, folder) -> None:

@@ -24,26 +24,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def curve_figure(result, title: str):
-    import plotly.graph_objects as go
-
-    xs = [p.n_edges for p in result.points]
-    fig = go.Figure(go.Scatter(
-        x=xs, y=[p.normalised for p in result.points], mode="lines+markers",
-        text=[f"{p.n_edges} edges, {len(p.nodes)} heads" for p in result.points],
-        hovertemplate="%{text}<br>normalised faithfulness %{y:.3f}<extra></extra>",
-        name="circuit"))
-    best = result.best
-    fig.add_trace(go.Scatter(x=[best.n_edges], y=[best.normalised], mode="markers",
-                             marker={"size": 14, "symbol": "star"}, name="written circuit",
-                             hovertemplate="written circuit: %{x} edges<extra></extra>"))
-    fig.add_hline(y=1.0, line_dash="dot")
-    fig.update_layout(title=title, xaxis={"type": "log", "title": "edges kept (top |score|)"},
-                      yaxis_title="normalised faithfulness (1 = full model, 0 = all ablated)",
-                      width=820, height=480)
-    return fig
-
-
 def _summary(result, args, spec: str) -> dict:
     return {
         "model": spec, "task": args.task, "method": args.method, "n_prompts": args.n_prompts,
@@ -101,15 +81,17 @@ def _write(run, task, batch, result, args) -> None:
     from interp.circuits.format import write_circuit
     from interp.discover import circuit_spec
     from interp.plotting import head_heatmap, save_figure
+    from interp.plotting.circuit import faithfulness_curve
 
     model, spec, folder = run.model, run.spec, run.folder
     label = f"{spec}, {task.name}, {args.method}"
-    save_figure(curve_figure(result, f"Faithfulness vs circuit size ({label})"),
-                folder / "faithfulness_curve.html")
+    save_figure(faithfulness_curve(result, f"Faithfulness vs circuit size ({label})"),
+                folder / "faithfulness_curve.html", root=run.out)
     with run.stage("head scores"):
         grid = head_attribution(model, batch, method=args.method, steps=args.steps)
     save_figure(head_heatmap(grid.tolist(), f"Head attribution, corrupted -> clean ({label})",
-                             "estimated metric change"), folder / "head_scores.html")
+                             "estimated metric change"), folder / "head_scores.html",
+                root=run.out)
     circuit = circuit_spec(result.best, result.edge_scores.kv_groups,
                            f"discover-{task.name}-{model_slug(spec)}", spec, task.name,
                            f"interp discover, {args.method}, {result.best.n_edges} edges")

@@ -183,13 +183,13 @@ def run(args) -> int:
                    "countries": [it.country for it in chosen], "clean": clean,
                    "critical_layer": best, "critical_layers": layers, "single_layer": single,
                    "windows": windows, "poland_demo": demo, "transfer": moved}
-        _figures(run.folder, model, summary)
+        _figures(run.folder, model, summary, run.out)
         folder = run.finish(summary)
     _print(summary, folder)
     return 0
 
 
-def _figures(folder, model, s: dict) -> None:
+def _figures(folder, model, s: dict, root) -> None:
     name, n = s["model"], model.cfg.n_layers
     for quantity, label in (("accuracy", "capital top-1 accuracy"),
                             ("capital_prob", "mean capital probability")):
@@ -198,7 +198,7 @@ def _figures(folder, model, s: dict) -> None:
                   for k in KINDS for pk in ("abstractive", "extractive")}
         save_figure(ablation_curves(series, name, f"Single MLP layer ablated: {label}",
                                     "ablated MLP layer", label),
-                    folder / f"single_layer_{quantity}.html")
+                    folder / f"single_layer_{quantity}.html", root=root)
         fr = list(s["windows"])
         keys = [k for k in s["windows"][fr[0]] if k != "layers"]
         series = {f"{pk}, {k} ablation": ([float(f) for f in fr],
@@ -206,9 +206,9 @@ def _figures(folder, model, s: dict) -> None:
                   for k in keys for pk in ("abstractive", "extractive")}
         save_figure(ablation_curves(series, name, f"Top MLP layers removed: {label}",
                                     "fraction of MLP layers removed (from the top)", label),
-                    folder / f"windows_{quantity}.html")
+                    folder / f"windows_{quantity}.html", root=root)
     save_figure(transfer_bars(s["transfer"]["conditions"], name, s["transfer"]["layer"]),
-                folder / "transfer.html")
+                folder / "transfer.html", root=root)
 
 
 def _print(s: dict, folder) -> None:

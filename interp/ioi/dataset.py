@@ -134,7 +134,7 @@ def build_ioi(model, n_prompts: int = 100, seed: int = 0,
     records = [_prompt(model, rng, vocab, order[i % len(order)], bos) for i in range(n_prompts)]
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    clean, _ = pad_right([r["clean_tokens"] for r in records], pad)
+    clean, lengths = pad_right([r["clean_tokens"] for r in records], pad)
     corrupted, _ = pad_right([r["corrupted_tokens"] for r in records], pad)
     positions = {k: torch.tensor([r["positions"][k] for r in records]) for k in POSITION_KEYS}
     io_ids = torch.tensor([r["clean_tokens"][r["positions"]["IO"]] for r in records])
@@ -143,6 +143,7 @@ def build_ioi(model, n_prompts: int = 100, seed: int = 0,
         clean_tokens=clean, corrupted_tokens=corrupted, read_positions=positions["END"],
         groups=group_ids([r["template_index"] for r in records]),
         metric=LogitDiff(io_ids, s_ids), positions=positions, bos=bos_token, records=records,
+        lengths=lengths,
     )
     return IOIDataset(batch, records, vocab)
 

@@ -23,8 +23,9 @@ def _top_heads_per_class(classes: dict[str, list[str]], k: int = 2) -> list[str]
 def write_figures(run) -> dict[str, str]:
     """Write every HTML figure of the run; returns {name: file name}."""
     folder, spec, n_layers = run.folder, run.spec, run.model.cfg.n_layers
+    root = folder.parent.parent  # <out> of <out>/<model>/ioi
     views = _top_heads_per_class(run.classes)
-    attention_views(run.model, _example_tokens(run), views, folder)
+    attention_views(run.model, _example_tokens(run), views, folder, root=root)
     how = "" if run.config.exact else " (attribution estimate; --exact patches every head)"
     grids = {
         "dla_heads.html": (run.dla, f"{spec}: direct logit attribution per head (IO - S)",
@@ -39,12 +40,14 @@ def write_figures(run) -> dict[str, str]:
                                          f"at END{how}", "change of logit diff"),
     }
     for name, (values, title, label) in grids.items():
-        save_linked_figure(head_heatmap(values, title, label), folder / name, heads=views)
+        save_linked_figure(head_heatmap(values, title, label), folder / name, root=root,
+                           heads=views)
     save_linked_figure(circuit_diagram(run.classes, n_layers, f"{spec}: IOI circuit found "
-                                       "by path patching"), folder / "circuit_diagram.html")
+                                       "by path patching"), folder / "circuit_diagram.html",
+                       root=root)
     from interp.plotting import save_figure
     save_figure(faithfulness_figure(run.circuit_eval, f"{spec}: IOI circuit faithfulness and "
-                                    "completeness"), folder / "faithfulness.html")
+                                    "completeness"), folder / "faithfulness.html", root=root)
     names = [*grids, "circuit_diagram.html", "faithfulness.html"]
     names += [f"attention_{h}.html" for h in views]
     return {n.removesuffix(".html"): n for n in names}

@@ -13,7 +13,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.attribution import METHODS as ATTRIBUTION_METHODS
 from interp.attribution import head_attribution
+from interp.errors import UserValueError
 from interp.patching.runs import (
     Runs,
     check_sequential,
@@ -24,6 +26,7 @@ from interp.patching.runs import (
 )
 from interp.patching.sparse import BaseRun, ChangedTokens, base_run, forward_changed
 
+METHODS = ("exact", *ATTRIBUTION_METHODS)
 DIRECTIONS = {"noise": ("clean", "corrupted"), "denoise": ("corrupted", "clean")}
 
 
@@ -80,6 +83,8 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
         budget_gb: activation memory budget per batched forward (None: the device default);
             items are split to fit.
     """
+    if method not in METHODS:
+        raise UserValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "exact":
         return head_attribution(model, runs.batch, method, steps, direction,
                                 positions=positions)

@@ -6,12 +6,14 @@ Example:
 """
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.forward import block_kwargs, unembed
+from interp.errors import UserValueError
+from interp.forward import block_kwargs
 from interp.metrics import logits_at
 from interp.tasks.base import TaskBatch
 
@@ -25,9 +27,17 @@ def _keep(name: str) -> bool:
                                                            "hook_pos_embed"))
 
 
+Which = Literal["clean", "corrupted"]
+WHICH = ("clean", "corrupted")
+
+
 @dataclass
 class Runs:
-    """Cached clean and corrupted forward passes of one `TaskBatch`."""
+    """Cached clean and corrupted forward passes of one `TaskBatch`.
+
+    `grads` and `bases` are caches derived from the runs: they are never copied, so
+    `dataclasses.replace(runs, corrupted_cache=...)` starts with empty ones.
+    """
 
     batch: TaskBatch
     clean_cache: dict
@@ -36,14 +46,22 @@ class Runs:
     corrupted_metric: Float[Tensor, " batch"]
     clean_kwargs: dict
     corrupted_kwargs: dict
-    grads: dict | None = None  # filled by `interp.patching.gradients.clean_gradients`
-    bases: dict = field(default_factory=dict)  # `interp.patching.sparse.base_run`, by run
+    # filled by `interp.patching.gradients.clean_gradients`
+    grads: dict | None = field(default=None, init=False)
+    # `interp.patching.sparse.base_run`, by run
+    bases: dict = field(default_factory=dict, init=False)
 
-    def cache(self, which: str) -> dict:
-        return self.clean_cache if which == "clean" else self.corrupted_cache
+    def cache(self, which: Which) -> dict:
+        return self.clean_cache if _which(which) == "clean" else self.corrupted_cache
 
-    def kwargs(self, which: str) -> dict:
-        return self.clean_kwargs if which == "clean" else self.corrupted_kwargs
+    def kwargs(self, which: Which) -> dict:
+        return self.clean_kwargs if _which(which) == "clean" else self.corrupted_kwargs
+
+
+def _which(which: str) -> str:
+    if which not in WHICH:
+        raise UserValueError(f"which must be one of {WHICH}, got {which!r}")
+    return which
 
 
 def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch):
@@ -55,6 +73,7 @@ def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch):
 @torch.inference_mode()
 def prepare_runs(model, batch: TaskBatch) -> Runs:
     """Run clean and corrupted prompts once, caching what the sweeps need."""
+    batch.check(model)
     device = model.cfg.device
     clean_tokens = batch.clean_tokens.to(device)
     corrupted_tokens = batch.corrupted_tokens.to(device)
@@ -85,15 +104,11 @@ def check_sequential(model) -> None:
             "this model computes attention and MLP in parallel; use method='naive'.")
 
 
-def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "n batch d_model"]):
-    """Metric values [n, batch] from residual vectors at the metric's read positions.
-
-    Metrics with a `from_resid(model, resid)` method (e.g. LogitDiff) unembed only the
-    vocabulary columns they read; others get the full logits.
-    """
-    if hasattr(batch.metric, "from_resid"):
-        return batch.metric.from_resid(model, resid_at_read)
-    return batch.metric(unembed(model, resid_at_read))
+def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "*n batch d_model"]
+                      ) -> Float[Tensor, "*n batch"]:
+    """Metric values `[*n, batch]` from residual vectors at the metric's read positions
+    (`Metric.from_resid`: e.g. LogitDiff unembeds only the columns it reads)."""
+    return batch.metric.from_resid(model, resid_at_read)
 
 
 CPU_BUDGET_GB = 0.125  # on CPU, chunks this small keep elementwise ops in cache (~25% faster)

@@ -6,7 +6,7 @@ token, the key token and the weight. Future keys (masked by the causal mask) are
 
 Example:
     >>> model = interp.load_model("random:tiny")
-    >>> attention_views(model, "When Mary and John went to the store,", ["L1H2"], out_dir)
+    >>> attention_views(model, "When Mary and John went to the store,", ["L1H2"], folder, root=out)
     [PosixPath('.../attention_L1H2.html')]
 """
 
@@ -173,7 +173,7 @@ def _heads(model, heads) -> list[Head]:
     return [model_node(model, h) for h in heads]
 
 
-def attention_views(model, tokens, heads, out_dir: Path, root: Path | None = None) -> list[Path]:
+def attention_views(model, tokens, heads, out_dir: Path, *, root: Path) -> list[Path]:
     """Write one attention view per head, `out_dir/attention_L{l}H{h}.html`, for one prompt.
 
     Head heatmaps saved with `interp.plotting.links.save_linked_figure` in the same folder
@@ -185,19 +185,18 @@ def attention_views(model, tokens, heads, out_dir: Path, root: Path | None = Non
         heads: heads to draw: `Head`s or names like "L9H9"; None draws every head.
         out_dir: folder to write into, usually the experiment's run folder
             `<out>/<model-slug>/<experiment>/`.
-        root: where plotly.min.js lives (default `out_dir/../..`, i.e. `<out>`).
+        root: the output root, where plotly.min.js lives (`<out>`).
 
     Returns:
         The written paths, in the order of `heads`.
 
     Example:
-        >>> attention_views(model, batch.clean_tokens[0, :n], ["L9H9", "L10H0"], run_folder)
+        >>> attention_views(model, batch.clean_tokens[0, :n], ["L9H9"], run_folder, root=out)
     """
     heads = _heads(model, heads)
     ids, str_tokens = prompt_tokens(model, tokens)
     patterns = attention_patterns(model, ids, sorted({h.layer for h in heads}))
     out_dir = Path(out_dir)
-    root = Path(root) if root is not None else out_dir.parent.parent
     spec = getattr(model, "interp_spec", model.cfg.model_name)
     prompt = html.escape("".join(str_tokens))
     paths = []
@@ -209,20 +208,19 @@ def attention_views(model, tokens, heads, out_dir: Path, root: Path | None = Non
     return paths
 
 
-def attention_grid_views(model, tokens, layers, out_dir: Path,
-                         root: Path | None = None) -> list[Path]:
+def attention_grid_views(model, tokens, layers, out_dir: Path, *, root: Path) -> list[Path]:
     """Write one grid of all heads per layer, `out_dir/attention_grid_L{l}.html`, for one prompt.
 
     Args are as for `attention_views`, with `layers` a list of layer indices.
 
     Example:
-        >>> attention_grid_views(model, "When Mary and John went to the store,", [9, 10], folder)
+        >>> attention_grid_views(model, "When Mary and John went to the store,", [9], folder,
+        ...                      root=out)
     """
     layers = [layers] if isinstance(layers, int) else list(layers)
     ids, str_tokens = prompt_tokens(model, tokens)
     patterns = attention_patterns(model, ids, layers)
     out_dir = Path(out_dir)
-    root = Path(root) if root is not None else out_dir.parent.parent
     spec = getattr(model, "interp_spec", model.cfg.model_name)
     prompt = html.escape("".join(str_tokens))
     return [save_figure(attention_grid(patterns[layer], str_tokens,

@@ -2,7 +2,7 @@
 
 Example:
     >>> fig = trajectory_heatmap(trajectory(model, tokens, {"capital": wid}), "smollm2-135m")
-    >>> save_figure(fig, out / "lens_poland.html")
+    >>> save_figure(fig, out / "smollm2-135m" / "capitals" / "lens_poland.html", root=out)
 """
 
 import html

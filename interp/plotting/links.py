@@ -6,8 +6,8 @@ tab, relative to the figure's own file. Pass `heads` to link only the heads that
 
 Example:
     >>> fig = head_heatmap(scores, "smollm2-135m: direct effect per head", "logit diff")
-    >>> attention_views(model, prompt, ["L9H9"], folder)
-    >>> save_linked_figure(fig, folder / "heads.html", heads=["L9H9"])
+    >>> attention_views(model, prompt, ["L9H9"], folder, root=out)
+    >>> save_linked_figure(fig, folder / "heads.html", root=out, heads=["L9H9"])
 """
 
 import json
@@ -17,7 +17,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from interp.outputs import write_atomic
-from interp.plotting.html import ensure_plotly_js
+from interp.plotting.html import check_root, ensure_plotly_js
 
 TEMPLATE = "attention_L{layer}H{head}.html"
 
@@ -56,20 +56,19 @@ def _with_click_hint(fig: go.Figure) -> go.Figure:
     return fig
 
 
-def save_linked_figure(fig: go.Figure, path: Path, root: Path | None = None,
+def save_linked_figure(fig: go.Figure, path: Path, *, root: Path,
                        template: str = TEMPLATE, heads=None) -> Path:
     """Like `interp.plotting.save_figure`, with cells linking to per-head pages.
 
     Args:
         fig: a layer x head heatmap (x = head index, y = layer index), e.g. `head_heatmap`.
         path: the HTML file to write.
-        root: where plotly.min.js lives (default: path's grandparent's parent, `<out>`).
+        root: the output root, where plotly.min.js lives (`<out>`).
         template: link target relative to `path`'s folder (default `attention_L{l}H{h}.html`).
         heads: heads that have a page (others are not clickable); None: every cell.
     """
     path = Path(path)
-    root = Path(root) if root is not None else path.parent.parent.parent
-    rel = os.path.relpath(ensure_plotly_js(root), path.parent)
+    rel = os.path.relpath(ensure_plotly_js(check_root(path, root)), path.parent)
     html = _with_click_hint(fig).to_html(
         include_plotlyjs=rel, full_html=True, post_script=head_link_script(template, heads),
         config={"displaylogo": False, "responsive": True})

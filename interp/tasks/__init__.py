@@ -1,5 +1,5 @@
 """Tasks: behaviours with clean/corrupted prompts and a metric (IOI, capitals, ...)."""
 
-from interp.tasks.base import Metric, Task, TaskBatch, group_ids, normalise
+from interp.tasks.base import Metric, Task, TaskBatch, UnembedMetric, group_ids
 
-__all__ = ["Metric", "Task", "TaskBatch", "group_ids", "normalise"]
+__all__ = ["Metric", "Task", "TaskBatch", "UnembedMetric", "group_ids"]

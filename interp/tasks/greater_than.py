@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.tasks.base import TaskBatch, group_ids
+from interp.tasks.base import TaskBatch, UnembedMetric, group_ids
 from interp.tokens import encode, model_bos
 
 NOUNS = ("war", "siege", "expedition", "voyage", "reign", "drought", "famine", "plague",
@@ -42,7 +42,7 @@ CORRUPT_YY = "01"
 
 
 @dataclass
-class YearMassDiff:
+class YearMassDiff(UnembedMetric):
     """P(year > start) - P(year <= start) over the year tokens, per prompt.
 
     Attributes:

@@ -26,12 +26,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.tasks.base import TaskBatch
+from interp.tasks.base import TaskBatch, UnembedMetric
 from interp.tokens import model_bos
 
 
 @dataclass
-class TokenLogProb:
+class TokenLogProb(UnembedMetric):
     """log p(target) per prompt from logits at its read position."""
 
     target: Int[Tensor, " batch"]

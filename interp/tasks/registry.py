@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from interp.errors import UserError, UserValueError
-from interp.tasks.base import Task
+from interp.tasks.base import Task, check_task
 
 
 def _lazy(*candidates: str) -> Callable[[], Task]:
@@ -32,7 +32,7 @@ def _lazy(*candidates: str) -> Callable[[], Task]:
 
 
 TASKS: dict[str, Callable[[], Task]] = {
-    "ioi": _lazy("interp.ioi.task:IOITask", "interp.ioi.dataset:IOITask"),
+    "ioi": _lazy("interp.ioi.dataset:IOITask"),
     "greater-than": _lazy("interp.tasks.greater_than:GreaterThanTask"),
     "induction": _lazy("interp.tasks.induction:InductionTask"),
     "capitals": _lazy("interp.capitals:CapitalTask"),
@@ -68,8 +68,7 @@ def _from_path(spec: str) -> Task:
     if not hasattr(module, cls):
         raise UserValueError(f"{target} defines no '{cls}'")
     task = getattr(module, cls)()
-    if not callable(getattr(task, "build", None)):
-        raise UserValueError(f"{spec} is not a Task: it needs build(model, n_prompts, seed)")
+    check_task(task, spec)
     return task
 
 
