@@ -11,7 +11,7 @@ import pytest
 
 from interp.cli import main
 from interp.errors import UserError
-from interp.outputs import OverwriteError, RunFolder, RunLockedError, write_json
+from interp.outputs import OverwriteError, RunFolder, RunLockedError, safe_name, write_json
 from interp.runner import ExperimentRun, RunOptions, check_memory, prompt_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,16 +237,19 @@ def test_library_run_of_a_loaded_model_records_it(tiny, tmp_path):
     assert (folder / "a.txt").read_text() == "x"
 
 
-def test_custom_task_named_to_escape_stays_inside_out(tmp_path, monkeypatch):
+def test_custom_task_named_to_escape_is_refused_before_anything_is_written(tmp_path, capsys):
     """A custom task named "../../x" once made discover write outside --out."""
     task_file = tmp_path / "evil.py"
     task_file.write_text("class Evil:\n    name = '../../x'\n"
                          "    def build(self, model, n_prompts, seed):\n        raise SystemExit\n")
     out = tmp_path / "a" / "b" / "out"
-    _no_load(monkeypatch)
-    with pytest.raises(AssertionError, match="loaded before"):  # stopped at the load
-        main(["discover", "--task", f"{task_file}:Evil", "--model", "random:tiny", "--out",
-              str(out)])
+    assert main(["discover", "--task", f"{task_file}:Evil", "--model", "random:tiny", "--out",
+                 str(out)]) == 1
+    assert "the task's name is '../../x'" in capsys.readouterr().err
     made = [p for p in tmp_path.rglob("*") if p != task_file and not p.name == "__pycache__"]
-    assert all(p == out or out in p.parents or p in out.parents for p in made), made
-    assert [p.name for p in (out / "random-tiny").iterdir()] == [".discover-..-..-x.lock"]
+    assert made == [], made
+
+
+def test_experiment_names_are_sanitised():
+    assert safe_name("discover-../../x") == "discover-..-..-x"
+    assert safe_name("../../x") == "-..-x" and safe_name("..") == "unnamed"
