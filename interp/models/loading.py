@@ -9,6 +9,8 @@ from urllib.parse import urlparse
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.errors import UserValueError
+from interp.models.checks import FOLDER_FIX, check_device, check_folder
 from interp.models.errors import ModelUnavailableError, UnknownModelError
 from interp.models.random_gpt2 import RANDOM_GPT2_SHAPES, gpt2_tokenizer, random_gpt2_hf
 from interp.models.smollm2 import ensure_smollm2, is_converted, smollm2_folder
@@ -98,12 +100,15 @@ def _load_random(name: str, seed: int, **boot_kwargs) -> TransformerBridge:
 
 
 def _load_folder(path: Path, **boot_kwargs) -> TransformerBridge:
-    if not (path / "config.json").exists():
-        raise ModelUnavailableError(
-            f"'{path}' is a folder but has no config.json; pass a Hugging Face model folder "
-            "(config.json + weights + tokenizer), e.g. one written by save_pretrained()."
-        )
-    return TransformerBridge.boot_transformers(str(path), **boot_kwargs)
+    from safetensors import SafetensorError
+
+    check_folder(path)
+    try:
+        return TransformerBridge.boot_transformers(str(path), **boot_kwargs)
+    except (OSError, SafetensorError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelUnavailableError(f"model folder {path} does not load ({reason}); fix: "
+                                    f"{FOLDER_FIX}") from None
 
 
 def _resolve_auto() -> str:
@@ -123,6 +128,10 @@ def resolve_spec(spec: str) -> str:
     Raises:
         UnknownModelError: the spec is neither a known name nor an existing folder.
     """
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownModelError(
+            f"empty model spec {spec!r}; pass one of {', '.join(MODEL_SPECS)}, or a folder "
+            "path (use './' for the current folder)")
     if spec == "auto":
         return _resolve_auto()
     if spec in GPT2_HUB_NAMES or spec == OFFLINE_SPEC or spec in RANDOM_SPECS:
@@ -169,12 +178,8 @@ def load_model(
         >>> m.to_single_token(" Mary")
         5335
     """
+    boot_kwargs = _boot_kwargs(device, dtype, device_map, n_devices, max_memory)
     resolved = resolve_spec(spec)
-    boot_kwargs: dict = {"dtype": dtype}
-    if device_map is not None or n_devices is not None or max_memory is not None:
-        boot_kwargs.update(device_map=device_map, n_devices=n_devices, max_memory=max_memory)
-    else:
-        boot_kwargs["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if resolved in GPT2_HUB_NAMES:
         model = _load_gpt2(resolved, **boot_kwargs)
     elif resolved == OFFLINE_SPEC:
@@ -188,6 +193,19 @@ def load_model(
     model.interp_bos = choose_bos(model.tokenizer, bos, _family(model))
     model.prepend_bos = model.interp_bos.id is not None
     return model
+
+
+def _boot_kwargs(device, dtype, device_map, n_devices, max_memory) -> dict:
+    """`boot_transformers` arguments: one device, or an accelerate split (never both)."""
+    split = {"device_map": device_map, "n_devices": n_devices, "max_memory": max_memory}
+    given = [name for name, value in split.items() if value is not None]
+    if given and device is not None:
+        raise UserValueError(f"device={device!r} and {given[0]}= are exclusive: pass one "
+                             "device, or a split across devices (device_map / n_devices / "
+                             "max_memory), not both")
+    if given:
+        return {"dtype": dtype, **split}
+    return {"dtype": dtype, "device": check_device(device)}
 
 
 def _family(model: TransformerBridge) -> str:
