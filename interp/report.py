@@ -20,6 +20,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from interp.errors import UserError
 from interp.outputs import write_atomic
 from interp.plotting.html import ensure_plotly_js
 
@@ -57,6 +58,10 @@ text-align:left;vertical-align:top;font-size:14px}th{background:#f3f3f3}
 .plot{border:1px solid #ddd;margin:6px 0;display:block;max-width:100%}
 code,pre{font-size:13px;background:#f6f6f6}pre{padding:8px;overflow-x:auto}
 h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}"""
+
+
+class NoResultsError(UserError, FileNotFoundError):
+    """The results folder is missing or holds no run."""
 
 
 @dataclass
@@ -435,14 +440,14 @@ def build_report(out: Path) -> Report:
     """Write `<out>/index.html` and `<out>/<slug>/index.html` for every model with results.
 
     Raises:
-        FileNotFoundError: `out` does not exist or holds no `*/*/summary.json`.
+        NoResultsError: `out` does not exist or holds no `*/*/summary.json`.
     """
     out = Path(out)
     if not out.is_dir():
-        raise FileNotFoundError(f"{out} is not a folder; pass the --out of your experiments.")
+        raise NoResultsError(f"{out} is not a folder; pass the --out of your experiments.")
     runs = find_runs(out)
     if not runs:
-        raise FileNotFoundError(f"no {out}/<model>/<experiment>/summary.json found; run an "
+        raise NoResultsError(f"no {out}/<model>/<experiment>/summary.json found; run an "
                                 f"experiment first (e.g. `interp ioi --out {out}`).")
     ensure_plotly_js(out)
     by_model: dict[str, list[Run]] = {}
