@@ -181,10 +181,14 @@ def _remove_stale_staging() -> None:
 
 def _clean_if_idle() -> None:
     """Remove stale staging folders unless a conversion is running now."""
-    if _stale_staging():
+    if not _stale_staging():
+        return
+    try:
         with _conversion_lock(wait=False) as held:
             if held:
                 _remove_stale_staging()
+    except OSError:  # a read-only cache: leave them
+        pass
 
 
 def ensure_smollm2(full: bool = False) -> Path:
