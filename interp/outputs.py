@@ -17,6 +17,7 @@ import ctypes
 import errno
 import fcntl
 import json
+import math
 import os
 import secrets
 import shutil
@@ -78,8 +79,58 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     return path
 
 
+class NonFiniteError(UserError, ValueError):
+    """A result holds NaN or an infinity, which is never written as a number."""
+
+
+def check_finite(name: str, value):
+    """Return `value` (a number, tensor, array, or nested dict/list of them) if it is finite.
+
+    Args:
+        name: what the value is (a stage or a file), named in the error.
+        value: the value to check; strings, bools, None and other objects pass.
+
+    Raises:
+        NonFiniteError: some number in `value` is NaN or infinite; the message names `name`
+            and the key path of the first such number.
+
+    Example:
+        >>> check_finite("capitals", {"accuracy": [0.3, 0.5]})
+        {'accuracy': [0.3, 0.5]}
+        >>> check_finite("capitals", {"accuracy": [0.3, float("nan")]})
+        Traceback (most recent call last):
+        ...
+        interp.outputs.NonFiniteError: capitals: non-finite value nan at 'accuracy[1]'; ...
+    """
+    _plain(value, name, "")
+    return value
+
+
+def _plain(obj, name: str, where: str):
+    """`obj` as plain JSON types (tensors and arrays as lists); raise on a non-finite number."""
+    if isinstance(obj, dict):
+        return {key: _plain(value, name, f"{where}.{key}" if where else str(key))
+                for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(value, name, f"{where}[{i}]") for i, value in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise NonFiniteError(
+            f"{name}: non-finite value {obj} at '{where or '<top>'}'; a result must be a finite "
+            "number (check the inputs and settings of this stage, e.g. a threshold or a metric "
+            "that divides by zero)")
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return _plain(_jsonable(obj), name, where)
+
+
 def write_json(path: Path, obj) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    """Write `obj` as strict JSON (no NaN or Infinity), atomically.
+
+    Raises:
+        NonFiniteError: `obj` holds a non-finite number; the message names the key path.
+    """
+    plain = _plain(obj, str(path), "")
+    return write_atomic(path, json.dumps(plain, indent=2, allow_nan=False) + "\n")
 
 
 def _jsonable(obj):

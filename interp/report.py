@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 from interp.errors import UserError
 from interp.outputs import write_atomic
@@ -47,6 +48,7 @@ KEY_NUMBERS = [
 EXACT = {"best.normalised_faithfulness", "best.nodes", "overall.accuracy@1"}
 SKIP = ("provenance", "config")
 ORDER = ("ioi", "capitals", "ffn-ablation", "analogies")
+MAX_DEPTH = 32  # deeper summaries are shown as unreadable, not walked
 VIEW_RE = re.compile(r"attention_L\d+H\d+\.html$")
 SIZE_RE = re.compile(r'<div style="height:(\d+)px; width:(\d+)px;">')
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1500px;color:#222}
@@ -56,6 +58,10 @@ text-align:left;vertical-align:top;font-size:14px}th{background:#f3f3f3}
 .plot{border:1px solid #ddd;margin:6px 0;display:block;max-width:100%}
 code,pre{font-size:13px;background:#f6f6f6}pre{padding:8px;overflow-x:auto}
 h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}"""
+
+
+class NoResultsError(UserError, FileNotFoundError):
+    """The results folder is missing or holds no run."""
 
 
 @dataclass
@@ -73,8 +79,7 @@ class Run:
     @property
     def model(self) -> str:
         """The model spec from the summary (or its provenance / config), else the slug."""
-        prov = self.summary.get("provenance") or {}
-        config = self.summary.get("config") or {}
+        prov, config = _dict(self.summary.get("provenance")), _dict(self.summary.get("config"))
         spec = self.summary.get("model") or prov.get("model") or config.get("model")
         return str(spec) if isinstance(spec, str) and spec != "auto" else self.slug
 
@@ -87,6 +92,11 @@ class Report:
 
 
 MISSING = object()
+
+
+def _dict(value) -> dict:
+    """`value` if it is a dict, else {} (a summary written by hand may hold anything)."""
+    return value if isinstance(value, dict) else {}
 
 
 def lookup(summary: dict, path: str, default=None, search: bool = True):
@@ -174,17 +184,45 @@ def other_scalars(summary: dict, limit: int = 40) -> list[tuple[str, object]]:
     return rows
 
 
+def read_json(path: Path) -> tuple[object, str]:
+    """(the parsed JSON, "") or (None, "<name>: why it cannot be shown"), never an exception.
+
+    Example:
+        >>> read_json(Path("results/random-tiny/ioi/summary.json"))[1]
+        ''
+    """
+    try:
+        data = json.loads(path.read_text())
+    except RecursionError:
+        return None, f"{path.name}: nested too deeply"
+    except (OSError, ValueError) as err:  # ValueError: bad JSON, binary (UnicodeDecodeError)
+        return None, f"{path.name}: {err}"
+    if _depth(data) > MAX_DEPTH:
+        return None, f"{path.name}: nested more than {MAX_DEPTH} levels"
+    return data, ""
+
+
+def _depth(obj) -> int:
+    """Nesting depth of dicts and lists (iterative: no recursion limit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node if isinstance(
+            node, list) else ()
+        stack += [(child, depth + 1) for child in children if isinstance(child, (dict, list))]
+    return deepest
+
+
 def find_runs(out: Path) -> list[Run]:
     """Every `<out>/*/*/summary.json`, read (a broken one is kept, with its error)."""
     runs = []
     for path in sorted(Path(out).glob("*/*/summary.json")):
         run = Run(slug=path.parent.parent.name, experiment=path.parent.name, folder=path.parent)
-        try:
-            run.summary = json.loads(path.read_text())
-            if not isinstance(run.summary, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as err:
-            run.summary, run.error = {}, f"unreadable summary.json: {err}"
+        summary, error = read_json(path)
+        if not error and not isinstance(summary, dict):
+            error = f"not a JSON object (a {type(summary).__name__})"
+        run.summary, run.error = (summary, "") if not error else ({}, f"unreadable {error}")
         htmls = sorted(p for p in path.parent.rglob("*.html") if p.name != "index.html")
         run.views = [p for p in htmls if VIEW_RE.search(p.name)]
         run.plots = _order_plots([p for p in htmls if p not in run.views], run.summary)
@@ -245,6 +283,26 @@ def _rel(path: Path, base: Path) -> str:
     return path.relative_to(base).as_posix()
 
 
+def _href(*parts: str) -> str:
+    """A relative URL `./a/b` with each part percent-encoded: a folder named `javascript:x`
+    stays a relative link (`./javascript%3Ax`), never a scheme.
+
+    Example:
+        >>> _href("javascript:alert(13)", "index.html")
+        './javascript%3Aalert%2813%29/index.html'
+    """
+    return "./" + "/".join(quote(part, safe="") for part in parts)
+
+
+def _url(path: Path, base: Path) -> str:
+    """The relative URL of `path` from a page in `base`."""
+    return _href(*path.relative_to(base).parts)
+
+
+def _anchor(name: str) -> str:
+    return "#" + quote(name, safe="")
+
+
 def _table(rows: list[tuple[str, object]]) -> str:
     body = "".join(f"<tr><th>{escape(k)}</th><td title=\"{escape(_fmt(v))}\">"
                    f"{escape(fmt(v))}</td></tr>" for k, v in rows)
@@ -284,9 +342,9 @@ def _note(spec: str) -> str:
 
 def _experiment_html(run: Run, base: Path) -> str:
     """One experiment's section on a model page; links are relative to `base`."""
-    folder = _rel(run.folder, base)
+    summary = _url(run.folder / "summary.json", base)
     parts = [f'<h2 id="{escape(run.experiment)}">{escape(run.experiment)}</h2>',
-             f'<p><a href="{escape(folder)}/summary.json">summary.json</a></p>']
+             f'<p><a href="{escape(summary)}">summary.json</a></p>']
     if run.error:
         parts.append(f'<p class="note">{escape(run.error)}</p>')
     parts.append(_table(list(key_numbers(run.summary).items())))
@@ -295,9 +353,9 @@ def _experiment_html(run: Run, base: Path) -> str:
         parts.append(f"<details><summary>other values ({len(others)})</summary>"
                      f"{_table(others)}</details>")
     parts.append(provenance_html(run.summary))
-    parts += [_iframe(_rel(p, base), p) for p in run.plots]
+    parts += [_iframe(_url(p, base), p) for p in run.plots]
     if run.views:
-        links = " ".join(f'<a href="{escape(_rel(p, base))}">{escape(p.stem[10:])}</a>'
+        links = " ".join(f'<a href="{escape(_url(p, base))}">{escape(p.stem[10:])}</a>'
                          for p in run.views)
         parts.append(f"<p>attention pattern per head ({len(run.views)}): {links}</p>")
     return "\n".join(parts)
@@ -307,7 +365,7 @@ def model_page(slug: str, runs: list[Run], out: Path) -> str:
     """`<out>/<slug>/index.html`: every experiment of one model, plots inline."""
     spec = group_model(runs)
     base = Path(out) / slug
-    toc = " · ".join(f'<a href="#{escape(r.experiment)}">{escape(r.experiment)}</a>'
+    toc = " · ".join(f'<a href="{escape(_anchor(r.experiment))}">{escape(r.experiment)}</a>'
                      for r in runs)
     body = [f'<p><a href="../index.html">all models</a></p><h1>{escape(spec)}</h1>',
             _note(spec), f"<p>experiments: {toc}</p>"]
@@ -319,16 +377,18 @@ def _summary_table(by_model: dict[str, list[Run]]) -> str:
     """One row per run: model, experiment (links), and its key numbers as `label: value` lines."""
     rows = []
     for slug, group in by_model.items():
-        model = f'<a href="{escape(slug)}/index.html">{escape(group_model(group))}</a>'
+        page = _href(slug, "index.html")
+        model = f'<a href="{escape(page)}">{escape(group_model(group))}</a>'
         for r in group:
             numbers = "<br>".join(
                 f'<b>{escape(label)}</b>: <span title="{escape(_fmt(value))}">'
                 f"{escape(fmt(value, 80))}</span>"
                 for label, value in key_numbers(r.summary).items())
-            link = f"{slug}/index.html#{r.experiment}"
+            link = page + _anchor(r.experiment)
+            summary = _href(slug, r.experiment, "summary.json")
             rows.append(f"<tr><td>{model}</td>"
                         f'<td><a href="{escape(link)}">{escape(r.experiment)}</a> '
-                        f'(<a href="{escape(slug)}/{escape(r.experiment)}/summary.json">'
+                        f'(<a href="{escape(summary)}">'
                         f"summary</a>){' ⚠ ' + escape(r.error) if r.error else ''}</td>"
                         f"<td>{numbers}</td><td>{_count(r.plots, 'plot')}, "
                         f"{_count(r.views, 'attention view')}</td></tr>")
@@ -344,14 +404,13 @@ def extras_html(out: Path) -> str:
     """Other JSON results at `<out>/<folder>/*.json` (e.g. benchmarks), with their numbers."""
     parts = []
     for path in sorted(Path(out).glob("*/*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            parts.append(f"<h3>{escape(_rel(path, out))}</h3><p>unreadable: {escape(str(err))}</p>")
+        data, error = read_json(path)
+        if error:
+            parts.append(f"<h3>{escape(_rel(path, out))}</h3><p>unreadable {escape(error)}</p>")
             continue
         data = data if isinstance(data, dict) else {"value": data}
         spec = lookup(data, "config.model", "") or ""
-        parts += [f'<h3><a href="{escape(_rel(path, out))}">{escape(_rel(path, out))}</a></h3>',
+        parts += [f'<h3><a href="{escape(_url(path, out))}">{escape(_rel(path, out))}</a></h3>',
                   _note(spec) if isinstance(spec, str) and spec else "",
                   f"<details><summary>numbers</summary>{_table(other_scalars(data))}</details>",
                   provenance_html(data)]
@@ -367,17 +426,14 @@ def index_page(by_model: dict[str, list[Run]], out: Path) -> str:
             _summary_table(by_model)]
     for slug, group in by_model.items():
         spec = group_model(group)
-        body += [f'<h2><a href="{escape(slug)}/index.html">{escape(spec)}</a></h2>', _note(spec)]
+        body += [f'<h2><a href="{escape(_href(slug, "index.html"))}">{escape(spec)}</a></h2>',
+                 _note(spec)]
         for r in group:
             if r.plots:
-                body += [f"<h3>{escape(r.experiment)}</h3>", _iframe(_rel(r.plots[0], out),
+                body += [f"<h3>{escape(r.experiment)}</h3>", _iframe(_url(r.plots[0], out),
                                                                       r.plots[0])]
     body.append(extras_html(out))
     return _page("interp results", "\n".join(body))
-
-
-class NoResultsError(UserError, FileNotFoundError):
-    """The folder to report on does not exist or holds no results."""
 
 
 def build_report(out: Path) -> Report:

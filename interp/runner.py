@@ -68,27 +68,17 @@ def check_out(out: Path) -> Path:
 
 
 def check_device(device: str | None) -> str | None:
-    """`device` if torch can use it here; UserError naming --device and the valid ones."""
+    """`device` if torch can use it here (`interp.models.checks.check_device`); the error
+    names --device. None stays None (the loader's default)."""
     if device is None:
         return None
-    import torch
+    from interp.models.checks import check_device as check_torch_device
+    from interp.models.errors import DeviceError
 
-    here = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
-        ["mps"] if torch.backends.mps.is_available() else [])
     try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise UserError(f"--device {device!r}: not a torch device; pass one of "
-                        f"{', '.join(here)}") from None
-    if parsed.type == "cpu":
-        return device
-    module = getattr(torch, parsed.type, None)
-    available = getattr(module, "is_available", lambda: False)()
-    count = getattr(module, "device_count", lambda: 1)() if available else 0
-    if not available or (parsed.index is not None and parsed.index >= count):
-        raise UserError(f"--device {device}: no such device on this machine; pass one of "
-                        f"{', '.join(here)}")
-    return device
+        return check_torch_device(device)
+    except DeviceError as err:
+        raise UserError(f"--device {device}: {err}") from None
 
 
 def available_memory(device: str) -> int | None:

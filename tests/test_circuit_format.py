@@ -1,11 +1,18 @@
 """Circuit hypothesis files: one-line errors with line numbers, round trip, the paper file."""
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from interp.circuits.format import CircuitFormatError, load_circuit, parse_circuit, to_yaml
+from interp.circuits.format import (
+    MAX_BYTES,
+    CircuitFormatError,
+    load_circuit,
+    parse_circuit,
+    to_yaml,
+)
 from interp.nodes import Head, Mlp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,3 +104,64 @@ def test_paper_circuit_has_the_26_heads_in_7_classes():
 def test_empty_circuit_is_allowed_and_round_trips():
     spec = parse_circuit("name: nothing\ngroups: {}\n")
     assert spec.circuit() == {} and parse_circuit(to_yaml(spec)) == spec
+
+
+def _one_line_error(path) -> str:
+    with pytest.raises(CircuitFormatError) as err:
+        load_circuit(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message, message
+    return message
+
+
+def test_non_utf8_file_names_the_file_and_line(tmp_path):
+    # BUG before the fix: a raw UnicodeDecodeError without the file name.
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("demo", "d\xe9mo").encode("latin-1"))
+    assert "not UTF-8" in _one_line_error(path) and f"{path}:1:" in _one_line_error(path)
+
+
+def test_folder_is_refused(tmp_path):
+    # BUG before the fix: IsADirectoryError traceback.
+    assert "is a folder" in _one_line_error(tmp_path)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_circuit(tmp_path / "nope.yaml")
+    with pytest.raises(CircuitFormatError):
+        load_circuit(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text", [
+    "groups:\n  g: " + "[" * 100_000 + "]" * 100_000 + "\n",   # flow style
+    "groups:\n  g:\n" + "- " * 100_000 + "L0H1\n",               # block style
+    "groups:\n  g:\n    nodes: [[[[[[[[L0H1]]]]]]]]\n",            # just past MAX_DEPTH
+])
+def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path, text):
+    # BUG before the fix: RecursionError traceback for 100,000 levels.
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    message = _one_line_error(path)
+    assert "nested more than" in message or "not valid YAML" in message
+
+
+def test_huge_file_is_refused_before_parsing(tmp_path):
+    # BUG before the fix: a 1M-node file was accepted after 127 s (and parsed twice).
+    path = tmp_path / "huge.yaml"
+    path.write_text("groups:\n  g:\n" + "".join(f"    - L{i % 12}H{i % 12}\n"
+                                                for i in range(1_000_000)))
+    t0 = time.perf_counter()
+    assert "at most 1,000,000" in _one_line_error(path)
+    assert time.perf_counter() - t0 < 1
+
+
+def test_largest_allowed_file_parses_fast(tmp_path):
+    nodes = "".join(f"    - L{i % 12}H{i % 12}\n" for i in range(70_000))
+    path = tmp_path / "big.yaml"
+    path.write_text("groups:\n  g:\n" + nodes)
+    assert path.stat().st_size <= MAX_BYTES
+    t0 = time.perf_counter()
+    spec = load_circuit(path, model=GPT2)
+    assert len(spec.groups["g"].nodes) == 70_000 and spec.groups["g"].node_lines[-1] == 70_002
+    assert time.perf_counter() - t0 < 10

@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -8,8 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import interp
+from interp.errors import UserError
 from interp.models import UnknownModelError
-from interp.models.random_gpt2 import random_gpt2_hf
+from interp.models.errors import DeviceError
+from interp.models.random_gpt2 import gpt2_tokenizer, random_gpt2_hf
 from interp.models.smollm2 import smollm2_folder
 
 TEXT = "When Mary and John went to the store, John gave a drink to"
@@ -88,3 +92,87 @@ def test_gpt2_without_hub_fails_fast_with_fixes(tmp_path):
 def test_local_folder_needs_config(tmp_path):
     with pytest.raises(interp.ModelUnavailableError, match="config.json"):
         interp.load_model(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """random:tiny saved as a local Hugging Face folder (config, weights, tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny-hf")
+    random_gpt2_hf("tiny", seed=3).save_pretrained(folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _broken_copy(src, dst, damage):
+    shutil.copytree(src, dst)
+    damage(dst)
+    return dst
+
+
+def test_local_folder_loads_and_matches_hf(tiny_folder):
+    bridge = interp.load_model(str(tiny_folder), device="cpu")
+    tokens = _ids(bridge)
+    with torch.no_grad():
+        assert torch.allclose(bridge(tokens), random_gpt2_hf("tiny", seed=3)(tokens).logits,
+                              atol=1e-4)
+
+
+def _truncate(folder):
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100_000])
+
+
+def _small_vocab(folder):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+
+
+# (damage, words the one-line error must contain). BUG before the fix: no tokenizer files
+# loaded a 1-entry tokenizer (every text -> token 0); the others were raw OSError,
+# SafetensorError or ValueError tracebacks.
+FOLDER_FAULTS = [
+    (lambda f: [p.unlink() for p in f.glob("tokenizer*")], "no tokenizer files"),
+    (lambda f: (f / "model.safetensors").unlink(), "no weights"),
+    (_truncate, "model.safetensors is damaged"),
+    (lambda f: (f / "config.json").write_text("{not json"), "config.json is invalid"),
+    (lambda f: (f / "config.json").write_text("{}"), "config.json is invalid"),
+    (_small_vocab, "the tokenizer has 50257 tokens but the model's vocabulary"),
+]
+
+
+@pytest.mark.parametrize("damage,words", FOLDER_FAULTS)
+def test_broken_local_folder_is_one_line_naming_it(tiny_folder, tmp_path, damage, words):
+    folder = _broken_copy(tiny_folder, tmp_path / "model", damage)
+    with pytest.raises(interp.ModelUnavailableError) as err:
+        interp.load_model(str(folder), device="cpu")
+    message = str(err.value)
+    assert "\n" not in message and str(folder) in message and words in message, message
+    assert "save_pretrained" in message  # the fix
+
+
+def test_empty_spec_is_not_the_current_folder(tmp_path, monkeypatch):
+    # BUG before the fix: "" resolved to the current folder.
+    monkeypatch.chdir(tmp_path)
+    for spec in ("", "  "):
+        with pytest.raises(UnknownModelError, match="empty model spec"):
+            interp.load_model(spec)
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"device": "cpu", "device_map": "auto"}, "exclusive"),
+    ({"device": "cpu", "n_devices": 2}, "exclusive"),
+    ({"device": "foo"}, "unknown device 'foo'"),
+    ({"device": "cuda:99"}, "cuda"),
+])
+def test_bad_device_arguments_are_one_line_before_loading(kwargs, words):
+    # BUG before the fix: device and device_map were both accepted (the README calls them
+    # exclusive); "foo" raised a raw RuntimeError from torch.
+    with pytest.raises(UserError) as err:
+        interp.load_model("random:tiny", **kwargs)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_without_cuda_names_the_fix():
+    with pytest.raises(DeviceError, match="CUDA is not available on this machine; use device cpu"):
+        interp.load_model("random:tiny", device="cuda")

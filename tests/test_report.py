@@ -5,6 +5,7 @@ import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import plotly.graph_objects as go
@@ -86,8 +87,13 @@ def links(page: Path) -> Links:
     return parser
 
 
+def target(page: Path, url: str) -> Path:
+    """The file a relative link of `page` opens."""
+    return (page.parent / unquote(url.split("#")[0])).resolve()
+
+
 def targets(page: Path, urls) -> set[Path]:
-    return {(page.parent / u.split("#")[0]).resolve() for u in urls}
+    return {target(page, u) for u in urls}
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +110,8 @@ def test_index_links_every_summary_and_model_page(report):
     assert summaries <= targets(rep.index, found.href)
     assert {p.resolve() for p in rep.pages.values()} <= targets(rep.index, found.href)
     for url in found.href + found.src:
-        assert (rep.index.parent / url.split("#")[0]).exists(), url
-    assert "bench/cpu-test.json" in found.href  # other JSON results, e.g. benchmarks
+        assert target(rep.index, url).exists(), url
+    assert "./bench/cpu-test.json" in found.href  # other JSON results, e.g. benchmarks
     assert "<th>forward_s</th><td title=\"1.25\">1.25</td>" in rep.index.read_text()
 
 
@@ -118,11 +124,11 @@ def test_model_pages_show_every_plot_and_link_every_view(report):
     views = {p.resolve() for p in (out / "random-tiny").rglob("attention_L*H*.html")}
     assert len(plots) == 3 and len(views) == len(LINKED)
     assert targets(page, found.src) == plots
-    ioi = [Path(u).name for u in found.src if u.startswith("ioi/")]
+    ioi = [Path(u).name for u in found.src if u.startswith("./ioi/")]
     assert ioi == ["attention_grid_L1.html", "heads.html"]  # the order of summary["figures"]
     assert views <= targets(page, found.href)
     for url in found.href + found.src:
-        assert (page.parent / url.split("#")[0]).exists(), url
+        assert target(page, url).exists(), url
     assert "unreadable summary.json" in page.read_text()
 
 
@@ -242,3 +248,46 @@ def test_save_figure_writes_plotly_js_into_the_given_root_only(tmp_path):
     assert 'src="../plotly.min.js"' in path.read_text()
     with pytest.raises(ValueError, match="not inside the output root"):
         save_figure(fig, tmp_path / "elsewhere.html", root=tmp_path / "a")
+
+
+def _hostile_results(out: Path) -> Path:
+    """Folder names that are URL schemes, and summaries that are not what the report expects."""
+    def write(rel: str, data: str | bytes) -> None:
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
+
+    write("javascript:alert(13)/ioi/summary.json", json.dumps({"model": "random:tiny",
+                                                              "final_accuracy": 0.5}))
+    save_figure(go.Figure(go.Scatter(y=[1, 2])), out / "javascript:alert(13)/ioi/p#1 <b>.html",
+                root=out)
+    write("m/list/summary.json", "[1, 2]")
+    write("m/binary/summary.json", b"\xff\xfe\x00\x01")
+    (out / "m/dir/summary.json/nested").mkdir(parents=True)
+    write("m/deep/summary.json", "[" * 100_000 + "]" * 100_000)
+    write("m/deepish/summary.json", '{"a": ' * 100 + "1" + "}" * 100)
+    write("m/types/summary.json", json.dumps({"provenance": [1], "config": 5, "plots": 7,
+                                              "model": 3, "head_classes": {"x": [[1]]}}))
+    write("m/ok/summary.json", json.dumps({"model": "random:tiny", "final_accuracy": 0.25}))
+    write("javascript:alert(1)/bench.json", "[" * 100_000 + "]" * 100_000)
+    return out
+
+
+def test_hostile_names_and_summaries_do_not_abort_or_inject(tmp_path, capsys):
+    # BUG before the fix: a deep summary.json aborted the report (RecursionError), a
+    # "provenance" list raised AttributeError, and the folder `javascript:alert(13)` became
+    # href="javascript:alert(13)/summary.json", a clickable javascript: URL.
+    out = _hostile_results(tmp_path)
+    assert main(["report", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[unreadable summary: binary, deep, deepish, dir, list]" in printed
+    pages = [out / "index.html", *out.glob("*/index.html")]
+    assert len(pages) == 3
+    for page in pages:
+        found = links(page)
+        for url in found.href + found.src:
+            assert url.startswith(("./", "../", "#")), (page, url)
+            assert target(page, url).exists(), (page, url)
+    index = (out / "index.html").read_text()
+    assert "<b>.html" not in index and "p#1 &lt;b&gt;.html" in index
+    assert "0.25" in (out / "m" / "index.html").read_text()  # the good run is still shown

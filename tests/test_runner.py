@@ -152,8 +152,9 @@ def test_cuda_without_cuda_is_a_one_line_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["capitals", "--model", "random:tiny", "--device", "cuda",
                  "--out", str(tmp_path)]) == 1
-    assert "--device cuda: no such device on this machine; pass one of cpu" in (
-        capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert "--device cuda: device 'cuda': CUDA is not available on this machine; use device " \
+           "cpu" in err
 
 
 def test_unwritable_out_check(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """Errors raised while resolving and loading models."""
 
-from interp.errors import UserError
+from interp.errors import UserError, UserValueError
 
 
 class ModelUnavailableError(UserError, RuntimeError):
@@ -9,3 +9,7 @@ class ModelUnavailableError(UserError, RuntimeError):
 
 class UnknownModelError(UserError, ValueError):
     """A model spec is not one `interp` knows."""
+
+
+class DeviceError(UserValueError):
+    """A device is unknown or not present on this machine."""

@@ -5,6 +5,8 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.errors import UserValueError
+from interp.models.checks import FOLDER_FIX, check_device, check_folder
 from interp.models.errors import ModelUnavailableError
 from interp.models.random_gpt2 import gpt2_tokenizer, random_gpt2_hf
 from interp.models.smollm2 import ensure_smollm2
@@ -61,13 +63,18 @@ def _load_random(name: str, seed: int, **boot_kwargs) -> TransformerBridge:
     )
 
 
-def _load_folder(path: Path, **boot_kwargs) -> TransformerBridge:
-    if not (path / "config.json").exists():
-        raise ModelUnavailableError(
-            f"'{path}' is a folder but has no config.json; pass a Hugging Face model folder "
-            "(config.json + weights + tokenizer), e.g. one written by save_pretrained()."
-        )
-    return TransformerBridge.boot_transformers(str(path), **boot_kwargs)
+def _load_folder(path: Path, check: bool = True, **boot_kwargs) -> TransformerBridge:
+    """Boot a local HF folder; `check=False` for a folder already verified by checksums."""
+    from safetensors import SafetensorError
+
+    if check:
+        check_folder(path)
+    try:
+        return TransformerBridge.boot_transformers(str(path), **boot_kwargs)
+    except (OSError, SafetensorError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelUnavailableError(f"model folder {path} does not load ({reason}); fix: "
+                                    f"{FOLDER_FIX}") from None
 
 
 def load_model(
@@ -104,16 +111,12 @@ def load_model(
         >>> m.to_single_token(" Mary")
         5335
     """
+    boot_kwargs = _boot_kwargs(device, dtype, device_map, n_devices, max_memory)
     resolved = resolve_spec(spec)
-    boot_kwargs: dict = {"dtype": dtype}
-    if device_map is not None or n_devices is not None or max_memory is not None:
-        boot_kwargs.update(device_map=device_map, n_devices=n_devices, max_memory=max_memory)
-    else:
-        boot_kwargs["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if resolved in GPT2_HUB_NAMES:
         model = _load_gpt2(resolved, **boot_kwargs)
     elif resolved == OFFLINE_SPEC:
-        model = _load_folder(ensure_smollm2(), **boot_kwargs)
+        model = _load_folder(ensure_smollm2(), check=False, **boot_kwargs)  # sha256-verified
     elif resolved in RANDOM_SPECS:
         model = _load_random(resolved.split(":", 1)[1], seed, **boot_kwargs)
     else:
@@ -123,6 +126,19 @@ def load_model(
     model.interp_bos = choose_bos(model.tokenizer, bos, _family(model))
     model.prepend_bos = model.interp_bos.id is not None
     return model
+
+
+def _boot_kwargs(device, dtype, device_map, n_devices, max_memory) -> dict:
+    """`boot_transformers` arguments: one device, or an accelerate split (never both)."""
+    split = {"device_map": device_map, "n_devices": n_devices, "max_memory": max_memory}
+    given = [name for name, value in split.items() if value is not None]
+    if given and device is not None:
+        raise UserValueError(f"device={device!r} and {given[0]}= are exclusive: pass one "
+                             "device, or a split across devices (device_map / n_devices / "
+                             "max_memory), not both")
+    if given:
+        return {"dtype": dtype, **split}
+    return {"dtype": dtype, "device": check_device(device)}
 
 
 def _family(model: TransformerBridge) -> str:

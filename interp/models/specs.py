@@ -98,6 +98,10 @@ def resolve_spec(spec: str) -> str:
     Raises:
         UnknownModelError: the spec is neither a known name nor an existing folder.
     """
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownModelError(
+            f"empty model spec {spec!r}; pass one of {', '.join(MODEL_SPECS)}, or a folder "
+            "path (use './' for the current folder)")
     if spec == "auto":
         return _resolve_auto()
     if spec in GPT2_HUB_NAMES or spec == OFFLINE_SPEC or spec in RANDOM_SPECS:
