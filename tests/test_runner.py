@@ -132,7 +132,7 @@ def test_second_concurrent_run_fails_at_once_naming_the_first(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--out", "{file}"], "is a file, not a folder"),
-    (["--device", "foo"], "--device 'foo': not a torch device"),
+    (["--device", "foo"], "--device foo: unknown device 'foo': use cpu, cuda"),
     (["--model", "nonsense"], "Unknown model spec 'nonsense'"),
 ])
 def test_bad_run_options_fail_before_loading(tmp_path, monkeypatch, capsys, argv, message):
