@@ -13,13 +13,19 @@ Example:
     >>> summary["single_layer"]["no-first"]["11"]["zero"]["abstractive"]["accuracy"]
 """
 
-import difflib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 
-from interp.capitals import Capital, build_prompts, find, mark_tokens
+from interp.capitals import (
+    Capital,
+    build_prompts,
+    check_count,
+    check_country,
+    find,
+    mark_tokens,
+)
 from interp.errors import UserValueError
 from interp.ffn import (
     FRACTIONS,
@@ -74,19 +80,13 @@ class FfnConfig:
                                    ("--batch-size", self.batch_size, 1),
                                    ("--n-control-sources", self.n_control_sources, 0),
                                    ("--n-specificity", self.n_specificity, 2)):
-            if value < least:
-                raise UserValueError(f"{flag} must be at least {least} (got {value}); pass a "
-                                     f"count >= {least}")
+            check_count(flag, value, least)
         bad = [p for p in (*self.positions, self.critical_positions) if p not in POSITIONS]
         if bad or self.select not in ("correct", "all"):
             raise UserValueError(f"--positions must be among {POSITIONS} and --select 'correct'"
                                  f" or 'all' (got {bad or self.select})")
-        names = [c for c, _ in table]
-        for flag, name in (("--country", self.country), ("--demo", self.demo)):
-            if name.lower() not in {n.lower() for n in names}:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "see interp/data/capitals.csv"
-                raise UserValueError(f"{flag} '{name}' is not in the capitals table; {hint}")
+        check_country(table, "--country", self.country)
+        check_country(table, "--demo", self.demo)
         if self.country.lower() == self.demo.lower():
             raise UserValueError(f"--country and --demo are both '{self.country}'; pick a "
                                  "different demonstration country")

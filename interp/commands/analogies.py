@@ -10,9 +10,17 @@ Example:
 
 import torch
 
-from interp.analogies import DATA, SPACES, evaluate, load_analogies, neighbours
+from interp.analogies import (
+    DATA,
+    SPACES,
+    evaluate,
+    load_analogies,
+    neighbours,
+    space_matrix,
+    word_mask,
+)
 from interp.commands._args import add_run_arguments
-from interp.models import load_model
+from interp.errors import UserValueError
 from interp.outputs import run_dir, write_json
 from interp.plotting import save_figure
 from interp.plotting.lens import grouped_bars
@@ -37,18 +45,27 @@ def _tied(model) -> bool:
 
 def run(args) -> int:
     config = {"model": args.model, "seed": args.seed, "data": str(args.data), "k": args.k}
+    if args.k < 1:
+        raise UserValueError(f"--k must be at least 1 (got {args.k}); pass k >= 1 for "
+                             "accuracy@k")
+    items = load_analogies(args.data)
+    from interp.models import load_model
+
     prov = Provenance(model=args.model, seed=args.seed)
     with prov.stage("load_model"):
         model = load_model(args.model, device=args.device, seed=args.seed, bos=args.bos)
     prov.set_model(model)
     folder = run_dir(args.out, args.model, EXPERIMENT, config, args.overwrite)
-    items = load_analogies(args.data)
     tied = _tied(model)
     spaces = SPACES[:1] if tied else SPACES
     with prov.stage("analogies"):
-        results = {f"{space}{'_words' if words else ''}": evaluate(model, items, space, args.k,
-                                                                   words)
-                   for space in spaces for words in (False, True)}
+        mask = word_mask(model)
+        results = {}
+        for space in spaces:
+            matrix = space_matrix(model, space)
+            for words in (False, True):
+                results[f"{space}{'_words' if words else ''}"] = evaluate(
+                    model, items, space, args.k, words, matrix, mask)
         bias = {f"{a} - {b} + {c}": neighbours(model, a, b, c, k=args.k) for a, b, c in BIAS}
     main = results["embed"]
     summary = {"model": model.interp_spec, "n_items": len(items),

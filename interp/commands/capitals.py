@@ -10,10 +10,18 @@ Example:
 
 import torch
 
-from interp.capitals import build_prompts, find, load_capitals, mark_tokens, one_shot, sample
+from interp.capitals import (
+    build_prompts,
+    check_count,
+    check_country,
+    find,
+    load_capitals,
+    mark_tokens,
+    one_shot,
+    sample,
+)
 from interp.commands._args import add_run_arguments
-from interp.lens import LensStats, layer_metrics, lens_at, trajectory
-from interp.models import load_model
+from interp.lens import LensStats, layer_metrics, lens_at, padded_work, trajectory
 from interp.outputs import run_dir, write_json
 from interp.plotting import save_figure
 from interp.plotting.lens import layer_curves, trajectory_heatmap
@@ -67,6 +75,13 @@ def _per_prompt(model, prompts, stats: LensStats) -> list[dict]:
 def run(args) -> int:
     config = {"model": args.model, "seed": args.seed, "n_prompts": args.n_prompts,
               "country": args.country, "demo": args.demo, "format": "one-shot Q/A"}
+    table = load_capitals()
+    check_count("--n-prompts", args.n_prompts, 2)
+    check_count("--batch-size", args.batch_size, 1)
+    check_country(table, "--country", args.country)
+    check_country(table, "--demo", args.demo)
+    from interp.models import load_model
+
     prov = Provenance(model=args.model, seed=args.seed)
     torch.manual_seed(args.seed)
     with prov.stage("load_model"):
@@ -74,7 +89,7 @@ def run(args) -> int:
     prov.set_model(model)
     name = model.interp_spec
     folder = run_dir(args.out, args.model, EXPERIMENT, config, args.overwrite)
-    items = mark_tokens(model, load_capitals())
+    items = mark_tokens(model, table)
     with prov.stage("lens"):
         prompts = build_prompts(model, sample(items, args.n_prompts, args.seed), seed=args.seed)
         stats = lens_at(model, prompts.tokens, prompts.read_positions,
@@ -89,6 +104,9 @@ def run(args) -> int:
                **metrics,
                "single_token_subset": single_metrics, "example": trace,
                "prompts": _per_prompt(model, prompts, stats),
+               "work_fpe": {"done": padded_work(prompts.read_positions, args.batch_size),
+                            "minimum": 1.0, "note": "forward passes of the prompt set (padding "
+                            "included), plus one forward of the example prompt"},
                "config": config, "provenance": prov.record()}
     _figures(folder, name, metrics, traj, args.country)
     write_json(folder / "summary.json", summary)
