@@ -9,14 +9,16 @@ Ablations act on `blocks.L.hook_mlp_out` at every position, through `interp.inte
   positions; every earlier position is aligned from the start (BOS with BOS).
 
 Each condition resumes the forward at its first intervened layer from the clean residual
-stream (`interp.forward.run_blocks`), which is exact and saves the blocks below it.
+stream of one cached clean run (`interp.ffn_clean.CleanRun`, `interp.forward.run_blocks`),
+which is exact and saves the blocks below it. Vectors added at the answer position are run
+as tiled variants of one batch (`add_variants`).
 
 o-vector transfer (Merullo et al. 2023): the critical layer's MLP output at the last position
 of a source prompt (Poland) is put into the runs of other countries, either
 - "add": added to the residual stream after that layer (on top of the target's own MLP), or
 - "replace": it replaces the MLP outputs of that layer and all later layers at the last position
   (the target's own late FFNs are gone; only the transplanted vector remains),
-and compared with a random vector of the same norm.
+and compared with a random vector of the same norm (controls: `interp.ffn_transfer`).
 
 Example:
     >>> conds = single_layer_conditions(model, "zero") + window_conditions(model, "zero")

@@ -34,14 +34,19 @@ class Ledger:
     n_layers: int
     padded: int = 0
     real: int = 0
+    unit_lengths: Int[Tensor, " batch"] | None = None
 
     def add(self, width: int, lengths: Int[Tensor, " b"], n_blocks: int) -> None:
         """Record `n_blocks` blocks run on a batch of `len(lengths)` rows of `width` tokens."""
         self.padded += n_blocks * width * len(lengths)
         self.real += n_blocks * int(lengths.clamp(max=width).sum())
 
-    def fpe(self, lengths: Int[Tensor, " batch"]) -> dict:
-        """The work in forward passes of a prompt set with these lengths."""
+    def fpe(self, lengths: Int[Tensor, " batch"] | None = None) -> dict:
+        """The work in forward passes of a prompt set with these lengths (default: the prompt
+        set of the first `CleanRun` recorded here)."""
+        lengths = self.unit_lengths if lengths is None else lengths
+        if lengths is None:
+            raise ValueError("no prompt set to measure the work by: pass lengths")
         unit = self.n_layers * int(lengths.sum())
         return {"done": round(self.padded / unit, 2), "real_tokens_only": round(self.real / unit,
                                                                                   2)}
@@ -96,6 +101,8 @@ class CleanRun:
             logits, cache = model.run_with_cache(toks, names_filter=lambda h: h in names)
         if ledger is not None:
             ledger.add(width, self.lengths[rows], n)
+            if ledger.unit_lengths is None:
+                ledger.unit_lengths = self.lengths
         at = torch.arange(len(rows), device=dev)
         mlp = torch.stack([cache[f"blocks.{la}.hook_mlp_out"] for la in range(n)])
         return CleanBatch(rows, toks, read, kwargs, [cache[h] for h in names[: n + 1]],

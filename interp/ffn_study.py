@@ -24,6 +24,7 @@ from interp.capitals import (
     check_count,
     check_country,
     find,
+    load_capitals,
     mark_tokens,
 )
 from interp.errors import UserValueError
@@ -203,18 +204,16 @@ def run_study(model, config: FfnConfig, items: list[Capital] | None = None,
     """The whole study (see module doc); `stage(name)` is an optional timing context
     (e.g. `Provenance.stage`). Returns the summary (without provenance)."""
     stage = stage or (lambda name: nullcontext())
-    from interp.capitals import load_capitals
-
     items = items if items is not None else mark_tokens(model, load_capitals())
     n = model.cfg.n_layers
     ledgers = {k: Ledger(n) for k in ("selection", *PROMPT_KINDS, "transfer", "specificity")}
     with stage("select"):
         chosen, demos, info, full = select_items(model, items, config, ledgers["selection"])
     sets = {k: build_prompts(model, chosen, k, demos=demos) for k in PROMPT_KINDS}
-    results, massive = {}, {}
+    results, massive, aliases = {}, {}, {}
     with stage("ablation_sweeps"):
         for k, p in sets.items():
-            results[k], massive[k], aliases = sweep(model, p, config, ledgers[k])
+            results[k], massive[k], aliases[k] = sweep(model, p, config, ledgers[k])
     answers = {k: p.capital_ids for k, p in sets.items()}
     single, windows = tables(n, results, answers, config.positions)
     clean = {k: results[k]["clean"].summary(answers[k]) for k in sets}
@@ -226,20 +225,19 @@ def run_study(model, config: FfnConfig, items: list[Capital] | None = None,
         demo = named_demo(model, items, config, layers, gap[gap_window]["layers"])
         moved = transfer_study(model, items, config, best, full, ledgers["transfer"])
         spec = specificity(model, items, config, best, ledgers["specificity"])
-    lengths = {"selection": full.lengths, "transfer": full.lengths,
-               "specificity": torch.tensor(spec.pop("_lengths"))} | \
-              {k: p.lengths for k, p in sets.items()}
     return {"model": model.interp_spec, "n_prompts": len(chosen), "selection": info,
             "countries": [it.country for it in chosen], "clean": clean,
             "critical_layer": best, "critical_layers": layers,
             "critical_layer_positions": config.critical_positions,
             "single_layer": single, "windows": windows,
-            "mean_no_first_equals_all": sorted({a.split("/")[0] for a in aliases}) != [],
+            "mean_no_first_equals_all": all(bool(a) for a in aliases.values()),
             "massive_activations": massive, "poland_demo": demo, "transfer": moved,
-            "specificity": spec, "work_fpe": _work(ledgers, lengths), "config": config.record()}
+            "specificity": spec, "work_fpe": _work(ledgers, full.lengths),
+            "config": config.record()}
 
 
-def _work(ledgers: dict[str, Ledger], lengths: dict) -> dict:
+def _work(ledgers: dict[str, Ledger], table_lengths) -> dict:
+    """Each stage's work in FPE of its prompt set (the transfer's: the whole table)."""
     notes = {"selection": "minimum 1 (one forward of the table)",
              "abstractive": "minimum = real_tokens_only: each condition from its first "
                             "ablated block",
@@ -247,4 +245,5 @@ def _work(ledgers: dict[str, Ledger], lengths: dict) -> dict:
              "transfer": "exact recomputation from the steered block; a KV-cached run of the "
                          "read position alone would need ~1/mean-length of it",
              "specificity": "as transfer, on the specificity prompts"}
-    return {k: led.fpe(lengths[k]) | {"minimum": notes[k]} for k, led in ledgers.items()}
+    return {k: led.fpe(table_lengths if k == "transfer" else None) | {"minimum": notes[k]}
+            for k, led in ledgers.items()}

@@ -117,5 +117,4 @@ def specificity(model, items: list[Capital], config, layer: int,
             "source_capital_rate": float(hit_source[off].float().mean()),
             "clean_target_capital_rate": float((base.top1 == targets.capital_ids).float()
                                                .mean()),
-            "own_vector_target_capital_rate": float(hit_target.diagonal().float().mean()),
-            "_lengths": targets.lengths.tolist()}
+            "own_vector_target_capital_rate": float(hit_target.diagonal().float().mean())}
