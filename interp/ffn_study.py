@@ -8,7 +8,7 @@ stage's own prompt set (`Ledger`).
 
 Example:
     >>> config = FfnConfig(n_prompts=24)
-    >>> config.check(load_capitals())  # before loading the model
+    >>> config.check()  # before loading the model
     >>> summary = run_study(model, config)
     >>> summary["single_layer"]["no-first"]["11"]["zero"]["abstractive"]["accuracy"]
 """
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from interp.capitals import (
+    DATA,
     Capital,
     build_prompts,
     check_count,
@@ -72,11 +73,13 @@ class FfnConfig:
     batch_size: int = 24
     n_control_sources: int = 5
     n_specificity: int = 10
+    table: str = str(DATA)
     critical_layer_search: str = "layers >= n_layers // 2"
 
-    def check(self, table: list[tuple[str, str]]) -> None:
+    def check(self) -> list[tuple[str, str]]:
         """Raise `UserValueError` (naming the flag and the fix) for bad settings; needs only
-        the capitals table, so it runs before the model loads."""
+        the capitals table, so it runs before the model loads. Returns the table."""
+        table = load_capitals(self.table)
         for flag, value, least in (("--n-prompts", self.n_prompts, 2),
                                    ("--batch-size", self.batch_size, 1),
                                    ("--n-control-sources", self.n_control_sources, 0),
@@ -88,6 +91,7 @@ class FfnConfig:
                                  f" or 'all' (got {bad or self.select})")
         check_country(table, "--country", self.country)
         check_country(table, "--demo", self.demo)
+        return table
         if self.country.lower() == self.demo.lower():
             raise UserValueError(f"--country and --demo are both '{self.country}'; pick a "
                                  "different demonstration country")
@@ -204,7 +208,7 @@ def run_study(model, config: FfnConfig, items: list[Capital] | None = None,
     """The whole study (see module doc); `stage(name)` is an optional timing context
     (e.g. `Provenance.stage`). Returns the summary (without provenance)."""
     stage = stage or (lambda name: nullcontext())
-    items = items if items is not None else mark_tokens(model, load_capitals())
+    items = items if items is not None else mark_tokens(model, load_capitals(config.table))
     n = model.cfg.n_layers
     ledgers = {k: Ledger(n) for k in ("selection", *PROMPT_KINDS, "transfer", "specificity")}
     with stage("select"):

@@ -97,7 +97,7 @@ def test_study_summary_has_both_modes_controls_and_work(tiny):
                                           ({"demo": "Poland"}, "--demo")])
 def test_config_check_names_the_flag(change, flag):
     with pytest.raises(UserValueError, match=flag):
-        FfnConfig(**change).check(load_capitals())
+        FfnConfig(**change).check()
 
 
 @pytest.mark.parametrize("argv, flag", [

@@ -15,7 +15,7 @@ Example:
     $ interp ffn-ablation --model smollm2-135m --out results
 """
 
-from interp.capitals import load_capitals
+from interp.capitals import DATA
 from interp.commands._args import add_run_arguments
 from interp.ffn import POSITIONS
 from interp.ffn_study import KINDS, FfnConfig, run_study
@@ -44,6 +44,8 @@ def register(subparsers) -> None:
                         help="other source countries whose o-vectors are controls (default 5)")
     parser.add_argument("--n-specificity", type=int, default=10,
                         help="countries in the source x target specificity grid (default 10)")
+    parser.add_argument("--table", default=str(DATA), help="CSV country,capital (default: the "
+                        "bundled table); a small table makes a quick run")
     parser.add_argument("--batch-size", type=int, default=24)
     parser.set_defaults(func=run)
 
@@ -51,12 +53,12 @@ def register(subparsers) -> None:
 def config_from(args) -> FfnConfig:
     return FfnConfig(args.model, args.seed, args.n_prompts, args.select, tuple(args.positions),
                      args.critical_positions, args.country, args.demo, args.batch_size,
-                     args.n_control_sources, args.n_specificity)
+                     args.n_control_sources, args.n_specificity, args.table)
 
 
 def run(args) -> int:
     config = config_from(args)
-    config.check(load_capitals())
+    config.check()
     from interp.models import load_model
 
     prov = Provenance(model=args.model, seed=args.seed)
