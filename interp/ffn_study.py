@@ -74,6 +74,7 @@ class FfnConfig:
     n_control_sources: int = 5
     n_specificity: int = 10
     table: str = str(DATA)
+    kinds: tuple[str, ...] = KINDS
     critical_layer_search: str = "layers >= n_layers // 2"
 
     def check(self) -> list[tuple[str, str]]:
@@ -86,15 +87,18 @@ class FfnConfig:
                                    ("--n-specificity", self.n_specificity, 2)):
             check_count(flag, value, least)
         bad = [p for p in (*self.positions, self.critical_positions) if p not in POSITIONS]
+        bad += [k for k in self.kinds if k not in KINDS] + ([] if "zero" in self.kinds
+                                                             else ["kinds without zero"])
         if bad or self.select not in ("correct", "all"):
-            raise UserValueError(f"--positions must be among {POSITIONS} and --select 'correct'"
-                                 f" or 'all' (got {bad or self.select})")
+            raise UserValueError(f"--positions must be among {POSITIONS}, --kinds among {KINDS}"
+                                 f" (zero included), --select 'correct' or 'all' (got "
+                                 f"{bad or self.select})")
         check_country(table, "--country", self.country)
         check_country(table, "--demo", self.demo)
-        return table
         if self.country.lower() == self.demo.lower():
             raise UserValueError(f"--country and --demo are both '{self.country}'; pick a "
                                  "different demonstration country")
+        return table
 
     def record(self) -> dict:
         return asdict(self)
@@ -143,7 +147,7 @@ def sweep(model, prompts, config: FfnConfig, ledger: Ledger | None = None
     shared_first = bool((prompts.tokens[:, 0] == prompts.tokens[0, 0]).all())
     conds, aliases = [], {}
     for mode in config.positions:
-        for kind in KINDS:
+        for kind in config.kinds:
             made = (single_layer_conditions(model, kind, means, mode)
                     + window_conditions(model, kind, means, positions=mode))
             if kind == "mean" and mode == "no-first" and shared_first and "all" in \
@@ -161,12 +165,12 @@ def sweep(model, prompts, config: FfnConfig, ledger: Ledger | None = None
 
 
 def tables(n_layers: int, results: dict[str, dict[str, Outcome]], answers,
-           positions: tuple[str, ...]) -> tuple[dict, dict]:
+           positions: tuple[str, ...], kinds: tuple[str, ...] = KINDS) -> tuple[dict, dict]:
     """single_layer[mode][layer][kind][prompt kind] and windows[mode][fraction][...]."""
     def cell(name):
         return {pk: results[pk][name].summary(answers[pk]) for pk in results}
 
-    single = {m: {str(la): {k: cell(_name(m, f"{k}:L{la}")) for k in KINDS}
+    single = {m: {str(la): {k: cell(_name(m, f"{k}:L{la}")) for k in kinds}
                   for la in range(n_layers)} for m in positions}
     windows = {m: {f"{f:.3f}": {"layers": window(n_layers, f)} |
                    {k: cell(_name(m, f"{k}:top{f:.3f}")) for k in KINDS
@@ -219,7 +223,7 @@ def run_study(model, config: FfnConfig, items: list[Capital] | None = None,
         for k, p in sets.items():
             results[k], massive[k], aliases[k] = sweep(model, p, config, ledgers[k])
     answers = {k: p.capital_ids for k, p in sets.items()}
-    single, windows = tables(n, results, answers, config.positions)
+    single, windows = tables(n, results, answers, config.positions, config.kinds)
     clean = {k: results[k]["clean"].summary(answers[k]) for k in sets}
     best, layers = _critical(single[config.critical_positions], clean, n)
     gap = windows[config.critical_positions]

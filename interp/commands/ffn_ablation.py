@@ -46,6 +46,8 @@ def register(subparsers) -> None:
                         help="countries in the source x target specificity grid (default 10)")
     parser.add_argument("--table", default=str(DATA), help="CSV country,capital (default: the "
                         "bundled table); a small table makes a quick run")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="ablation kinds of the sweeps (default: zero mean)")
     parser.add_argument("--batch-size", type=int, default=24)
     parser.set_defaults(func=run)
 
@@ -53,7 +55,8 @@ def register(subparsers) -> None:
 def config_from(args) -> FfnConfig:
     return FfnConfig(args.model, args.seed, args.n_prompts, args.select, tuple(args.positions),
                      args.critical_positions, args.country, args.demo, args.batch_size,
-                     args.n_control_sources, args.n_specificity, args.table)
+                     args.n_control_sources, args.n_specificity, args.table,
+                     tuple(args.kinds))
 
 
 def run(args) -> int:

@@ -17,7 +17,8 @@ QUANTITIES = (("accuracy", "capital top-1 accuracy"),
 def _single(s: dict, n: int, quantity: str) -> dict:
     return {f"{pk}, {k}, {mode}": (list(range(n)), [rows[str(la)][k][pk][quantity]
                                                       for la in range(n)])
-            for mode, rows in s["single_layer"].items() for k in KINDS for pk in PROMPT_KINDS}
+            for mode, rows in s["single_layer"].items() for k in KINDS if k in rows["0"]
+            for pk in PROMPT_KINDS}
 
 
 def _windows(s: dict, quantity: str) -> dict:
