@@ -69,50 +69,69 @@ def space_matrix(model, space: str = "embed") -> Float[Tensor, "vocab d"]:
 
 def word_mask(model) -> Bool[Tensor, " vocab"]:
     """Tokens that are a space followed by letters only (whole words, no fragments)."""
-    texts = model.tokenizer.batch_decode([[i] for i in range(len(model.tokenizer))])
+    tok = model.tokenizer
+    texts = [tok.convert_tokens_to_string([t]) for t in tok.convert_ids_to_tokens(
+        list(range(len(tok))))]
     keep = [t.startswith(" ") and t[1:].isalpha() for t in texts]
     out = torch.zeros(model.W_E.shape[0], dtype=torch.bool)
-    out[: len(keep)] = torch.tensor(keep)
+    out[: len(keep)] = torch.tensor(keep)[: model.W_E.shape[0]]
     return out
 
 
-def nearest(matrix: Float[Tensor, "vocab d"], query: Float[Tensor, " d"],
-            exclude: list[int], k: int = 10,
-            allowed: Bool[Tensor, " vocab"] | None = None) -> tuple[Int[Tensor, " k"],
-                                                                    Float[Tensor, " k"]]:
-    """The k rows most cosine-similar to `query`, never the `exclude` ids."""
-    sims = torch.nn.functional.normalize(matrix, dim=-1) @ (query / query.norm())
+def nearest(matrix: Float[Tensor, "vocab d"], query: Float[Tensor, "*n d"],
+            exclude: list[int] | Int[Tensor, "*n e"], k: int = 10,
+            allowed: Bool[Tensor, " vocab"] | None = None,
+            unit: Float[Tensor, "vocab d"] | None = None
+            ) -> tuple[Int[Tensor, "*n k"], Float[Tensor, "*n k"]]:
+    """The k rows most cosine-similar to each query, never its `exclude` ids.
+
+    Args:
+        unit: `matrix` with unit rows, if already computed (saves a pass over the vocabulary).
+    """
+    unit = torch.nn.functional.normalize(matrix, dim=-1) if unit is None else unit
+    sims = torch.nn.functional.normalize(query, dim=-1) @ unit.T
     if allowed is not None:
         sims = sims.masked_fill(~allowed.to(sims.device), -float("inf"))
-    sims[torch.tensor(exclude, dtype=torch.long)] = -float("inf")
-    top = sims.topk(k)
+    exclude = torch.as_tensor(exclude, dtype=torch.long)
+    sims = sims.scatter(-1, exclude.expand(*sims.shape[:-1], -1), -float("inf"))
+    top = sims.topk(k, dim=-1)
     return top.indices, top.values
 
 
-def solve(matrix, ids: tuple[int, int, int], k: int = 10, allowed=None):
-    """Nearest neighbours of `E[a] - E[b] + E[c]` excluding a, b and c."""
-    a, b, c = ids
-    return nearest(matrix, matrix[a] - matrix[b] + matrix[c], [a, b, c], k, allowed)
+def solve(matrix, ids, k: int = 10, allowed=None, unit=None):
+    """Nearest neighbours of `E[a] - E[b] + E[c]` excluding a, b and c; `ids` is one triple
+    or a `[n, 3]` tensor of triples."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    a, b, c = ids.unbind(-1)
+    return nearest(matrix, matrix[a] - matrix[b] + matrix[c], ids, k, allowed, unit)
 
 
 def evaluate(model, items: list[Analogy], space: str = "embed", k: int = 10,
-             words_only: bool = False) -> dict:
-    """Accuracy@1 and @k per category, plus the "c only" baseline (nearest to E[c])."""
-    matrix = space_matrix(model, space)
-    allowed = word_mask(model) if words_only else None
+             words_only: bool = False, matrix=None, allowed=None) -> dict:
+    """Accuracy@1 and @k per category, plus the "c only" baseline (nearest to E[c]).
+
+    All items are solved in one matrix product over the vocabulary. `matrix` / `allowed` may
+    be passed in when already computed (`space_matrix`, `word_mask`).
+    """
+    matrix = space_matrix(model, space) if matrix is None else matrix
+    if words_only and allowed is None:
+        allowed = word_mask(model)
+    allowed = allowed if words_only else None
+    ids = {it: [word_id(model, w) for w in (it.a, it.b, it.c, it.expected)] for it in items}
+    scored = [it for it in items if None not in ids[it]]
+    skipped = [f"{it.a} - {it.b} + {it.c} = {it.expected}" for it in items if it not in scored]
     hits: dict[str, list[tuple[bool, bool, bool]]] = defaultdict(list)
-    skipped, rows = [], []
-    for it in items:
-        ids = [word_id(model, w) for w in (it.a, it.b, it.c, it.expected)]
-        if None in ids:
-            skipped.append(f"{it.a} - {it.b} + {it.c} = {it.expected}")
-            continue
-        top, _ = solve(matrix, tuple(ids[:3]), k, allowed)
-        base, _ = nearest(matrix, matrix[ids[2]], ids[:3], 1, allowed)
-        top = top.tolist()
-        hits[it.category].append((top[0] == ids[3], ids[3] in top, int(base[0]) == ids[3]))
-        rows.append({"item": f"{it.a} - {it.b} + {it.c} = {it.expected}",
-                     "top": model.tokenizer.decode([top[0]]), "hit@1": top[0] == ids[3]})
+    rows = []
+    if scored:
+        unit = torch.nn.functional.normalize(matrix, dim=-1)
+        triples = torch.tensor([ids[it][:3] for it in scored])
+        top, _ = solve(matrix, triples, k, allowed, unit)
+        base, _ = nearest(matrix, matrix[triples[:, 2]], triples, 1, allowed, unit)
+        for it, row, b in zip(scored, top.tolist(), base[:, 0].tolist(), strict=True):
+            want = ids[it][3]
+            hits[it.category].append((row[0] == want, want in row, b == want))
+            rows.append({"item": f"{it.a} - {it.b} + {it.c} = {it.expected}",
+                         "top": model.tokenizer.decode([row[0]]), "hit@1": row[0] == want})
     per = {cat: _rates(h) for cat, h in hits.items()}
     allh = [x for h in hits.values() for x in h]
     return {"space": space, "words_only": words_only, "k": k, "per_category": per,

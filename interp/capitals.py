@@ -27,6 +27,7 @@ Example:
 """
 
 import csv
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from interp.errors import UserValueError
 from interp.tasks.base import TaskBatch, group_ids
 from interp.tokens import encode_batch, model_bos
 
@@ -74,6 +76,23 @@ def load_capitals(path: Path | str = DATA) -> list[tuple[str, str]]:
     if dupes:
         raise ValueError(f"{path} lists these countries twice: {dupes}; keep one row each.")
     return rows
+
+
+def check_count(flag: str, value: int | None, least: int) -> None:
+    """Raise a one-line `UserValueError` naming `flag` unless `value` is None or >= least."""
+    if value is not None and value < least:
+        raise UserValueError(f"{flag} must be at least {least} (got {value}); pass a count "
+                             f">= {least}")
+
+
+def check_country(rows: list[tuple[str, str]], flag: str, name: str) -> None:
+    """Raise a one-line `UserValueError` naming `flag` (and the closest country) unless
+    `name` is a country of the table (case-insensitive)."""
+    names = [c for c, _ in rows]
+    if name.lower() not in {n.lower() for n in names}:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see interp/data/capitals.csv"
+        raise UserValueError(f"{flag} '{name}' is not in the capitals table; {hint}")
 
 
 def first_token(model, word: str) -> tuple[int, bool]:

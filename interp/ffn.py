@@ -9,14 +9,16 @@ Ablations act on `blocks.L.hook_mlp_out` at every position, through `interp.inte
   positions; every earlier position is aligned from the start (BOS with BOS).
 
 Each condition resumes the forward at its first intervened layer from the clean residual
-stream (`interp.forward.run_blocks`), which is exact and saves the blocks below it.
+stream of one cached clean run (`interp.ffn_clean.CleanRun`, `interp.forward.run_blocks`),
+which is exact and saves the blocks below it. Vectors added at the answer position are run
+as tiled variants of one batch (`add_variants`).
 
 o-vector transfer (Merullo et al. 2023): the critical layer's MLP output at the last position
 of a source prompt (Poland) is put into the runs of other countries, either
 - "add": added to the residual stream after that layer (on top of the target's own MLP), or
 - "replace": it replaces the MLP outputs of that layer and all later layers at the last position
   (the target's own late FFNs are gone; only the transplanted vector remains),
-and compared with a random vector of the same norm.
+and compared with a random vector of the same norm (controls: `interp.ffn_transfer`).
 
 Example:
     >>> conds = single_layer_conditions(model, "zero") + window_conditions(model, "zero")
@@ -33,7 +35,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.capitals import CapitalPrompts
-from interp.forward import block_kwargs, run_blocks, unembed
+from interp.ffn_clean import CleanBatch, CleanRun, Ledger
+from interp.forward import repeat_kwargs, run_blocks, unembed
 from interp.interventions import (
     Intervention,
     ablate_mlp,
@@ -46,12 +49,12 @@ from interp.lens import rank_of
 from interp.nodes import Mlp
 
 FRACTIONS = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0)
-MakeIvs = Callable[[slice, Int[Tensor, " batch"]], list[Intervention]]
+MakeIvs = Callable[[CleanBatch], list[Intervention]]
 
 
 @dataclass
 class Condition:
-    """A named set of interventions, built per batch from (prompt slice, read positions)."""
+    """A named set of interventions, built per clean batch (its rows, read positions, width)."""
 
     name: str
     make: MakeIvs
@@ -77,35 +80,35 @@ def common_suffix(tokens: Int[Tensor, "batch pos"], lengths: Int[Tensor, " batch
 
 
 class MlpMeans:
-    """Aligned per-position means of every MLP's output over a prompt set (see module doc)."""
+    """Aligned per-position means of every MLP's output over a prompt set (see module doc).
 
-    def __init__(self, model, prompts: CapitalPrompts, batch_size: int = 32):
-        self.lengths = prompts.lengths
-        self.tail = common_suffix(prompts.tokens, prompts.lengths)
-        n_layers, d = model.cfg.n_layers, model.cfg.d_model
-        pos = prompts.tokens.shape[1]
+    Built from a `CleanRun` that kept the MLP outputs (no extra forward).
+    """
+
+    def __init__(self, clean: CleanRun):
+        if any(b.mlp_out is None for b in clean.batches):
+            raise ValueError("MlpMeans needs a CleanRun built with keep_mlp=True")
+        self.lengths = clean.lengths
+        self.tail = common_suffix(clean.tokens, clean.lengths)
+        n_layers, _, _, d = clean.batches[0].mlp_out.shape
+        pos = clean.tokens.shape[1]
         self.start = torch.zeros(n_layers, pos, d)
         self.end = torch.zeros(n_layers, self.tail, d)
         counts = torch.zeros(pos)
-        names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
-        for s in range(0, len(prompts), batch_size):
-            toks = prompts.tokens[s: s + batch_size].to(_device(model))
-            with torch.inference_mode():
-                _, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
-            acts = torch.stack([cache[n] for n in names]).float().cpu()  # [L, b, pos, d]
-            for b, n in enumerate(self.lengths[s: s + batch_size].tolist()):
+        for batch in clean.batches:
+            acts = batch.mlp_out.float().cpu()  # [L, b, pos, d]
+            for b, n in enumerate(self.lengths[batch.rows].tolist()):
                 head = n - self.tail
                 self.start[:, :head] += acts[:, b, :head]
                 counts[:head] += 1
                 self.end += acts[:, b, head:n]
         self.start /= counts.clamp(min=1)[None, :, None]
-        self.end /= len(prompts)
+        self.end /= len(self.lengths)
 
-    def value(self, layer: int, sl: slice) -> Float[Tensor, "batch pos d"]:
-        """The mean-ablation value of MLP `layer` for the prompts in `sl`."""
-        lengths = self.lengths[sl]
-        out = torch.zeros(len(lengths), self.start.shape[1], self.start.shape[2])
-        for b, n in enumerate(lengths.tolist()):
+    def value(self, layer: int, rows: Int[Tensor, " b"], width: int) -> Float[Tensor, "b pos d"]:
+        """The mean-ablation value of MLP `layer` for prompts `rows`, `width` positions."""
+        out = torch.zeros(len(rows), width, self.start.shape[2])
+        for b, n in enumerate(self.lengths[rows].tolist()):
             head = n - self.tail
             out[b, :head] = self.start[layer, :head]
             out[b, head:n] = self.end[layer]
@@ -130,14 +133,15 @@ def ablation(layers: list[int], kind: str, means: MlpMeans | None = None,
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got '{positions}'")
 
-    def make(sl: slice, read) -> list[Intervention]:
-        where = {"all": None, "last": read}.get(positions)
+    def make(batch) -> list[Intervention]:
+        where = {"all": None, "last": batch.read}.get(positions)
         if positions == "no-first":
-            where = list(range(1, int(read.max()) + 1))
+            where = list(range(1, batch.width))
         if kind == "zero":
             return [ablate_mlp(layer, positions=where) for layer in layers]
         key = "blocks.{}.hook_mlp_out"
-        return [patch_node(Mlp(layer), {key.format(layer): means.value(layer, sl)}, where)
+        return [patch_node(Mlp(layer), {key.format(layer): means.value(layer, batch.rows,
+                                                                       batch.width)}, where)
                 for layer in layers]
     return make
 
@@ -175,47 +179,82 @@ class Outcome:
                 "mrr": float((1 / self.rank.float()).mean())}
 
 
-def _score(logits: Float[Tensor, "batch vocab"], answer: Int[Tensor, " batch"]):
+def _score(logits: Float[Tensor, "batch vocab"], answer: Int[Tensor, " batch"]) -> Outcome:
     logits = logits.float()
     ids = answer.to(logits.device)
     prob = logits.softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
-    return rank_of(logits, ids).cpu(), prob.cpu(), logits.argmax(-1).cpu()
+    return Outcome(rank_of(logits, ids).cpu(), prob.cpu(), logits.argmax(-1).cpu())
 
 
 def evaluate(model, prompts: CapitalPrompts, conditions: list[Condition],
              answer: Int[Tensor, " batch"] | None = None, batch_size: int = 32,
-             desc: str = "conditions") -> dict[str, Outcome]:
+             desc: str = "conditions", clean: CleanRun | None = None,
+             ledger: Ledger | None = None) -> dict[str, Outcome]:
     """Run every condition on every prompt; "clean" is always included.
+
+    Each condition resumes at its first intervened block from the clean run (built here
+    unless `clean`, a `CleanRun` of the same prompts, is given).
 
     Args:
         answer: token scored at the read position (default: the prompts' capitals).
     """
     answer = prompts.capital_ids if answer is None else answer
+    if clean is None:
+        clean = CleanRun(model, prompts.tokens, prompts.lengths, batch_size, ledger=ledger)
     n_layers = model.cfg.n_layers
-    parts: dict[str, list] = {"clean": []} | {c.name: [] for c in conditions}
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    parts: dict[str, list] = {c.name: [] for c in conditions}
     bar = tqdm(total=len(conditions) * len(prompts), desc=desc, unit="run", leave=False,
                disable=not conditions)
-    for s in range(0, len(prompts), batch_size):
-        sl = slice(s, s + batch_size)
-        toks = prompts.tokens[sl].to(_device(model))
-        read = prompts.read_positions[sl].to(toks.device)
-        rows = torch.arange(toks.shape[0], device=toks.device)
+    for batch in clean.batches:
+        rows = torch.arange(len(batch.rows), device=batch.tokens.device)
         with torch.inference_mode():
-            kw = block_kwargs(model, toks)
-            logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
-            parts["clean"].append(_score(logits[rows, read], answer[sl]))
             for cond in conditions:
-                ivs = cond.make(sl, read)
+                ivs = cond.make(batch)
                 start = _first_layer(ivs, n_layers)
                 with applied(model, ivs):
-                    resid = run_blocks(model, cache[names[start]] if start < n_layers
-                                       else cache[names[-1]], min(start, n_layers - 1), kw)
-                parts[cond.name].append(_score(unembed(model, resid[rows, read]), answer[sl]))
-                bar.update(toks.shape[0])
+                    resid = run_blocks(model, batch.resid[start], start, batch.kwargs)
+                if ledger is not None:
+                    ledger.add(batch.width, clean.lengths[batch.rows], n_layers - start)
+                parts[cond.name].append(unembed(model, resid[rows, batch.read]))
+                bar.update(len(batch.rows))
     bar.close()
-    return {name: Outcome(*(torch.cat([p[i] for p in ps]) for i in range(3)))
-            for name, ps in parts.items()}
+    out = {"clean": _score(clean.read_logits(), answer)}
+    return out | {name: _score(clean.gather(ps), answer) for name, ps in parts.items()}
+
+
+def add_variants(model, clean: CleanRun, layer: int, vectors: Float[Tensor, "n d"],
+                 answer: Int[Tensor, " batch"], ledger: Ledger | None = None,
+                 max_rows: int = 256) -> list[Outcome]:
+    """Each vector added to the residual stream after block `layer` at every prompt's read
+    position: all vectors in tiled batches (no hooks; the run resumes at block `layer + 1`).
+
+    Equals `evaluate` with `transfer(layer, vector, "add", n_layers)` per vector.
+    """
+    n_layers, per = model.cfg.n_layers, []
+    chunk = max(1, max_rows // max(len(b.rows) for b in clean.batches))
+    with torch.inference_mode():
+        for batch in clean.batches:
+            per.append(_add_batch(model, batch, layer, vectors, chunk, ledger, n_layers,
+                                  clean.lengths[batch.rows]))
+    logits = clean.gather([p.transpose(0, 1) for p in per]).transpose(0, 1)
+    return [_score(lg, answer) for lg in logits]
+
+
+def _add_batch(model, batch, layer, vectors, chunk, ledger, n_layers, lengths):
+    """`add_variants` on one clean batch: logits `[n_vectors, b, vocab]`."""
+    b, outs = len(batch.rows), []
+    for s in range(0, len(vectors), chunk):
+        vecs = vectors[s: s + chunk].to(batch.tokens.device)
+        v = len(vecs)
+        resid = batch.resid[layer + 1].repeat(v, 1, 1)
+        rows = torch.arange(v * b, device=resid.device)
+        read = batch.read.repeat(v)
+        resid[rows, read] += vecs.repeat_interleave(b, 0).to(resid.dtype)
+        resid = run_blocks(model, resid, layer + 1, repeat_kwargs(batch.kwargs, b, v))
+        outs.append(unembed(model, resid[rows, read]).reshape(v, b, -1))
+        if ledger is not None:
+            ledger.add(batch.width, lengths.repeat(v), n_layers - layer - 1)
+    return torch.cat(outs)
 
 
 def critical_layers(abstractive: list[float], extractive: list[float], clean_abs: float,
@@ -255,9 +294,9 @@ def random_like(vector: Float[Tensor, " d"], seed: int) -> Float[Tensor, " d"]:
 def transfer(layer: int, vector: Float[Tensor, " d"], mode: str, n_layers: int) -> MakeIvs:
     """Put `vector` into a run at each prompt's read position (see module doc for modes)."""
     if mode == "add":
-        return lambda sl, read: [add_to_resid(layer, read, vector, where="resid_post")]
+        return lambda batch: [add_to_resid(layer, batch.read, vector, where="resid_post")]
     if mode == "replace":
-        return lambda sl, read: [set_mlp_out(la, vector, positions=read)
+        return lambda batch: [set_mlp_out(la, vector, positions=batch.read)
                                  for la in range(layer, n_layers)]
     raise ValueError(f"transfer mode must be 'add' or 'replace', got '{mode}'")
 

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.ffn_clean import length_batches
 from interp.forward import unembed
 
 
@@ -83,20 +84,35 @@ def _lens_batch(model, tokens, read, targets, k):
 def lens_at(model, tokens: Int[Tensor, "batch pos"], read_positions: Int[Tensor, " batch"],
             targets: dict[str, Int[Tensor, " batch"]], k: int = 5,
             batch_size: int = 32) -> LensStats:
-    """Run the lens at each prompt's read position, in batches."""
-    parts = []
-    starts = range(0, tokens.shape[0], batch_size)
-    for s in tqdm(starts, desc="logit lens", unit="batch", leave=False):
-        sl = slice(s, s + batch_size)
-        dev = next(model.parameters()).device
-        parts.append(_lens_batch(model, tokens[sl].to(dev), read_positions[sl].to(dev),
-                                 {n: t[sl] for n, t in targets.items()}, k))
-    cat = torch.cat
+    """Run the lens at each prompt's read position, in batches of similar length (each cut
+    at its longest prompt, so little compute goes to padding); results in prompt order."""
+    parts, rows_done = [], []
+    dev = next(model.parameters()).device
+    for rows in tqdm(length_batches(read_positions + 1, batch_size), desc="logit lens",
+                     unit="batch", leave=False):
+        width = int(read_positions[rows].max()) + 1
+        parts.append(_lens_batch(model, tokens[rows, :width].to(dev),
+                                 read_positions[rows].to(dev),
+                                 {n: t[rows] for n, t in targets.items()}, k))
+        rows_done.append(rows)
+    order = torch.argsort(torch.cat(rows_done))
+
+    def cat(tensors):
+        return torch.cat(tensors, 1)[:, order]
+
     return LensStats(
-        cat([p[0] for p in parts], 1), cat([p[1] for p in parts], 1),
-        {n: cat([p[2][n] for p in parts], 1) for n in targets},
-        {n: cat([p[3][n] for p in parts], 1) for n in targets},
-        cat([p[4] for p in parts], 1))
+        cat([p[0] for p in parts]), cat([p[1] for p in parts]),
+        {n: cat([p[2][n] for p in parts]) for n in targets},
+        {n: cat([p[3][n] for p in parts]) for n in targets},
+        cat([p[4] for p in parts]))
+
+
+def padded_work(read_positions: Int[Tensor, " batch"], batch_size: int) -> float:
+    """Token positions `lens_at` runs through the model per real prompt token (1.0 = none
+    wasted on padding): its work in forward passes of the prompt set."""
+    lengths = read_positions + 1
+    done = sum(int(lengths[r].max()) * len(r) for r in length_batches(lengths, batch_size))
+    return round(done / int(lengths.sum()), 3)
 
 
 def layer_metrics(stats: LensStats, answer: str = "capital",

@@ -69,3 +69,16 @@ def test_table_and_errors(fake_model, tmp_path):
     bad.write_text("a,b,c\nx,y,z\n")
     with pytest.raises(ValueError, match="category,a,b,c,expected"):
         load_analogies(bad)
+
+
+def test_batched_solve_equals_one_query_at_a_time():
+    gen = torch.Generator().manual_seed(1)
+    matrix = torch.randn(50, 8, generator=gen)
+    triples = torch.tensor([[0, 1, 2], [5, 3, 9], [7, 7, 4]])
+    top, sims = solve(matrix, triples, k=4)
+    for row, (a, b, c) in enumerate(triples.tolist()):
+        query = matrix[a] - matrix[b] + matrix[c]
+        plain = torch.nn.functional.cosine_similarity(matrix, query[None], dim=-1)
+        plain[[a, b, c]] = -float("inf")
+        assert top[row].tolist() == plain.topk(4).indices.tolist()
+        assert torch.allclose(sims[row], plain.topk(4).values, atol=1e-5)

@@ -8,6 +8,7 @@ from interp.ffn import (
     Condition,
     MlpMeans,
     ablation,
+    add_variants,
     common_suffix,
     critical_layers,
     evaluate,
@@ -16,6 +17,7 @@ from interp.ffn import (
     transfer,
     window,
 )
+from interp.ffn_clean import CleanRun, Ledger, length_batches
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,12 @@ def test_positioned_zero_ablation_equals_manual_hook(model, prompts, positions):
     assert torch.allclose(res["z"].prob, manual_probs(model, prompts, hooks), atol=1e-6)
 
 
+def _means(model, prompts, batch_size=3):
+    return MlpMeans(CleanRun(model, prompts.tokens, prompts.lengths, batch_size, keep_mlp=True))
+
+
 def test_mean_ablation_value_is_aligned_mean(model, prompts):
-    means = MlpMeans(model, prompts, batch_size=3)
+    means = _means(model, prompts)
     tail = common_suffix(prompts.tokens, prompts.lengths)
     assert tail >= 3  # "?\nA:" in the GPT-2 tokenizer
     with torch.inference_mode():
@@ -74,7 +80,7 @@ def test_mean_ablation_value_is_aligned_mean(model, prompts):
     act = cache["blocks.0.hook_mlp_out"]
     read = prompts.read_positions
     rows = torch.arange(len(prompts))
-    value = means.value(0, slice(None))
+    value = means.value(0, torch.arange(len(prompts)), prompts.tokens.shape[1])
     # the read position gets the mean over every prompt's read position
     assert torch.allclose(value[rows, read], act[rows, read].mean(0).expand(len(rows), -1),
                           atol=1e-5)
@@ -83,8 +89,8 @@ def test_mean_ablation_value_is_aligned_mean(model, prompts):
 
 
 def test_mean_ablation_equals_manual_hook(model, prompts):
-    means = MlpMeans(model, prompts)
-    value = means.value(1, slice(None))
+    means = _means(model, prompts)
+    value = means.value(1, torch.arange(len(prompts)), prompts.tokens.shape[1])
     res = evaluate(model, prompts, [Condition("m", ablation([1], "mean", means))], batch_size=4)
     hook = ("blocks.1.hook_mlp_out", lambda act, hook: value.to(act.dtype))
     assert torch.allclose(res["m"].prob, manual_probs(model, prompts, [hook]), atol=1e-6)
@@ -159,3 +165,52 @@ def test_bad_kinds():
         ablation([0], "mean")
     with pytest.raises(ValueError, match="add"):
         transfer(0, torch.zeros(4), "swap", 2)
+
+
+def test_clean_run_in_length_batches_equals_plain_forward(model, prompts):
+    clean = CleanRun(model, prompts.tokens, prompts.lengths, batch_size=3)
+    assert len(clean.batches) == 4
+    for batch in clean.batches:  # trimmed to the batch's longest prompt, sorted by length
+        assert batch.width == int(prompts.lengths[batch.rows].max())
+    with torch.inference_mode():
+        logits = model(prompts.tokens)
+    rows = torch.arange(len(prompts))
+    assert torch.allclose(clean.read_logits(), logits[rows, prompts.read_positions], atol=1e-5)
+
+
+def test_length_batches_cover_every_prompt_once():
+    lengths = torch.tensor([5, 3, 9, 3, 7])
+    batches = length_batches(lengths, 2)
+    assert sorted(torch.cat(batches).tolist()) == list(range(5))
+    assert [lengths[b].tolist() for b in batches] == [[3, 3], [5, 7], [9]]
+
+
+def test_ledger_counts_a_clean_run_as_one_forward(model, prompts):
+    ledger = Ledger(model.cfg.n_layers)
+    CleanRun(model, prompts.tokens, prompts.lengths, batch_size=3, ledger=ledger)
+    work = ledger.fpe(prompts.lengths)
+    assert work["real_tokens_only"] == 1.0 and work["done"] >= 1.0
+
+
+def test_batched_add_variants_equal_manual_hooked_forwards(model, prompts):
+    vecs = torch.randn(3, model.cfg.d_model) * 5
+    clean = CleanRun(model, prompts.tokens, prompts.lengths, batch_size=4)
+    outs = add_variants(model, clean, 0, vecs, prompts.capital_ids, max_rows=5)
+    rows, read = torch.arange(len(prompts)), prompts.read_positions
+    for vec, out in zip(vecs, outs, strict=True):
+        def add(act, hook, vec=vec):
+            act = act.clone()
+            act[rows, read] += vec
+            return act
+        manual = manual_probs(model, prompts, [("blocks.0.hook_resid_post", add)])
+        assert torch.allclose(out.prob, manual, atol=1e-6)
+
+
+def test_mean_ablation_leaves_a_shared_first_token_alone(model, prompts):
+    # every prompt starts with the same token, so its mean MLP output is its own output:
+    # mean ablation at all positions equals mean ablation at all but the first
+    assert bool((prompts.tokens[:, 0] == prompts.tokens[0, 0]).all())
+    means = _means(model, prompts)
+    res = evaluate(model, prompts, [Condition("all", ablation([0], "mean", means, "all")),
+                                    Condition("nf", ablation([0], "mean", means, "no-first"))])
+    assert torch.allclose(res["all"].prob, res["nf"].prob, atol=1e-6)

@@ -140,3 +140,17 @@ def test_smollm2_rmsnorm_lens():
         normed = mid / (mid.pow(2).mean(-1, keepdim=True) + ln.variance_epsilon).sqrt()
         hand = (normed * ln.weight) @ model.original_model.lm_head.weight.T
         assert (lens_logits(model, mid) - hand).abs().max() <= 1e-3
+
+
+def test_lens_at_length_batches_equal_one_prompt_at_a_time(model):
+    texts = ["The capital of France is", "Hi", "One two three four five six seven", "A b"]
+    from interp.tokens import encode_batch
+    tokens, lengths = encode_batch(model, texts)
+    target = torch.tensor([5, 6, 7, 8])
+    batched = lens_at(model, tokens, lengths - 1, {"t": target}, k=3, batch_size=2)
+    for i in range(len(texts)):
+        one = lens_at(model, tokens[i: i + 1, : int(lengths[i])], lengths[i: i + 1] - 1,
+                      {"t": target[i: i + 1]}, k=3, batch_size=1)
+        assert torch.equal(batched.ranks["t"][:, i], one.ranks["t"][:, 0])
+        assert torch.equal(batched.top_ids[:, i], one.top_ids[:, 0])
+        assert torch.allclose(batched.kl_to_final[:, i], one.kl_to_final[:, 0], atol=1e-5)

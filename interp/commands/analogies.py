@@ -10,8 +10,17 @@ Example:
 
 import torch
 
-from interp.analogies import DATA, SPACES, evaluate, load_analogies, neighbours
+from interp.analogies import (
+    DATA,
+    SPACES,
+    evaluate,
+    load_analogies,
+    neighbours,
+    space_matrix,
+    word_mask,
+)
 from interp.commands._args import add_run_arguments
+from interp.errors import UserValueError
 from interp.plotting import save_figure
 from interp.plotting.lens import grouped_bars
 
@@ -36,15 +45,22 @@ def run(args) -> int:
     from interp.runner import ExperimentRun, RunOptions
 
     config = {"data": str(args.data), "k": args.k}
+    if args.k < 1:
+        raise UserValueError(f"--k must be at least 1 (got {args.k}); pass k >= 1 for "
+                             "accuracy@k")
     items = load_analogies(args.data)  # a bad table fails before the model loads
     with ExperimentRun(RunOptions.from_args(args), EXPERIMENT, config) as run:
         model = run.load_model()
         tied = _tied(model)
         spaces = SPACES[:1] if tied else SPACES
         with run.stage("analogies"):
-            results = {f"{space}{'_words' if words else ''}": evaluate(model, items, space,
-                                                                       args.k, words)
-                       for space in spaces for words in (False, True)}
+            mask = word_mask(model)
+            results = {}
+            for space in spaces:
+                matrix = space_matrix(model, space)
+                for words in (False, True):
+                    results[f"{space}{'_words' if words else ''}"] = evaluate(
+                        model, items, space, args.k, words, matrix, mask)
             bias = {f"{a} - {b} + {c}": neighbours(model, a, b, c, k=args.k)
                     for a, b, c in BIAS}
         main = results["embed"]

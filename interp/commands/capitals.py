@@ -10,9 +10,18 @@ Example:
 
 import torch
 
-from interp.capitals import build_prompts, find, load_capitals, mark_tokens, one_shot, sample
+from interp.capitals import (
+    build_prompts,
+    check_count,
+    check_country,
+    find,
+    load_capitals,
+    mark_tokens,
+    one_shot,
+    sample,
+)
 from interp.commands._args import add_run_arguments
-from interp.lens import LensStats, layer_metrics, lens_at, trajectory
+from interp.lens import LensStats, layer_metrics, lens_at, padded_work, trajectory
 from interp.plotting import save_figure
 from interp.plotting.lens import layer_curves, trajectory_heatmap
 from interp.tokens import encode
@@ -66,10 +75,15 @@ def run(args) -> int:
 
     config = {"n_prompts": args.n_prompts, "country": args.country, "demo": args.demo,
               "format": "one-shot Q/A"}
+    table = load_capitals()
+    check_count("--n-prompts", args.n_prompts, 2)
+    check_count("--batch-size", args.batch_size, 1)
+    check_country(table, "--country", args.country)
+    check_country(table, "--demo", args.demo)
     with ExperimentRun(RunOptions.from_args(args), EXPERIMENT, config) as run:
         model = run.load_model()
-        name, folder = run.spec, run.folder
-        items = mark_tokens(model, load_capitals())
+        name = run.spec
+        items = mark_tokens(model, table)
         with run.stage("lens"):
             prompts = build_prompts(model, sample(items, args.n_prompts, args.seed),
                                     seed=args.seed)
@@ -81,11 +95,14 @@ def run(args) -> int:
             single_metrics = layer_metrics(subset(stats, single)) if single.sum() > 0 else None
             trace, traj = prompt_trace(model, items, args.country, args.demo)
         summary = {"model": name, "n_prompts": len(prompts),
-                   "n_single_token": int(single.sum()), "layers": list(range(model.cfg.n_layers)),
-                   **metrics,
+                   "n_single_token": int(single.sum()),
+                   "layers": list(range(model.cfg.n_layers)), **metrics,
                    "single_token_subset": single_metrics, "example": trace,
-                   "prompts": _per_prompt(model, prompts, stats)}
-        _figures(folder, name, metrics, traj, args.country, run.out)
+                   "prompts": _per_prompt(model, prompts, stats),
+                   "work_fpe": {"done": padded_work(prompts.read_positions, args.batch_size),
+                                "minimum": 1.0, "note": "forward passes of the prompt set "
+                                "(padding included), plus one forward of the example prompt"}}
+        _figures(run.folder, name, metrics, traj, args.country, run.out)
         folder = run.finish(summary)
     _print(summary, trace, folder)
     return 0

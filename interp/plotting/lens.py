@@ -87,9 +87,3 @@ def grouped_bars(rows: dict[str, dict[str, float]], title: str, xaxis: str,
     fig.update_layout(barmode="group", title=title, xaxis_title=xaxis, yaxis_title=yaxis,
                       width=820, height=460)
     return fig
-
-
-def transfer_bars(rows: dict[str, dict[str, float]], model_name: str, layer: int) -> go.Figure:
-    """Success rate, MRR change and source-capital rate per transfer condition."""
-    return grouped_bars(rows, f"o-vector transfer from MLP {layer} ({model_name})",
-                        "condition (mode: vector)", "rate / MRR change")

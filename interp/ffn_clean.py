@@ -1,0 +1,124 @@
+"""One cached clean run per prompt set, reused by every ablation that resumes from it.
+
+A `CleanRun` forwards a prompt set once, in length-sorted batches (each trimmed to its longest
+prompt, so little compute goes to padding), and keeps per batch:
+
+- `resid[l]`: the residual stream entering block `l` (`resid[n_layers]` is the final one), so
+  an intervention first acting in block `l` resumes there (`interp.forward.run_blocks`);
+- the block keyword arguments (attention mask, rotary embeddings) of that batch;
+- the clean logits at each prompt's read position;
+- optionally every MLP output (`keep_mlp`), for mean ablation and the attention-sink check.
+
+A `Ledger` counts the work in block-token units: one forward of a prompt set is
+`n_layers * sum(lengths)` (no padding), which is the unit "forward-pass equivalents" (FPE).
+
+Example:
+    >>> ledger = Ledger(model.cfg.n_layers)
+    >>> clean = CleanRun(model, prompts.tokens, prompts.lengths, ledger=ledger)
+    >>> clean.batches[0].resid[5].shape  # [b, width, d_model]
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.forward import block_kwargs
+
+
+@dataclass
+class Ledger:
+    """Block-token work done (`padded`) and the part of it on real tokens (`real`)."""
+
+    n_layers: int
+    padded: int = 0
+    real: int = 0
+    unit_lengths: Int[Tensor, " batch"] | None = None
+
+    def add(self, width: int, lengths: Int[Tensor, " b"], n_blocks: int) -> None:
+        """Record `n_blocks` blocks run on a batch of `len(lengths)` rows of `width` tokens."""
+        self.padded += n_blocks * width * len(lengths)
+        self.real += n_blocks * int(lengths.clamp(max=width).sum())
+
+    def fpe(self, lengths: Int[Tensor, " batch"] | None = None) -> dict:
+        """The work in forward passes of a prompt set with these lengths (default: the prompt
+        set of the first `CleanRun` recorded here)."""
+        lengths = self.unit_lengths if lengths is None else lengths
+        if lengths is None:
+            raise ValueError("no prompt set to measure the work by: pass lengths")
+        unit = self.n_layers * int(lengths.sum())
+        return {"done": round(self.padded / unit, 2), "real_tokens_only": round(self.real / unit,
+                                                                                  2)}
+
+
+def length_batches(lengths: Int[Tensor, " batch"], batch_size: int) -> list[Int[Tensor, " b"]]:
+    """Prompt indices in batches of at most `batch_size`, sorted by length, so that padding
+    (every row is computed to the batch's longest prompt) stays small."""
+    order = torch.argsort(lengths, stable=True)
+    return [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+@dataclass
+class CleanBatch:
+    """One batch of a clean run (see module doc); `rows` index the prompt set."""
+
+    rows: Int[Tensor, " b"]
+    tokens: Int[Tensor, "b width"]
+    read: Int[Tensor, " b"]
+    kwargs: dict
+    resid: list[Float[Tensor, "b width d"]]
+    read_logits: Float[Tensor, "b vocab"]
+    mlp_out: Float[Tensor, "layer b width d"] | None = None
+    mlp_read: Float[Tensor, "layer b d"] | None = field(default=None)
+
+    @property
+    def width(self) -> int:
+        return self.tokens.shape[1]
+
+
+class CleanRun:
+    """The clean forward of a right-padded prompt set, cached for resumed runs."""
+
+    def __init__(self, model, tokens: Int[Tensor, "batch pos"], lengths: Int[Tensor, " batch"],
+                 batch_size: int = 32, keep_mlp: bool = False, ledger: Ledger | None = None):
+        self.tokens, self.lengths = tokens, lengths
+        self.n_layers = model.cfg.n_layers
+        self.batches = [self._run(model, rows, keep_mlp, ledger)
+                        for rows in length_batches(lengths, batch_size)]
+
+    def _run(self, model, rows, keep_mlp: bool, ledger: Ledger | None) -> CleanBatch:
+        n = self.n_layers
+        width = int(self.lengths[rows].max())
+        dev = next(model.parameters()).device
+        toks = self.tokens[rows, :width].to(dev)
+        read = (self.lengths[rows] - 1).to(dev)
+        names = [f"blocks.{la}.hook_resid_pre" for la in range(n)]
+        names += [f"blocks.{n - 1}.hook_resid_post"] + [f"blocks.{la}.hook_mlp_out"
+                                                         for la in range(n)]
+        with torch.inference_mode():
+            kwargs = block_kwargs(model, toks)
+            logits, cache = model.run_with_cache(toks, names_filter=lambda h: h in names)
+        if ledger is not None:
+            ledger.add(width, self.lengths[rows], n)
+            if ledger.unit_lengths is None:
+                ledger.unit_lengths = self.lengths
+        at = torch.arange(len(rows), device=dev)
+        mlp = torch.stack([cache[f"blocks.{la}.hook_mlp_out"] for la in range(n)])
+        return CleanBatch(rows, toks, read, kwargs, [cache[h] for h in names[: n + 1]],
+                          logits[at, read].float(), mlp if keep_mlp else None,
+                          mlp[:, at, read].float().cpu())
+
+    def read_logits(self) -> Float[Tensor, "batch vocab"]:
+        """Clean logits at every prompt's read position, in prompt order."""
+        return self.gather([b.read_logits for b in self.batches])
+
+    def mlp_read(self, layer: int) -> Float[Tensor, "batch d"]:
+        """MLP `layer`'s clean output at every prompt's read position, in prompt order."""
+        return self.gather([b.mlp_read[layer] for b in self.batches])
+
+    def gather(self, parts: list[Tensor]) -> Tensor:
+        """Per-batch results (rows in batch order) back in prompt order."""
+        rows = torch.cat([b.rows for b in self.batches])
+        out = torch.cat([p.cpu() for p in parts])
+        return out[torch.argsort(rows)]
