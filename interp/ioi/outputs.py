@@ -2,13 +2,21 @@
 
 from interp.circuits.format import CircuitSpec, Group, write_circuit
 from interp.ioi.classify import CLASS_POSITIONS
+from interp.ioi.scores import io_attention_and_projection
 from interp.nodes import parse_node
-from interp.plotting import head_heatmap
+from interp.plotting import head_heatmap, save_figure
 from interp.plotting.attention import attention_views
 from interp.plotting.ioi import circuit_diagram, faithfulness_figure
+from interp.plotting.ioi_extra import copying_bars, name_mover_scatter, step_heatmap
 from interp.plotting.links import save_linked_figure
 
 CIRCUIT_FILE = "circuit.yaml"
+STEP_TITLES = {  # path-patching step -> what its receivers are
+    "logits": "head -> logits",
+    "s_inhibition": "head -> name movers' queries at END",
+    "induction_duplicate": "head -> S-inhibition heads' values at S2",
+    "previous_token": "head -> induction heads' keys at S1+1",
+}
 
 
 def _example_tokens(run):
@@ -18,6 +26,42 @@ def _example_tokens(run):
 
 def _top_heads_per_class(classes: dict[str, list[str]], k: int = 2) -> list[str]:
     return [h for heads in classes.values() for h in heads[:k]]
+
+
+def _step_figures(run, folder) -> list[str]:
+    names = []
+    for step, data in run.summary["path_patching_steps"].items():
+        marked = " (x: attribution estimate only, not patched exactly)" if data[
+            "estimated"] else " (every sender patched exactly)"
+        title = f"{run.spec}: path patching, {STEP_TITLES[step]}{marked}"
+        name = f"path_patching_step_{step}.html"
+        save_figure(step_heatmap(data["relative_effect"], data["estimated"], title,
+                                 "change of logit diff / clean"), folder / name)
+        names.append(name)
+    return names
+
+
+def _head_figures(run, folder) -> list[str]:
+    """Copying-score bars of the labelled heads and the name-mover scatter."""
+    spec, names = run.spec, []
+    head_class = {h: cls for cls, heads in run.classes.items() for h in heads}
+    head_class |= {h: "unclassified" for h in run.unclassified}
+    if head_class:
+        copying = run.clf.copying
+        for h in head_class:  # score heads of the other classes too
+            run.clf._copy(parse_node(h))
+        save_figure(copying_bars(copying, head_class, f"{spec}: copying scores of the "
+                                 "classified and unclassified heads"), folder / "copying.html")
+        names.append("copying.html")
+    movers = run.classes["name_movers"][:3]
+    if movers:
+        data = io_attention_and_projection(run.model, run.runs.clean_cache, run.ds.batch,
+                                           [parse_node(h) for h in movers])
+        save_figure(name_mover_scatter(data, f"{spec}: name movers, attention to IO vs "
+                                       "projection on the IO - S unembedding (per prompt)"),
+                    folder / "name_mover_scatter.html")
+        names.append("name_mover_scatter.html")
+    return names
 
 
 def write_figures(run) -> dict[str, str]:
@@ -40,12 +84,17 @@ def write_figures(run) -> dict[str, str]:
     }
     for name, (values, title, label) in grids.items():
         save_linked_figure(head_heatmap(values, title, label), folder / name, heads=views)
-    save_linked_figure(circuit_diagram(run.classes, n_layers, f"{spec}: IOI circuit found "
-                                       "by path patching"), folder / "circuit_diagram.html")
-    from interp.plotting import save_figure
-    save_figure(faithfulness_figure(run.circuit_eval, f"{spec}: IOI circuit faithfulness and "
-                                    "completeness"), folder / "faithfulness.html")
-    names = [*grids, "circuit_diagram.html", "faithfulness.html"]
+    names = [*grids, *_step_figures(run, folder), *_head_figures(run, folder)]
+    diagram = {**run.classes, "unclassified": list(run.unclassified)}
+    skipped = f" (no heads labelled: {run.skipped})" if run.skipped else ""
+    save_linked_figure(circuit_diagram(diagram, n_layers, f"{spec}: IOI circuit found by path "
+                                       f"patching; grey: strong unclassified heads{skipped}"),
+                       folder / "circuit_diagram.html")
+    names.append("circuit_diagram.html")
+    if run.circuit_eval:
+        save_figure(faithfulness_figure(run.circuit_eval, f"{spec}: IOI circuit faithfulness "
+                                        "and completeness"), folder / "faithfulness.html")
+        names.append("faithfulness.html")
     names += [f"attention_{h}.html" for h in views]
     return {n.removesuffix(".html"): n for n in names}
 
@@ -54,6 +103,9 @@ def write_circuit_file(run) -> None:
     """The discovered circuit as a hypothesis file that `interp evaluate-circuit` reads."""
     groups = {cls: Group(cls, [parse_node(h) for h in heads], CLASS_POSITIONS[cls])
               for cls, heads in run.classes.items() if heads}
+    if not groups:  # nothing labelled (or the model fails the task): no hypothesis to write
+        run.summary["circuit_file"] = None
+        return
     faith = run.circuit_eval["faithfulness"]["faithfulness"]
     spec = CircuitSpec(name=f"ioi-{run.spec}-discovered", groups=groups, ablation="mean",
                        description=f"IOI circuit found by `interp ioi` on {run.spec} "
