@@ -16,6 +16,7 @@ Example:
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from jaxtyping import Float
@@ -72,12 +73,12 @@ class MeanSample:
         sums: dict[str, Tensor] = {}
         rows: list[int] = []
 
-        def accumulate(act, hook):
+        def accumulate(act, hook=None, name=""):
             part = torch.einsum("dgr,r...->dg...", mix[:, :, rows].to(act.device), act.float())
-            sums[hook.name] = sums.get(hook.name, 0) + part.cpu()
+            sums[name] = sums.get(name, 0) + part.cpu()
 
         tokens = ds.batch.corrupted_tokens
-        hooks = [(name, accumulate) for name in _hook_names(model)]
+        hooks = [(name, partial(accumulate, name=name)) for name in _hook_names(model)]
         with model.hooks(fwd_hooks=hooks):
             for lo in range(0, len(tokens), CHUNK):
                 rows[:] = range(lo, min(lo + CHUNK, len(tokens)))

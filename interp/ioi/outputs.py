@@ -31,6 +31,8 @@ def _top_heads_per_class(classes: dict[str, list[str]], k: int = 2) -> list[str]
 def _step_figures(run, folder) -> list[str]:
     names = []
     for step, data in run.summary["path_patching_steps"].items():
+        if all(v is None for row in data["relative_effect"] for v in row):
+            continue  # no sender before the receivers (e.g. name movers in layer 0)
         marked = " (x: attribution estimate only, not patched exactly)" if data[
             "estimated"] else " (every sender patched exactly)"
         title = f"{run.spec}: path patching, {STEP_TITLES[step]}{marked}"
