@@ -58,7 +58,8 @@ def _report(run) -> None:
               f"{faith['faithfulness']:.3f} (resampled means: {spread['min']:.3f}-"
               f"{spread['max']:.3f}); with unclassified heads {wider['faithfulness']:.3f}")
     print(f"  paper comparison: {s['paper_comparison']['status']}")
-    print(f"wrote {run.folder}/ (summary.json, dataset.jsonl, circuit.yaml, *.html)")
+    circuit = ", circuit.yaml" if s["circuit_file"] else ""
+    print(f"wrote {run.folder}/ (summary.json, dataset.jsonl{circuit}, *.html)")
 
 
 def run(args) -> int:
