@@ -9,6 +9,8 @@ from interp.ioi.pipeline import IOIConfig, run_ioi
 from interp.ioi.sources import DATASETS, DEFAULT_DATASET
 from interp.models import load_model
 
+MAX_SHOWN = 8  # unclassified heads printed (all are in summary.json)
+
 
 def _thresholds(pairs: list[str]) -> dict:
     """--threshold NAME=VALUE pairs over the defaults, checked (finite, in range)."""
@@ -49,8 +51,11 @@ def _report(run) -> None:
     if s["classification_skipped"]:
         print(f"  no heads labelled: {s['classification_skipped']}")
     else:
-        for head, sig in s["unclassified"].items():
+        shown = list(s["unclassified"].items())[:MAX_SHOWN]
+        for head, sig in shown:
             print(f"  {'unclassified':<22} {head}: {sig['label']}")
+        if len(s["unclassified"]) > MAX_SHOWN:
+            print(f"  {'':<22} ... and {len(s['unclassified']) - MAX_SHOWN} more (summary.json)")
         faith = s["circuit"]["faithfulness"]
         wider, spread = s["circuit"]["faithfulness_with_unclassified"], s["circuit"][
             "faithfulness_spread"]["classes"]
