@@ -113,8 +113,11 @@ def write_circuit_file(run) -> None:
                        description=f"IOI circuit found by `interp ioi` on {run.spec} "
                                    f"(n_prompts={run.config.n_prompts}, seed={run.config.seed})",
                        model=run.spec, task="ioi")
+    wider = run.circuit_eval["faithfulness_with_unclassified"]["faithfulness"]
     header = (f"Written by `interp ioi` on {run.spec}; faithfulness {faith:.4f} on its "
               f"{run.config.n_prompts} prompts (seed {run.config.seed}). Not GPT-2's circuit "
-              "unless the model is gpt2.")
+              f"unless the model is gpt2. The 7 classes only: the {len(run.unclassified)} "
+              f"strong unclassified heads of summary.json are left out (with them at END: "
+              f"{wider:.4f}).")
     write_circuit(spec, run.folder / CIRCUIT_FILE, header)
     run.summary["circuit_file"] = CIRCUIT_FILE
