@@ -1,24 +1,33 @@
 """Automatic classification of IOI heads into the paper's 7 classes (Wang et al. 2022, sec. 3).
 
 The procedure follows the paper:
-1. path patching to the logits: name movers (large negative effect and attending to IO more
-   than to S2 from END) and negative name movers (large positive effect, attending to IO);
+1. path patching to the logits: name movers (large negative effect, moving IO: attending
+   END->IO more than END->S1 and END->S2, copying score >= 0.5) and negative name movers
+   (large positive effect, the same attention, negative copying score >= 0.5);
 2. path patching to the name movers' queries at END: S-inhibition heads;
 3. path patching to the S-inhibition heads' values at S2: induction heads (attend S2 -> S1+1
    more than S2 -> S1) and duplicate-token heads (the reverse);
 4. path patching to the induction heads' keys at S1+1: previous-token heads;
-5. backup name movers: heads whose direct effect grows when the name movers are mean-ablated.
+5. backup name movers: heads in layers after the name movers whose direct effect, at the
+   clean run's frozen final-norm scale, grows when the name movers are mean-ablated, and which
+   then move IO (attention and copying as for name movers).
+Heads with a strong path effect or direct effect that fit no class are listed as
+`unclassified`, with their attention and copying signature and a descriptive label.
 
 Effects are the mean change of the logit difference, in units of the clean logit difference
-(e.g. -0.02 = the patch lowers it by 2% of its clean value).
+(e.g. -0.02 = the patch lowers it by 2% of its clean value). They are only meaningful when the
+clean difference is positive: `skip_reason` says when a model does not do the task.
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import torch
 
 from interp.circuit import ablation_hooks, full_circuit, without
 from interp.dla import direct_logit_attribution
+from interp.errors import UserValueError
+from interp.ioi.scores import attention_scores, copying_scores
 from interp.nodes import Head, all_heads
 from interp.patching import Receiver, path_patch
 from interp.patching.path import screened
@@ -33,18 +42,25 @@ CLASS_POSITIONS = {"name_movers": ["END"], "backup_name_movers": ["END"],
                    "previous_token": ["S1+1"]}
 
 
+MIN_CLEAN_LOGIT_DIFF = 1e-4  # |clean logit diff| below this: refused (effects undefined)
+
+
 @dataclass
 class Thresholds:
     """Classification thresholds (fractions of the clean logit difference, or attention).
 
     Attributes:
-        name_mover: path-to-logits effect <= -name_mover.
+        name_mover: path-to-logits effect <= -name_mover (and the bar for `unclassified`).
         negative: path-to-logits effect >= +negative.
         s_inhibition: effect via the name movers' queries <= -s_inhibition.
         induction_duplicate: effect via S-inhibition values at S2 <= -induction_duplicate.
         previous_token: effect via induction keys at S1+1 <= -previous_token.
-        backup: direct-effect increase when name movers are ablated >= backup.
+        backup: direct-effect increase (frozen final-norm scale) when name movers are
+            ablated >= backup.
+        copying: name movers and backups need a copying score >= copying.
+        negative_copying: negative name movers need a negative copying score >= this.
         min_attention: minimum mean attention to the class's key position.
+        min_accuracy: heads are only labelled when IO > S on at least this fraction.
         max_per_class: keep at most this many heads per class (strongest first).
     """
 
@@ -54,8 +70,65 @@ class Thresholds:
     induction_duplicate: float = 0.01
     previous_token: float = 0.01
     backup: float = 0.02
+    copying: float = 0.5
+    negative_copying: float = 0.5
     min_attention: float = 0.05
+    min_accuracy: float = 0.6
     max_per_class: int = 10
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "max_per_class":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise UserValueError(f"--threshold max_per_class={value}: must be an "
+                                         "integer >= 1")
+            elif not (isinstance(value, int | float) and math.isfinite(value)
+                      and 0 <= value <= 1):
+                raise UserValueError(f"--threshold {f.name}={value}: must be a finite number "
+                                     "in [0, 1] (a fraction of the clean logit difference, an "
+                                     "attention probability or a score)")
+
+
+def skip_reason(clean_logit_diff: float, accuracy: float, t: Thresholds) -> str | None:
+    """Why heads must not be labelled on this model (None: the model does the task).
+
+    Raises:
+        UserValueError: the clean logit difference is ~0 (or not finite): every effect is a
+            fraction of it, so none is defined.
+    """
+    if not math.isfinite(clean_logit_diff) or abs(clean_logit_diff) < MIN_CLEAN_LOGIT_DIFF:
+        raise UserValueError(f"clean logit difference is {clean_logit_diff:.3g} (about 0): the "
+                             "model gives IO and S the same logit, so effects relative to it "
+                             "are undefined; check the model's weights and tokenizer")
+    if clean_logit_diff <= 0:
+        return (f"clean logit difference {clean_logit_diff:.4f} <= 0: the model prefers S to "
+                "IO, so it does not do the task")
+    if accuracy < t.min_accuracy:
+        return (f"IO > S accuracy {accuracy:.3f} < min_accuracy {t.min_accuracy}: the model "
+                "is near chance on the task")
+    return None
+
+
+def unclassified_label(sig: dict[str, float], t: Thresholds) -> str:
+    """A short description from a head's signature, e.g. "S-suppression: attends S2,
+    negative copying"."""
+    att = {k: sig[f"attn_end_to_{k.lower()}"] for k in ("IO", "S1", "S2")}
+    target = max(att, key=att.get)
+    if att[target] < t.min_attention:
+        target = None
+    if sig["negative_copying"] >= t.negative_copying:
+        copy = "negative copying"
+    elif sig["copying"] >= t.copying:
+        copy = "copying"
+    else:
+        copy = "no clear copying"
+    name = {None: "", "IO": "IO", "S1": "S", "S2": "S"}[target]
+    role = {"negative copying": f"{name}-suppression", "copying": f"{name}-mover"}.get(copy)
+    if target is None or role is None:
+        role = "other"
+    where = f"attends {target}" if target else "attends no name"
+    return f"{role}: {where}, {copy}"
 
 
 def _select(scores: dict[Head, float], keep) -> list[Head]:
@@ -63,23 +136,48 @@ def _select(scores: dict[Head, float], keep) -> list[Head]:
 
 
 class Classifier:
-    """Runs the five steps on prepared `Runs` and records every score used."""
+    """Runs the five steps on prepared `Runs` and records every score used.
+
+    Args:
+        mean_runs: the runs whose corrupted cache holds the mean-ablation means (see
+            `interp.ioi.means`); default `runs` (means over the batch's own p_ABC prompts).
+    """
 
     def __init__(self, model, runs: Runs, attention: dict, thresholds: Thresholds,
-                 progress: bool = True, paths: str = "screen", top_k: int = 10):
+                 progress: bool = True, paths: str = "screen", top_k: int = 10,
+                 mean_runs: Runs | None = None):
         if paths not in ("exact", "screen"):
             raise ValueError(f"paths must be 'exact' or 'screen', got '{paths}'")
         self.model, self.runs, self.att, self.t = model, runs, attention, thresholds
+        self.mean_runs = mean_runs or runs
         self.progress, self.paths, self.top_k = progress, paths, top_k
         self.estimated: dict[str, list[str]] = {}
+        self.step_effects: dict[str, dict[Head, float]] = {}
         self._exact: set[Head] = set()
         self.clean = runs.clean_metric.mean().item()
         self.heads = all_heads(model.cfg.n_layers, model.cfg.n_heads)
         self.scores: dict[str, dict[str, dict[str, float]]] = {}
         self.path_to_logits: torch.Tensor | None = None
+        self.dla = direct_logit_attribution(model, runs.clean_cache, runs.batch)["heads"].mean(-1)
+        self.copying: dict[str, dict[str, float]] = {"copying": {}, "negative_copying": {}}
+        self.backup_effects: dict[str, list] = {}
+        self.unclassified: dict[str, dict] = {}
 
-    def _att(self, name: str, h: Head) -> float:
-        return float(self.att[name][h.layer, h.head])
+    def _att(self, name: str, h: Head, att: dict | None = None) -> float:
+        return float((att or self.att)[name][h.layer, h.head])
+
+    def _moves_io(self, h: Head, att: dict | None = None) -> bool:
+        """Name-mover attention: END->IO above min_attention and above END->S1 and END->S2."""
+        to_io = self._att("end_to_io", h, att)
+        return to_io >= self.t.min_attention and to_io > max(
+            self._att("end_to_s1", h, att), self._att("end_to_s2", h, att))
+
+    def _copy(self, h: Head, kind: str = "copying") -> float:
+        if str(h) not in self.copying[kind]:
+            scores = copying_scores(self.model, self.runs.clean_cache, self.runs.batch, [h])
+            for k, v in scores.items():
+                self.copying[k].update(v)
+        return self.copying[kind][str(h)]
 
     def _effects(self, receivers, step: str = "logits") -> dict[Head, float]:
         """Path-patching effect of every sender on the receivers, in clean-logit-diff units.
@@ -90,13 +188,17 @@ class Classifier:
         exactly patched heads can be classified; the others are listed in `estimated`.
         """
         senders = self.heads
+        if receivers != "logits":
+            senders = [h for h in senders if h.layer < max(r.head.layer for r in receivers)]
+        if not senders:
+            self.step_effects[step] = {}
+            return {}
         if receivers == "logits" or self.paths == "exact":
-            if receivers != "logits":
-                senders = [h for h in senders if h.layer < max(r.head.layer for r in receivers)]
             values = path_patch(self.model, self.runs, senders, receivers,
                                 progress=self.progress)
-            return {h: v / self.clean for h, v in zip(senders, values.tolist(), strict=True)}
-        senders = [h for h in senders if h.layer < max(r.head.layer for r in receivers)]
+            out = {h: v / self.clean for h, v in zip(senders, values.tolist(), strict=True)}
+            self.step_effects[step] = out
+            return out
         estimate = path_patch(self.model, self.runs, senders, receivers, method="attribution",
                               progress=self.progress) / self.clean
         floor = 0.5 * min(self.t.s_inhibition, self.t.induction_duplicate, self.t.previous_token)
@@ -108,6 +210,7 @@ class Classifier:
         exact_heads = {senders[i] for i in chosen}
         self.estimated[step] = [str(h) for h in senders if h not in exact_heads]
         self._exact = exact_heads
+        self.step_effects[step] = values
         return values
 
     def _confirmed(self, h: Head) -> bool:
@@ -119,17 +222,28 @@ class Classifier:
                             for h in heads}
         return heads
 
+    def logit_effects(self) -> dict[Head, float]:
+        """Step 1's path patching to the logits (also the `path_to_logits` grid)."""
+        if "logits" not in self.step_effects:
+            eff = self._effects("logits")
+            self.path_to_logits = torch.tensor([eff[h] * self.clean for h in self.heads]).view(
+                self.model.cfg.n_layers, self.model.cfg.n_heads)
+        return self.step_effects["logits"]
+
+    def _signature(self, heads, att: dict | None = None) -> dict[str, dict[Head, float]]:
+        return {f"attn_end_to_{k}": {h: self._att(f"end_to_{k}", h, att) for h in heads}
+                for k in ("io", "s1", "s2")}
+
     def name_movers(self) -> tuple[list[Head], list[Head]]:
-        eff = self._effects("logits")
-        self.path_to_logits = torch.tensor([eff[h] * self.clean for h in self.heads]).view(
-            self.model.cfg.n_layers, self.model.cfg.n_heads)
-        to_io = {h: self._att("end_to_io", h) for h in self.heads}
-        to_s2 = {h: self._att("end_to_s2", h) for h in self.heads}
-        attends_io = {h for h in self.heads
-                      if to_io[h] >= self.t.min_attention and to_io[h] > to_s2[h]}
-        nm = _select(eff, lambda h: eff[h] <= -self.t.name_mover and h in attends_io)
-        neg = _select(eff, lambda h: eff[h] >= self.t.negative and h in attends_io)
-        cols = {"path_to_logits": eff, "attn_end_to_io": to_io, "attn_end_to_s2": to_s2}
+        eff = self.logit_effects()
+        movers = [h for h in self.heads if self._moves_io(h)]
+        nm = _select(eff, lambda h: eff[h] <= -self.t.name_mover and h in movers
+                     and self._copy(h) >= self.t.copying)
+        neg = _select(eff, lambda h: eff[h] >= self.t.negative and h in movers
+                      and self._copy(h, "negative_copying") >= self.t.negative_copying)
+        cols = {"path_to_logits": eff, **self._signature(nm + neg),
+                "copying": {h: self._copy(h) for h in nm + neg},
+                "negative_copying": {h: self._copy(h, "negative_copying") for h in nm + neg}}
         return self._record("name_movers", nm, **cols), self._record("negative_name_movers",
                                                                     neg, **cols)
 
@@ -167,15 +281,50 @@ class Classifier:
                             previous_token_attention=prev)
 
     def backup(self, name_movers: list[Head], taken: set[Head]) -> list[Head]:
+        """Heads after the last name mover's layer whose direct effect at the clean run's
+        frozen final-norm scale grows by >= `backup` when the name movers are mean-ablated,
+        and which then move IO (END->IO attention in the ablated run above END->S1 and
+        END->S2; copying >= `copying`). The unfrozen-scale growth is recorded too."""
         if not name_movers:
             return self._record("backup_name_movers", [])
-        before = direct_logit_attribution(self.model, self.runs.clean_cache, self.runs.batch)
-        after = _dla_with_ablation(self.model, self.runs,
-                                   without(full_circuit(self.model), name_movers))
-        grow = {h: (after[h.layer, h.head] - before["heads"][h.layer, h.head].mean()).item()
-                / self.clean for h in self.heads}
-        heads = _select(grow, lambda h: grow[h] >= self.t.backup and h not in taken)
-        return self._record("backup_name_movers", heads, direct_effect_increase=grow)
+        ablated = _ablated_run(self.model, self.mean_runs,
+                               without(full_circuit(self.model), name_movers))
+        frozen, unfrozen, att = ablated_direct_effects(self.model, self.runs, ablated)
+        grow = {h: float(frozen[h.layer, h.head] - self.dla[h.layer, h.head]) / self.clean
+                for h in self.heads}
+        grow_unfrozen = {h: float(unfrozen[h.layer, h.head] - self.dla[h.layer, h.head])
+                         / self.clean for h in self.heads}
+        self.backup_effects = {"ablated": [str(h) for h in name_movers],
+                               "increase_frozen_scale": _rows(grow, self.heads, self.model),
+                               "increase_unfrozen_scale": _rows(grow_unfrozen, self.heads,
+                                                                self.model)}
+        after = max(h.layer for h in name_movers)
+        heads = _select(grow, lambda h: h.layer > after and grow[h] >= self.t.backup
+                        and h not in taken and self._moves_io(h, att)
+                        and self._copy(h) >= self.t.copying)
+        sig = {f"{k}_ablated": v for k, v in self._signature(heads, att).items()}
+        return self._record("backup_name_movers", heads, direct_effect_increase=grow,
+                            direct_effect_increase_unfrozen_scale=grow_unfrozen,
+                            copying={h: self._copy(h) for h in heads}, **sig)
+
+    def find_unclassified(self, classes: dict[str, list[Head]]) -> dict[str, dict]:
+        """Heads with |path effect to logits| or |DLA| >= `name_mover` (in clean-logit-diff
+        units) that are in no class, strongest first, with their signature and a label."""
+        eff = self.logit_effects()
+        taken = {h for heads in classes.values() for h in heads}
+        strong = [h for h in _select(eff, lambda h: abs(eff[h]) >= self.t.name_mover
+                                     or abs(self.dla[h.layer, h.head] / self.clean)
+                                     >= self.t.name_mover) if h not in taken]
+        out = {}
+        for h in strong:
+            sig = {k: round(v[h], 5) for k, v in self._signature([h]).items()}
+            sig |= {"copying": self._copy(h), "negative_copying": self._copy(h, "negative_copying"),
+                    "dla": round(float(self.dla[h.layer, h.head]), 5),
+                    "path_to_logits": round(eff[h] * self.clean, 5),
+                    "path_to_logits_relative": round(eff[h], 5)}
+            out[str(h)] = {**sig, "label": unclassified_label(sig, self.t)}
+        self.unclassified = out
+        return out
 
     def run(self) -> dict[str, list[Head]]:
         nm, neg = self.name_movers()
@@ -183,32 +332,56 @@ class Classifier:
         ind, dup = self.induction_duplicate(si)
         prev = self.previous_token(ind, set(nm + neg + si + ind + dup))
         backup = self.backup(nm, set(nm + neg + si + ind + dup + prev))
-        return {"name_movers": nm, "backup_name_movers": backup, "negative_name_movers": neg,
-                "s_inhibition": si, "induction": ind, "duplicate_token": dup,
-                "previous_token": prev}
+        classes = {"name_movers": nm, "backup_name_movers": backup,
+                   "negative_name_movers": neg, "s_inhibition": si, "induction": ind,
+                   "duplicate_token": dup, "previous_token": prev}
+        self.find_unclassified(classes)
+        return classes
+
+
+def _rows(values: dict[Head, float], heads: list[Head], model) -> list[list[float]]:
+    n = model.cfg.n_heads
+    flat = [round(values[h], 5) for h in heads]
+    return [flat[i:i + n] for i in range(0, len(flat), n)]
 
 
 @torch.inference_mode()
-def _dla_with_ablation(model, runs: Runs, circuit) -> torch.Tensor:
-    """Mean per-head direct effect on the clean prompts with everything outside `circuit`
-    mean-ablated (the frozen final-norm scale is that of the ablated run)."""
-    batch = runs.batch
-    with model.hooks(fwd_hooks=ablation_hooks(model, runs, circuit)):
+def _ablated_run(model, mean_runs: Runs, circuit) -> dict:
+    """Cache of the clean prompts with everything outside `circuit` mean-ablated."""
+    batch = mean_runs.batch
+    with model.hooks(fwd_hooks=ablation_hooks(model, mean_runs, circuit)):
         _, cache = model.run_with_cache(batch.clean_tokens.to(model.cfg.device),
                                         names_filter=lambda n: "hook_z" in n
                                         or n.startswith("ln_final") or "hook_mlp_out" in n
-                                        or "embed" in n)
-    return direct_logit_attribution(model, cache, batch)["heads"].mean(-1)
+                                        or "embed" in n or "hook_pattern" in n)
+    return dict(cache.items())
+
+
+def ablated_direct_effects(model, runs: Runs, ablated: dict):
+    """Mean per-head direct effect of an ablated run, at the clean run's frozen final-norm
+    scale and at the ablated run's own scale; plus the ablated run's attention scores.
+
+    Returns:
+        (frozen [layer, head], unfrozen [layer, head], attention scores dict).
+    """
+    batch = runs.batch
+    unfrozen = direct_logit_attribution(model, ablated, batch)["heads"].mean(-1)
+    frozen_cache = {**ablated, "ln_final.hook_scale": runs.clean_cache["ln_final.hook_scale"]}
+    frozen = direct_logit_attribution(model, frozen_cache, batch)["heads"].mean(-1)
+    return frozen, unfrozen, attention_scores(model, ablated, batch)
 
 
 def classify_heads(model, runs: Runs, attention: dict, thresholds: Thresholds | None = None,
-                   progress: bool = True, paths: str = "screen",
-                   top_k: int = 10) -> tuple[dict[str, list[Head]], Classifier]:
-    """Classify heads; returns class -> heads and the classifier (with `.scores`).
+                   progress: bool = True, paths: str = "screen", top_k: int = 10,
+                   mean_runs: Runs | None = None) -> tuple[dict[str, list[Head]], Classifier]:
+    """Classify heads; returns class -> heads and the classifier (with `.scores`,
+    `.unclassified`, `.step_effects`).
 
     Args:
         paths: "exact" patches every sender exactly in the q/k/v path-patching steps;
             "screen" (default) screens them by attribution and patches the strongest exactly.
+        mean_runs: runs carrying the mean-ablation means (default: `runs`).
     """
-    clf = Classifier(model, runs, attention, thresholds or Thresholds(), progress, paths, top_k)
+    clf = Classifier(model, runs, attention, thresholds or Thresholds(), progress, paths, top_k,
+                     mean_runs)
     return clf.run(), clf

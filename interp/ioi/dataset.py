@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from interp.ioi.templates import NAMES, OBJECTS, PLACES, TEMPLATES
+from interp.ioi.sources import DEFAULT_DATASET, IOISource, dataset_source
 from interp.metrics import LogitDiff
 from interp.outputs import write_atomic
 from interp.tasks.base import TaskBatch, group_ids
@@ -34,20 +34,23 @@ class IOIVocab:
     names: list[str]
     places: list[str]
     objects: list[str]
+    dropped: dict[str, int]  # words of the source that are not one token here, per list
 
 
-def ioi_vocab(model) -> IOIVocab:
+def ioi_vocab(model, source: IOISource) -> IOIVocab:
     """Names/places/objects that are single tokens for this model; fails if too few names."""
-    vocab = IOIVocab(single_token_words(model, NAMES), single_token_words(model, PLACES),
-                     single_token_words(model, OBJECTS))
+    kept = {k: single_token_words(model, list(getattr(source, k)))
+            for k in ("names", "places", "objects")}
+    dropped = {k: len(getattr(source, k)) - len(v) for k, v in kept.items()}
+    vocab = IOIVocab(kept["names"], kept["places"], kept["objects"], dropped)
     if len(vocab.names) < MIN_NAMES:
         raise ValueError(
-            f"only {len(vocab.names)} of {len(NAMES)} names are single tokens in this model's "
-            f"tokenizer (need >= {MIN_NAMES}); extend interp.ioi.templates.NAMES with names "
-            "this tokenizer encodes as one token (with the leading space).")
+            f"only {len(vocab.names)} of {len(source.names)} names of the '{source.name}' "
+            f"dataset are single tokens in this model's tokenizer (need >= {MIN_NAMES}); "
+            "use another --dataset or extend its names with single-token ones.")
     if not vocab.places or not vocab.objects:
-        raise ValueError("no single-token places or objects for this tokenizer; extend "
-                         "interp.ioi.templates.PLACES / OBJECTS.")
+        raise ValueError(f"no single-token places or objects in the '{source.name}' dataset "
+                         "for this tokenizer; use another --dataset.")
     return vocab
 
 
@@ -69,8 +72,8 @@ def _name_positions(model, text: str, names: list[str], prepend_bos: bool) -> li
     return positions
 
 
-def _prompt(model, rng: random.Random, vocab: IOIVocab, t_index: int, prepend_bos: bool):
-    template = TEMPLATES[t_index]
+def _prompt(model, rng: random.Random, vocab: IOIVocab, template: str, t_index: int,
+            prepend_bos: bool):
     io, s = rng.sample(vocab.names, 2)
     place, obj = rng.choice(vocab.places), rng.choice(vocab.objects)
     pool = [n for n in vocab.names if n not in (io, s)]
@@ -111,6 +114,7 @@ class IOIDataset:
     batch: TaskBatch
     records: list[dict]
     vocab: IOIVocab
+    source: IOISource
 
     def write_jsonl(self, path: Path) -> Path:
         keys = ("clean_prompt", "corrupted_prompt", "io", "s", "clean_tokens",
@@ -120,18 +124,24 @@ class IOIDataset:
         return write_atomic(Path(path), "\n".join(lines) + "\n")
 
 
-def build_ioi(model, n_prompts: int = 100, seed: int = 0,
-              prepend_bos: bool | None = None) -> IOIDataset:
-    """Seeded p_IOI / p_ABC dataset; templates cycle so every template is used evenly."""
+def build_ioi(model, n_prompts: int = 100, seed: int = 0, prepend_bos: bool | None = None,
+              source: IOISource | str = DEFAULT_DATASET) -> IOIDataset:
+    """Seeded p_IOI / p_ABC dataset; templates cycle so every template is used evenly.
+
+    Args:
+        source: an `IOISource` or the name of one ("paper", the default, or "extended").
+    """
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+    source = dataset_source(source) if isinstance(source, str) else source
     bos_token = bos_for(model, prepend_bos)
     bos = bos_token.id is not None
-    vocab = ioi_vocab(model)
+    vocab = ioi_vocab(model, source)
     rng = random.Random(seed)
-    order = list(range(len(TEMPLATES)))
+    order = list(range(len(source.templates)))
     rng.shuffle(order)
-    records = [_prompt(model, rng, vocab, order[i % len(order)], bos) for i in range(n_prompts)]
+    records = [_prompt(model, rng, vocab, source.templates[t], t, bos)
+               for t in (order[i % len(order)] for i in range(n_prompts))]
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     clean, lengths = pad_right([r["clean_tokens"] for r in records], pad)
@@ -145,11 +155,11 @@ def build_ioi(model, n_prompts: int = 100, seed: int = 0,
         metric=LogitDiff(io_ids, s_ids), positions=positions, bos=bos_token, records=records,
         lengths=lengths,
     )
-    return IOIDataset(batch, records, vocab)
+    return IOIDataset(batch, records, vocab, source)
 
 
 class IOITask:
-    """IOI as a `Task` (see interp.tasks.base)."""
+    """IOI as a `Task` (see interp.tasks.base), on the default (paper) dataset."""
 
     name = "ioi"
 

@@ -2,13 +2,21 @@
 
 from interp.circuits.format import CircuitSpec, Group, write_circuit
 from interp.ioi.classify import CLASS_POSITIONS
+from interp.ioi.scores import io_attention_and_projection
 from interp.nodes import parse_node
-from interp.plotting import head_heatmap
+from interp.plotting import head_heatmap, save_figure
 from interp.plotting.attention import attention_views
 from interp.plotting.ioi import circuit_diagram, faithfulness_figure
+from interp.plotting.ioi_extra import copying_bars, name_mover_scatter, step_heatmap
 from interp.plotting.links import save_linked_figure
 
 CIRCUIT_FILE = "circuit.yaml"
+STEP_TITLES = {  # path-patching step -> what its receivers are
+    "logits": "head -> logits",
+    "s_inhibition": "head -> name movers' queries at END",
+    "induction_duplicate": "head -> S-inhibition heads' values at S2",
+    "previous_token": "head -> induction heads' keys at S1+1",
+}
 
 
 def _example_tokens(run):
@@ -18,6 +26,45 @@ def _example_tokens(run):
 
 def _top_heads_per_class(classes: dict[str, list[str]], k: int = 2) -> list[str]:
     return [h for heads in classes.values() for h in heads[:k]]
+
+
+def _step_figures(run, folder, root) -> list[str]:
+    names = []
+    for step, data in run.summary["path_patching_steps"].items():
+        if all(v is None for row in data["relative_effect"] for v in row):
+            continue  # no sender before the receivers (e.g. name movers in layer 0)
+        marked = " (x: attribution estimate only, not patched exactly)" if data[
+            "estimated"] else " (every sender patched exactly)"
+        title = f"{run.spec}: path patching, {STEP_TITLES[step]}{marked}"
+        name = f"path_patching_step_{step}.html"
+        save_figure(step_heatmap(data["relative_effect"], data["estimated"], title,
+                                 "change of logit diff / clean"), folder / name, root=root)
+        names.append(name)
+    return names
+
+
+def _head_figures(run, folder, root) -> list[str]:
+    """Copying-score bars of the labelled heads and the name-mover scatter."""
+    spec, names = run.spec, []
+    head_class = {h: cls for cls, heads in run.classes.items() for h in heads}
+    head_class |= {h: "unclassified" for h in run.unclassified}
+    if head_class:
+        copying = run.clf.copying
+        for h in head_class:  # score heads of the other classes too
+            run.clf._copy(parse_node(h))
+        save_figure(copying_bars(copying, head_class, f"{spec}: copying scores of the "
+                                 "classified and unclassified heads"), folder / "copying.html",
+                    root=root)
+        names.append("copying.html")
+    movers = run.classes["name_movers"][:3]
+    if movers:
+        data = io_attention_and_projection(run.model, run.runs.clean_cache, run.ds.batch,
+                                           [parse_node(h) for h in movers])
+        save_figure(name_mover_scatter(data, f"{spec}: name movers, attention to IO vs "
+                                       "projection on the IO - S unembedding (per prompt)"),
+                    folder / "name_mover_scatter.html", root=root)
+        names.append("name_mover_scatter.html")
+    return names
 
 
 def write_figures(run) -> dict[str, str]:
@@ -42,13 +89,18 @@ def write_figures(run) -> dict[str, str]:
     for name, (values, title, label) in grids.items():
         save_linked_figure(head_heatmap(values, title, label), folder / name, root=root,
                            heads=views)
-    save_linked_figure(circuit_diagram(run.classes, n_layers, f"{spec}: IOI circuit found "
-                                       "by path patching"), folder / "circuit_diagram.html",
-                       root=root)
-    from interp.plotting import save_figure
-    save_figure(faithfulness_figure(run.circuit_eval, f"{spec}: IOI circuit faithfulness and "
-                                    "completeness"), folder / "faithfulness.html", root=root)
-    names = [*grids, "circuit_diagram.html", "faithfulness.html"]
+    names = [*grids, *_step_figures(run, folder, root), *_head_figures(run, folder, root)]
+    diagram = {**run.classes, "unclassified": list(run.unclassified)}
+    skipped = f" (no heads labelled: {run.skipped})" if run.skipped else ""
+    save_linked_figure(circuit_diagram(diagram, n_layers, f"{spec}: IOI circuit found by path "
+                                       f"patching; grey: strong unclassified heads{skipped}"),
+                       folder / "circuit_diagram.html", root=root)
+    names.append("circuit_diagram.html")
+    if run.circuit_eval:
+        save_figure(faithfulness_figure(run.circuit_eval, f"{spec}: IOI circuit faithfulness "
+                                        "and completeness"), folder / "faithfulness.html",
+                    root=root)
+        names.append("faithfulness.html")
     names += [f"attention_{h}.html" for h in views]
     return {n.removesuffix(".html"): n for n in names}
 
@@ -57,13 +109,19 @@ def write_circuit_file(run) -> None:
     """The discovered circuit as a hypothesis file that `interp evaluate-circuit` reads."""
     groups = {cls: Group(cls, [parse_node(h) for h in heads], CLASS_POSITIONS[cls])
               for cls, heads in run.classes.items() if heads}
+    if not groups:  # nothing labelled (or the model fails the task): no hypothesis to write
+        run.summary["circuit_file"] = None
+        return
     faith = run.circuit_eval["faithfulness"]["faithfulness"]
     spec = CircuitSpec(name=f"ioi-{run.spec}-discovered", groups=groups, ablation="mean",
                        description=f"IOI circuit found by `interp ioi` on {run.spec} "
                                    f"(n_prompts={run.config.n_prompts}, seed={run.config.seed})",
                        model=run.spec, task="ioi")
+    wider = run.circuit_eval["faithfulness_with_unclassified"]["faithfulness"]
     header = (f"Written by `interp ioi` on {run.spec}; faithfulness {faith:.4f} on its "
               f"{run.config.n_prompts} prompts (seed {run.config.seed}). Not GPT-2's circuit "
-              "unless the model is gpt2.")
+              f"unless the model is gpt2. The 7 classes only: the {len(run.unclassified)} "
+              f"strong unclassified heads of summary.json are left out (with them at END: "
+              f"{wider:.4f}).")
     write_circuit(spec, run.folder / CIRCUIT_FILE, header)
     run.summary["circuit_file"] = CIRCUIT_FILE

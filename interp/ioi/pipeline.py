@@ -4,6 +4,11 @@ Stages: dataset -> clean/corrupted runs -> direct logit attribution -> activatio
 attention scores -> head classification (path patching) -> copying scores -> circuit
 evaluation -> files (dataset.jsonl, summary.json, circuit.yaml, HTML figures).
 
+Mean ablation takes its means from a separate p_ABC sample (`n_mean_prompts` per template,
+see `interp.ioi.means`); faithfulness is also reported over bootstrap resamples of it.
+Heads are only labelled when the model does the task (`classify.skip_reason`); otherwise the
+patching maps are still written and `classification_skipped` says why.
+
 Default mode: activation patching is estimated by attribution (EAP) and the q/k/v
 path-patching steps screen senders by attribution before patching the strongest exactly; one
 clean backward pass serves both. `IOIConfig(exact=True)` (`interp ioi --exact`) patches every
@@ -18,10 +23,12 @@ import torch
 
 from interp.circuit import completeness, faithfulness, minimality
 from interp.dla import direct_logit_attribution
-from interp.ioi.classify import CLASS_POSITIONS, Thresholds, classify_heads
+from interp.ioi.classify import CLASS_POSITIONS, Classifier, Thresholds, skip_reason
 from interp.ioi.dataset import build_ioi
+from interp.ioi.means import MeanSample
 from interp.ioi.paper import compare_with_paper
 from interp.ioi.scores import attention_scores, copying_scores
+from interp.ioi.sources import DEFAULT_DATASET
 from interp.mean_ablation import MeanAblation
 from interp.nodes import parse_node
 from interp.patching import act_patch_heads, prepare_runs
@@ -38,6 +45,9 @@ class IOIConfig:
     exact: bool = False  # every sweep exact (slow); default: screen by gradients, confirm top
     top_k: int = 10  # senders patched exactly per screened path-patching step (at least)
     thresholds: dict = field(default_factory=lambda: asdict(Thresholds()))
+    dataset: str = DEFAULT_DATASET  # "paper" or "extended" (interp.ioi.sources)
+    n_mean_prompts: int = 20  # p_ABC prompts per template in the separate mean sample
+    n_resamples: int = 5  # bootstrap resamples of the mean sample for the faithfulness spread
 
     @property
     def paths(self) -> str:
@@ -46,6 +56,24 @@ class IOIConfig:
 
 def _grid(t: torch.Tensor) -> list[list[float]]:
     return [[round(float(v), 5) for v in row] for row in t]
+
+
+CIRCUIT_FILE_HOLDS = ("the 7 classes only: the hypothesis the paper's procedure defines; "
+                      "`faithfulness_with_unclassified` adds the strong unclassified heads "
+                      "(kept at END) to show what the classes miss")
+
+
+def _steps(clf) -> dict:
+    """Every path-patching step's [layer, head] grid (clean-logit-diff units; null = not a
+    sender) and which cells are attribution estimates only."""
+    n_layers, n_heads = clf.model.cfg.n_layers, clf.model.cfg.n_heads
+    out = {}
+    for step, eff in clf.step_effects.items():
+        grid = [[None] * n_heads for _ in range(n_layers)]
+        for h, v in eff.items():
+            grid[h.layer][h.head] = round(v, 5)
+        out[step] = {"relative_effect": grid, "estimated": clf.estimated.get(step, [])}
+    return out
 
 
 def _mean_stats(values: torch.Tensor) -> tuple[float, float]:
@@ -73,15 +101,24 @@ class IOIRun:
 
     def dataset(self):
         with self.prov.stage("dataset"):
-            self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed)
+            self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed,
+                               source=self.config.dataset)
             self.ds.write_jsonl(self.folder / "dataset.jsonl")
             self.runs = prepare_runs(self.model, self.ds.batch)
+        with self.prov.stage("mean_sample"):
+            self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
+                                          self.config.seed, self.config.n_resamples)
+            self.mean_runs = self.means.runs_for(self.runs, self.ds.records)
         clean, acc = _mean_stats(self.runs.clean_metric)
         corrupted, corr_acc = _mean_stats(self.runs.corrupted_metric)
         self.summary.update(prepend_bos=self.ds.batch.prepend_bos, **self.ds.batch.bos.record(),
                             clean_logit_diff=clean,
                             clean_accuracy=acc, corrupted_logit_diff=corrupted,
-                            corrupted_accuracy=corr_acc, n_names=len(self.ds.vocab.names))
+                            corrupted_accuracy=corr_acc, n_names=len(self.ds.vocab.names),
+                            dataset=self.ds.source.name,
+                            n_templates=len(self.ds.source.templates),
+                            words_dropped_not_single_token=self.ds.vocab.dropped,
+                            mean_sample=self.means.record())
 
     def attribution(self):
         with self.prov.stage("direct_logit_attribution"):
@@ -104,39 +141,74 @@ class IOIRun:
     def classify(self):
         with self.prov.stage("attention_scores"):
             self.att = attention_scores(self.model, self.runs.clean_cache, self.ds.batch)
+        thresholds = Thresholds(**self.config.thresholds)
+        s = self.summary
+        self.skipped = skip_reason(s["clean_logit_diff"], s["clean_accuracy"], thresholds)
+        clf = Classifier(self.model, self.runs, self.att, thresholds, self.progress,
+                         self.config.paths, self.config.top_k, self.mean_runs)
         with self.prov.stage("classification"):
-            classes, clf = classify_heads(self.model, self.runs, self.att,
-                                          Thresholds(**self.config.thresholds), self.progress,
-                                          self.config.paths, self.config.top_k)
+            if self.skipped:
+                print(f"[interp ioi] no heads labelled: {self.skipped}", file=sys.stderr)
+                clf.logit_effects()
+                classes = {c: [] for c in CLASS_POSITIONS}
+            else:
+                classes = clf.run()
+        self.clf = clf
         self.classes = {k: [str(h) for h in v] for k, v in classes.items()}
+        self.unclassified = clf.unclassified
         movers = [h for k in ("name_movers", "negative_name_movers", "backup_name_movers")
                   for h in classes[k]]
         with self.prov.stage("copying_scores"):
             copying = copying_scores(self.model, self.runs.clean_cache, self.ds.batch, movers)
         self.summary.update(
+            classification_skipped=self.skipped,
             path_patching_to_logits=_grid(clf.path_to_logits), head_classes=self.classes,
-            class_scores=clf.scores, copying_scores=copying, classification_paths=(
-                self.config.paths), senders_estimated_not_patched=clf.estimated,
+            unclassified=self.unclassified, class_scores=clf.scores, copying_scores=copying,
+            backup_direct_effects=clf.backup_effects,
+            path_patching_steps=_steps(clf), classification_paths=self.config.paths,
+            senders_estimated_not_patched=clf.estimated,
             attention_scores={k: _grid(v) for k, v in self.att.items()})
 
     def evaluate(self):
+        if self.skipped:
+            self.circuit_eval = None
+            self.summary["circuit"] = {"skipped": self.skipped}
+            self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {})
+            return
         circuit = {parse_node(h): CLASS_POSITIONS[c] for c, hs in self.classes.items()
                    for h in hs}
+        wider = {**circuit, **{parse_node(h): ["END"] for h in self.unclassified}}
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
-        model, runs, progress = self.model, self.runs, self.progress
+        model, runs, progress = self.model, self.mean_runs, self.progress
         with self.prov.stage("circuit_evaluation"):
             ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
             self.circuit_eval = {
                 "positions": CLASS_POSITIONS,
                 "faithfulness": faithfulness(model, runs, circuit, ev),
+                "faithfulness_with_unclassified": faithfulness(model, runs, wider, ev),
+                "circuit_file_holds": CIRCUIT_FILE_HOLDS,
                 "completeness": completeness(model, runs, circuit, groups, progress, ev),
                 "minimality": minimality(model, runs, circuit, groups, progress=progress, ev=ev),
             }
+        with self.prov.stage("faithfulness_spread"):
+            self.circuit_eval["faithfulness_spread"] = self._spread(circuit, wider)
         self.summary["circuit"] = self.circuit_eval
         self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
             "clean_logit_diff": self.summary["clean_logit_diff"],
             "clean_accuracy": self.summary["clean_accuracy"],
             "faithfulness": self.circuit_eval["faithfulness"]["faithfulness"]})
+
+    def _spread(self, circuit, wider) -> dict:
+        """F(C)/F(M) with the means of each bootstrap resample of the mean sample."""
+        f_m = self.runs.clean_metric.mean().item()
+        values = {"classes": [], "with_unclassified": []}
+        for draw in range(1, self.means.n_resamples + 1):
+            runs = self.means.runs_for(self.runs, self.ds.records, draw)
+            f_c, f_w = MeanAblation(self.model, runs).metrics([circuit, wider]).mean(-1)
+            values["classes"].append(f_c.item() / f_m)
+            values["with_unclassified"].append(f_w.item() / f_m)
+        return {k: {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "values": v}
+                for k, v in values.items() if v}
 
     def write(self) -> Path:
         from interp.ioi.outputs import write_circuit_file, write_figures

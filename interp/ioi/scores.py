@@ -10,6 +10,7 @@ from interp.nodes import Head
 # score name -> (query position, key position)
 ATTENTION_SCORES = {
     "end_to_io": ("END", "IO"),
+    "end_to_s1": ("END", "S1"),
     "end_to_s2": ("END", "S2"),
     "s2_to_s1": ("S2", "S1"),          # duplicate-token heads
     "s2_to_s1p1": ("S2", "S1+1"),      # induction heads
@@ -62,3 +63,21 @@ def copying_scores(model, cache, batch, heads: list[Head], top_k: int = 5) -> di
         copy[str(h)] = (top == names[:, None]).any(-1).float().mean().item()
         neg[str(h)] = (bottom == names[:, None]).any(-1).float().mean().item()
     return {"copying": copy, "negative_copying": neg}
+
+
+@torch.inference_mode()
+def io_attention_and_projection(model, cache, batch, heads: list[Head]) -> dict[str, dict]:
+    """Per prompt: a head's END->IO attention and its END output projected on the
+    IO-minus-S unembedding direction (the paper's fig. 3 scatter), for each head."""
+    from interp.dla import logit_directions
+
+    rows, end = torch.arange(len(batch)), batch.read_positions
+    direction = logit_directions(model, batch.metric)  # [batch, d_model]
+    out = {}
+    for h in heads:
+        pattern = cache[f"blocks.{h.layer}.attn.hook_pattern"][rows, h.head, end,
+                                                                 batch.positions["IO"]]
+        z = cache[f"blocks.{h.layer}.attn.hook_z"][rows, end, h.head]  # [batch, d_head]
+        proj = ((z @ model.W_O[h.layer][h.head]) * direction).sum(-1)
+        out[str(h)] = {"attn_end_to_io": pattern.tolist(), "projection": proj.tolist()}
+    return out

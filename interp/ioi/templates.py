@@ -56,3 +56,6 @@ OBJECTS = [
     "ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack", "ball",
     "book", "gift", "letter", "cake", "flower", "pen", "bag", "key", "card", "phone", "hat",
 ]
+
+# The paper code's "mixed" prompt type: the first 7 BABA templates, then their ABBA versions.
+PAPER_TEMPLATES = BABA_TEMPLATES[:7] + ABBA_TEMPLATES[:7]

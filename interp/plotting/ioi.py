@@ -7,7 +7,7 @@ from interp.nodes import parse_node
 CLASS_COLOURS = {
     "previous_token": "#8c564b", "duplicate_token": "#9467bd", "induction": "#1f77b4",
     "s_inhibition": "#ff7f0e", "name_movers": "#2ca02c", "backup_name_movers": "#98df8a",
-    "negative_name_movers": "#d62728",
+    "negative_name_movers": "#d62728", "unclassified": "#7f7f7f",
 }
 # which class feeds which (the paper's fig. 2), "logits" at the end
 CLASS_EDGES = [
@@ -15,7 +15,7 @@ CLASS_EDGES = [
     ("duplicate_token", "s_inhibition"), ("s_inhibition", "name_movers"),
     ("s_inhibition", "backup_name_movers"), ("s_inhibition", "negative_name_movers"),
     ("name_movers", "logits"), ("backup_name_movers", "logits"),
-    ("negative_name_movers", "logits"),
+    ("negative_name_movers", "logits"), ("unclassified", "logits"),
 ]
 
 

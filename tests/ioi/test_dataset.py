@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from interp.ioi.dataset import build_ioi, fill, ioi_vocab
+from interp.ioi.sources import IOISource, dataset_source
 from interp.ioi.templates import ABBA_TEMPLATES, BABA_TEMPLATES, to_abba
 from interp.metrics import logits_at
 from interp.tokens import encode
@@ -82,7 +83,24 @@ def test_jsonl(tmp_path, ds):
     assert lines[0]["clean_tokens"][0] != 50256
 
 
-def test_too_few_names_is_a_clear_error(tiny, monkeypatch):
-    monkeypatch.setattr("interp.ioi.dataset.NAMES", ["Mary", "John", "Xyzzyqwert"])
+def test_too_few_names_is_a_clear_error(tiny):
+    source = IOISource("few", ("[B] and [A]. [B] to",), ("Mary", "John", "Xyzzyqwert"),
+                       ("store",), ("ring",))
     with pytest.raises(ValueError, match="single tokens"):
-        ioi_vocab(tiny)
+        ioi_vocab(tiny, source)
+
+
+def test_paper_dataset_is_the_paper_codes_mixed_set(tiny):
+    """BABA[:7] + ABBA[:7] (the paper code's "mixed" type), 99 names, 8 places, 8 objects;
+    the first paper template filled by hand, and dropped words counted."""
+    paper = dataset_source("paper")
+    assert paper.templates[:7] == tuple(BABA_TEMPLATES[:7])
+    assert paper.templates[7:] == tuple(ABBA_TEMPLATES[:7]) and len(paper.templates) == 14
+    assert paper.templates[7] == "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to"
+    assert (len(paper.names), len(paper.places), len(paper.objects)) == (99, 8, 8)
+    assert paper.names[:3] == ("Michael", "Christopher", "Jessica")
+    assert len(set(paper.names) & set(dataset_source("extended").names)) == 37
+    ds = build_ioi(tiny, 28, 0, source="paper")
+    vocab = ds.vocab
+    assert vocab.dropped["names"] == 99 - len(vocab.names) and vocab.dropped["places"] == 0
+    assert {r["template"] for r in ds.records} == set(paper.templates)

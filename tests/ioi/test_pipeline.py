@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("r")
-    assert main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--out", str(out),
-                 "--quiet"]) == 0
+    assert main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--n-mean-prompts", "2",
+                 "--out", str(out), "--quiet"]) == 0
     return out / "random-tiny" / "ioi"
 
 
@@ -37,7 +37,7 @@ def test_outputs_written(tiny_run):
     assert s["paper_comparison"]["status"] == "no paper reference for this model"
     prov = s["provenance"]
     assert prov["seed"] == 0 and "torch" in prov["versions"] and prov["git_commit"]
-    assert set(prov["wall_time_s"]) >= {"dataset", "classification", "circuit_evaluation"}
+    assert set(prov["wall_time_s"]) >= {"dataset", "mean_sample", "classification"}
     lines = (tiny_run / "dataset.jsonl").read_text().splitlines()
     assert len(lines) == 8
     for fig in s["figures"].values():
@@ -46,18 +46,39 @@ def test_outputs_written(tiny_run):
     assert (tiny_run.parent.parent / "plotly.min.js").exists()
 
 
-def test_circuit_file_reads_back(tiny_run):
+def test_random_model_is_not_labelled(tiny_run):
+    """random:tiny is near chance on IOI: no labels, the reason recorded, maps still there."""
     s = json.loads((tiny_run / "summary.json").read_text())
-    spec = load_circuit(tiny_run / "circuit.yaml")
+    assert s["clean_accuracy"] < 0.6 and "accuracy" in s["classification_skipped"]
+    assert not any(s["head_classes"].values()) and s["circuit_file"] is None
+    assert s["circuit"] == {"skipped": s["classification_skipped"]}
+    assert "path_patching_step_logits" in s["figures"]
+    assert s["mean_sample"]["n_mean_prompts_per_template"] == 2 and s["dataset"] == "paper"
+
+
+def test_circuit_file_reads_back(tmp_path):
+    """With the accuracy gate lowered, random:tiny is classified end to end."""
+    assert main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--n-mean-prompts", "2",
+                 "--threshold", "min_accuracy=0", "--dataset", "extended", "--out",
+                 str(tmp_path), "--quiet"]) == 0
+    folder = tmp_path / "random-tiny" / "ioi"
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["classification_skipped"] is None and s["dataset"] == "extended"
     found = {k: v for k, v in s["head_classes"].items() if v}
-    assert {k: [str(n) for n in g.nodes] for k, g in spec.groups.items()} == found
+    if found:
+        spec = load_circuit(folder / "circuit.yaml")
+        assert {k: [str(n) for n in g.nodes] for k, g in spec.groups.items()} == found
+    spread = s["circuit"]["faithfulness_spread"]["classes"]
+    assert spread["min"] <= spread["mean"] <= spread["max"] and len(spread["values"]) == 5
+    assert "faithfulness_with_unclassified" in s["circuit"]
+    json.loads((folder / "summary.json").read_text(), parse_constant=lambda c: 1 / 0)
 
 
 def test_different_run_is_not_overwritten(tiny_run, capsys):
     out = tiny_run.parent.parent
     before = (tiny_run / "summary.json").read_text()
-    code = main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--seed", "1", "--out",
-                 str(out), "--quiet"])
+    code = main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--n-mean-prompts", "2",
+                 "--seed", "1", "--out", str(out), "--quiet"])
     assert code == 1 and "--overwrite" in capsys.readouterr().err
     assert (tiny_run / "summary.json").read_text() == before
 
@@ -103,8 +124,8 @@ def test_exact_mode_patches_every_head(tmp_path, tiny_run, tiny):
     """`--exact` stores exact activation patching; the default stores gradient estimates."""
     from interp.patching import act_patch_heads
 
-    assert main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--out", str(tmp_path),
-                 "--exact", "--quiet"]) == 0
+    assert main(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--n-mean-prompts", "2",
+                 "--out", str(tmp_path), "--exact", "--quiet"]) == 0
     exact = json.loads((tmp_path / "random-tiny" / "ioi" / "summary.json").read_text())
     default = json.loads((tiny_run / "summary.json").read_text())
     assert exact["activation_patching_method"] == "exact"
@@ -115,7 +136,25 @@ def test_exact_mode_patches_every_head(tmp_path, tiny_run, tiny):
     assert torch.allclose(torch.tensor(exact["activation_patching_end"]), ref, atol=1e-4)
 
 
-def test_bad_top_k_is_refused_before_loading(tmp_path, capsys):
-    code = main(["ioi", "--model", "random:tiny", "--top-k", "0", "--out", str(tmp_path)])
-    assert code == 1 and "--top-k must be >= 1" in capsys.readouterr().err
+@pytest.mark.parametrize("args, message", [
+    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--n-prompts", "0"], "--n-prompts must be >= 1"),
+    (["--n-mean-prompts", "0"], "--n-mean-prompts must be >= 1"),
+    (["--threshold", "name_mover=abc"], "--threshold 'name_mover=abc'"),
+    (["--threshold", "name_mover=-1"], "--threshold name_mover=-1.0"),
+    (["--threshold", "name_mover=nan"], "--threshold name_mover=nan"),
+    (["--threshold", "backup=inf"], "--threshold backup=inf"),
+    (["--threshold", "min_attention=1.5"], "--threshold min_attention=1.5"),
+    (["--threshold", "max_per_class=0"], "--threshold max_per_class=0"),
+    (["--threshold", "nope=1"], "--threshold 'nope=1'"),
+])
+def test_bad_values_are_refused_before_loading(tmp_path, capsys, monkeypatch, args, message):
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr("interp.commands.ioi.load_model", no_load)
+    code = main(["ioi", "--model", "random:tiny", *args, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())

@@ -1,0 +1,109 @@
+"""Mean-ablation means from a separate p_ABC sample, with bootstrap resamples of it.
+
+The IOI paper mean-ablates a head by its mean output over p_ABC prompts of the same template.
+Taking that mean from the few p_ABC twins of the prompts being explained (3-7 per template)
+makes faithfulness depend on which prompts were drawn. Here the means come from a separate
+sample of `n_per_template` p_ABC prompts per template (another seed), and `n_resamples`
+bootstrap resamples of that sample (rows drawn with replacement within each template) give the
+spread of any metric computed from the means. One forward pass serves every draw: each hook
+adds the activations weighted by each draw's row counts.
+
+Example:
+    >>> means = MeanSample.build(model, ds.source, n_per_template=20, seed=0)
+    >>> mean_runs = means.runs_for(runs, ds.records, draw=0)  # draw 0: the whole sample
+    >>> faithfulness(model, mean_runs, circuit)
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.ioi.sources import IOISource
+from interp.patching.runs import Runs
+
+MEAN_SEED_OFFSET = 1_000_003  # the mean sample's seed, apart from the explained prompts'
+CHUNK = 32
+
+
+def _hook_names(model) -> list[str]:
+    return [f"blocks.{la}.{name}" for la in range(model.cfg.n_layers)
+            for name in ("attn.hook_z", "hook_mlp_out")]
+
+
+def _weights(template_of_row: Tensor, n_resamples: int, seed: int) -> Tensor:
+    """[1 + n_resamples, rows]: row counts of the whole sample, then of each resample."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.zeros(1 + n_resamples, len(template_of_row))
+    out[0] = 1
+    for t in template_of_row.unique():
+        rows = (template_of_row == t).nonzero().flatten()
+        for d in range(1, 1 + n_resamples):
+            picks = rows[torch.randint(len(rows), (len(rows),), generator=gen)]
+            out[d].index_add_(0, picks, torch.ones(len(picks)))
+    return out
+
+
+@dataclass
+class MeanSample:
+    """Per-template mean activations: `means[hook][draw, template, pos, ...]`."""
+
+    means: dict[str, Tensor]
+    n_per_template: int
+    n_resamples: int
+    seed: int
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, model, source: IOISource, n_per_template: int, seed: int,
+              n_resamples: int = 5, prepend_bos: bool | None = None) -> "MeanSample":
+        """Run `n_per_template` p_ABC prompts of every template of `source` once."""
+        from interp.ioi.dataset import build_ioi
+
+        mean_seed = seed + MEAN_SEED_OFFSET
+        ds = build_ioi(model, n_per_template * len(source.templates), mean_seed, prepend_bos,
+                       source)
+        template = torch.tensor([r["template_index"] for r in ds.records])
+        weights = _weights(template, n_resamples, mean_seed)
+        onehot = torch.nn.functional.one_hot(template, len(source.templates)).float().T
+        mix = weights[:, None, :] * onehot[None]  # [draw, template, row]
+        sums: dict[str, Tensor] = {}
+        rows: list[int] = []
+
+        def accumulate(act, hook=None, name=""):
+            part = torch.einsum("dgr,r...->dg...", mix[:, :, rows].to(act.device), act.float())
+            sums[name] = sums.get(name, 0) + part.cpu()
+
+        tokens = ds.batch.corrupted_tokens
+        hooks = [(name, partial(accumulate, name=name)) for name in _hook_names(model)]
+        with model.hooks(fwd_hooks=hooks):
+            for lo in range(0, len(tokens), CHUNK):
+                rows[:] = range(lo, min(lo + CHUNK, len(tokens)))
+                model(tokens[lo:lo + CHUNK].to(model.cfg.device))
+        count = mix.sum(-1)  # [draw, template]
+        means = {k: v / count.view(*count.shape, *[1] * (v.dim() - 2)) for k, v in sums.items()}
+        return cls(means, n_per_template, n_resamples, seed)
+
+    def runs_for(self, runs: Runs, records: list[dict], draw: int = 0) -> Runs:
+        """`runs` whose corrupted cache holds, for each prompt, its template's mean (of draw
+        `draw`: 0 = whole sample, 1.. = resamples), so `MeanAblation` ablates with it."""
+        template = torch.tensor([r["template_index"] for r in records])
+        seq = runs.batch.clean_tokens.shape[1]
+        cache = {name: _fit(mean[draw][template], seq) for name, mean in self.means.items()}
+        return dataclasses.replace(runs, corrupted_cache=cache, grads=None, bases={})
+
+    def record(self) -> dict:
+        return {"n_mean_prompts_per_template": self.n_per_template,
+                "n_resamples": self.n_resamples, "mean_sample_seed": self.seed + MEAN_SEED_OFFSET}
+
+
+def _fit(act: Float[Tensor, "batch pos ..."], seq: int) -> Float[Tensor, "batch seq ..."]:
+    """Cut or zero-pad the position axis to `seq` (a template's prompts all have one length,
+    so positions past it are padding in both samples)."""
+    if act.shape[1] >= seq:
+        return act[:, :seq].contiguous()
+    pad = torch.zeros(act.shape[0], seq - act.shape[1], *act.shape[2:], dtype=act.dtype)
+    return torch.cat([act, pad], 1)
