@@ -93,7 +93,7 @@ class MeanSample:
         template = torch.tensor([r["template_index"] for r in records])
         seq = runs.batch.clean_tokens.shape[1]
         cache = {name: _fit(mean[draw][template], seq) for name, mean in self.means.items()}
-        return dataclasses.replace(runs, corrupted_cache=cache, grads=None, bases={})
+        return dataclasses.replace(runs, corrupted_cache=cache)  # fresh grads and bases
 
     def record(self) -> dict:
         return {"n_mean_prompts_per_template": self.n_per_template,

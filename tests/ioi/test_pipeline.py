@@ -152,7 +152,7 @@ def test_bad_values_are_refused_before_loading(tmp_path, capsys, monkeypatch, ar
     def no_load(*a, **k):
         raise AssertionError("the model must not load")
 
-    monkeypatch.setattr("interp.commands.ioi.load_model", no_load)
+    monkeypatch.setattr("interp.models.loading.load_model", no_load)
     code = main(["ioi", "--model", "random:tiny", *args, "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and message in err and "Traceback" not in err
