@@ -59,8 +59,13 @@ def main(argv: list[str] | None = None) -> dict:
                   overwrite=True, progress=False)
     for name, heads in run.classes.items():
         print(f"  {name:<22} {' '.join(heads) or '-'}")
-    faith = run.circuit_eval["faithfulness"]
-    print(f"circuit faithfulness F(C)/F(M) = {faith['faithfulness']:.3f}")
+    for head, sig in run.unclassified.items():  # strong heads that fit none of the 7 classes
+        print(f"  unclassified           {head}: {sig['label']}")
+    if run.skipped:  # a model that does not do the task gets no labels (random weights)
+        print(f"no heads labelled: {run.skipped}")
+    faith = run.circuit_eval["faithfulness"] if run.circuit_eval else None
+    if faith:
+        print(f"circuit faithfulness F(C)/F(M) = {faith['faithfulness']:.3f}")
 
     # 4. your own hypothesis: the name movers alone, kept at END, everything else mean-ablated
     movers = {parse_node(h): ["END"] for h in run.classes.get("name_movers", [])}

@@ -27,7 +27,7 @@ def test_every_script_is_a_short_recipe():
     ("capitals_logit_lens.py", ["--n-prompts", "6"], ["capitals-recipe/lens_curves.html"]),
     ("word_analogies.py", [], []),
     ("ffn_ablation.py", ["--n-prompts", "4"], ["ffn-ablation-recipe/single_layer.html"]),
-    ("ioi_circuit.py", ["--n-prompts", "8"], ["ioi-recipe/patching_end.html", "ioi/circuit.yaml"]),
+    ("ioi_circuit.py", ["--n-prompts", "8"], ["ioi-recipe/patching_end.html", "ioi/summary.json"]),
 ])
 def test_recipe_runs_on_random_tiny(tmp_path, capsys, script, args, figures):
     result = _script(script).main([*TINY, *args, "--out", str(tmp_path)])
