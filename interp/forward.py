@@ -77,5 +77,32 @@ def run_blocks(
 def unembed(
     model, resid: Float[Tensor, "... d_model"]
 ) -> Float[Tensor, "... d_vocab"]:
-    """Final norm + unembedding of residual vectors (any leading shape)."""
-    return model.unembed(model.ln_final(resid))
+    """Final norm + unembedding of residual vectors (any leading shape), then the
+    architecture's post-unembedding transform when it declares one (Gemma 2's logit
+    soft-capping, Cohere's and Granite's logit scales), as the model's forward applies it."""
+    logits = model.unembed(model.ln_final(resid))
+    return output_transform(model)(logits)
+
+
+def output_transform(model):
+    """The bridge adapter's logits transform (identity for most architectures)."""
+    adapter = getattr(model, "adapter", None)
+    return getattr(adapter, "apply_output_logits_transform", None) or (lambda logits: logits)
+
+
+def linear_logits(model) -> bool:
+    """True when the logits are an affine function of the final norm's output (no transform
+    after the unembedding), so a logit difference can be read from two W_U columns."""
+    adapter = getattr(model, "adapter", None)
+    transform = getattr(type(adapter), "apply_output_logits_transform", None)
+    if transform is None:
+        return True
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    base = _base_transform()
+    return transform is base and not (cap is not None and cap > 0)
+
+
+def _base_transform():
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+
+    return ArchitectureAdapter.apply_output_logits_transform
