@@ -38,6 +38,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp.metrics import logits_at
+from interp.arch import mlp_input
 from interp.tasks.base import TaskBatch
 
 METHODS = ("attribution", "attribution-ig")
@@ -264,12 +265,13 @@ def _graph(cfg, kinds) -> tuple[list[str], list[tuple[str, str, int, int]], list
     return senders, receivers, upstream
 
 
-def _edge_names(n_layers: int) -> list[str]:
+def _edge_names(model) -> list[str]:
     names = [INPUT, "ln_final.hook_in"]
-    for layer in range(n_layers):
+    for layer in range(model.cfg.n_layers):
         names += [f"blocks.{layer}.{n}" for n in (
-            "hook_resid_pre", "hook_resid_mid", "attn.hook_z", "attn.hook_q", "attn.hook_k",
+            "hook_resid_pre", "attn.hook_z", "attn.hook_q", "attn.hook_k",
             "attn.hook_v", "hook_mlp_out", "mlp.hook_in")]
+        names.append(mlp_input(model, layer)[1])
     return list(dict.fromkeys(names))
 
 
@@ -300,8 +302,8 @@ def _receiver_grads(model, kind: str, layer: int, grads, acts) -> Tensor:
         return grads["ln_final.hook_in"].unsqueeze(0)
     block = model.blocks[layer]
     if kind == "mlp":
-        return _norm_vjp(block.ln2, acts[f"blocks.{layer}.hook_resid_mid"],
-                         grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0))
+        norm, point = mlp_input(model, layer)
+        return _norm_vjp(norm, acts[point], grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0))
     weight = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}[kind][layer]  # [h, d, e]
     g = grads[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, h, e] (pre-rotary q/k)
     cot = torch.einsum("bphe,hde->hbpd", g, weight.to(g.dtype))
@@ -353,7 +355,7 @@ def edge_attribution(
     if bad:
         raise ValueError(f"unknown receiver kinds {sorted(bad)}; use {RECEIVER_KINDS}")
     senders, recv, upstream = _graph(model.cfg, receivers)
-    names = _edge_names(model.cfg.n_layers)
+    names = _edge_names(model)
     scores = torch.zeros(len(senders), len(recv))
     n_points = 1 if method == "attribution" else steps
     for index in _chunks(len(batch), chunk_size):

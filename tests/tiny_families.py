@@ -6,7 +6,7 @@ family has it) with the GPT-2 tokenizer's vocabulary, so IOI prompts tokenize as
 `interp.models.loading` loads `random:*`; `save_tiny_folder(family, path)` writes it as a local
 HF folder (model + tokenizer) for `interp ioi --model <folder>`.
 
-Adding a family to the fast engine = one class in `interp.patching.arch` plus one entry here.
+Adding a family to the fast engine = one class in `interp.arch` plus one entry here.
 
 Example:
     >>> model = tiny_model("neox")

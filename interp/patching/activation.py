@@ -7,7 +7,7 @@ block, nothing on a parallel one) and runs blocks L+1.. only on the tokens the p
 can change (from the patched position to the read position; `interp.patching.sparse`), with
 the last block only at the read position, and unembeds only the columns the metric reads.
 All heads of one layer run in one batch (heads x prompts), split to fit the memory budget.
-Models outside `interp.patching.arch.FAMILIES` take the general path: one hooked forward of
+Models outside `interp.arch.FAMILIES` take the general path: one hooked forward of
 the bridge per head, batched over prompts (`interp.patching.naive`), with a one-line notice.
 """
 
@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.attribution import head_attribution
-from interp.patching.arch import family_of, notify_slow
+from interp.arch import family_of, notify_slow
 from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
 from interp.patching.sparse import BaseRun, ChangedTokens, base_run, forward_changed
 

@@ -1,7 +1,7 @@
 """Reference implementations: one full forward pass per patched item, hooks only.
 
 Slow and obviously faithful to the definitions; the tests hold the fast sweeps to them. They
-are also the general path: models outside `interp.patching.arch.FAMILIES` run every sweep
+are also the general path: models outside `interp.arch.FAMILIES` run every sweep
 through them (the bridge's own hooks, so exact on any architecture the bridge loads).
 """
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from interp.attribution import metric_gradients
 from interp.nodes import Head
-from interp.patching.arch import family_of, notify_slow
+from interp.arch import family_of, notify_slow
 from interp.patching.gradients import clean_gradients
 from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
 from interp.patching.sparse import ChangedTokens, Override, base_run, forward_changed
@@ -215,7 +215,7 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
     patched). With method="attribution"/"screen" the gradient is taken at the shared KV
     head's input, so the estimate (not the exact figure) includes the group's other heads.
 
-    Models outside `interp.patching.arch.FAMILIES` take the general path (two hooked bridge
+    Models outside `interp.arch.FAMILIES` take the general path (two hooked bridge
     forwards per sender, `interp.patching.naive`), announced once in one line; the
     attribution methods work on every model.
 

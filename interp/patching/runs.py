@@ -13,7 +13,7 @@ from torch import Tensor
 
 from interp.forward import block_kwargs, linear_logits, unembed
 from interp.metrics import logits_at
-from interp.patching.arch import family_of
+from interp.arch import family_of
 from interp.tasks.base import TaskBatch
 
 CACHED_HOOKS = ("attn.hook_z", "hook_resid_pre", "hook_resid_mid", "hook_resid_post",

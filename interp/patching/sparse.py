@@ -8,9 +8,9 @@ clean run's (cached per layer) everywhere else. In the last layer only the read 
 are queries. For IOI this makes a patch at END cost one token per layer instead of ~20.
 
 Blocks are driven from their weights (`W_Q`.. `W_O`, the bridge's own norms and MLPs, the
-HF attention scale and rotary tables) and the family's details from `interp.patching.arch`,
+HF attention scale and rotary tables) and the family's details from `interp.arch`,
 so this is exact, not an approximation; tests compare it with the bridge's hooked forwards
-on every family in `interp.patching.arch.FAMILIES`.
+on every family in `interp.arch.FAMILIES`.
 
 Rows are items x prompts, item-major (row = item * n_prompts + prompt).
 
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.patching.arch import family_of, slow_reason
+from interp.arch import family_of, slow_reason
 from interp.patching.runs import Runs
 
 
@@ -62,7 +62,7 @@ class ChangedTokens:
 
 
 def check_supported(model) -> None:
-    """Refuse a model the fast engine does not reproduce (`interp.patching.arch`)."""
+    """Refuse a model the fast engine does not reproduce (`interp.arch`)."""
     reason = slow_reason(model)
     if reason is not None:
         raise NotImplementedError(f"the fast exact sweeps cannot run this model: {reason}; "

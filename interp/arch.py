@@ -183,6 +183,20 @@ def family_of(model) -> Family | None:
     return family
 
 
+def mlp_input(model, layer: int) -> tuple[object, str]:
+    """(norm module, residual hook) of the MLP's input: where an MLP receiver's EAP gradient
+    is taken. Known families answer exactly; other bridges by their block layout (a
+    `hook_resid_mid` means attention then MLP; parallel blocks read `hook_resid_pre`)."""
+    family = family_of(model)
+    if family is not None:
+        return family.mlp_norm(model, layer), family.mlp_input_hook(layer)
+    block = model.blocks[layer]
+    norm = getattr(block, "ln2", None) or block.ln1
+    sequential = (f"blocks.{layer}.hook_resid_mid" in model.hook_dict
+                  and not getattr(model.cfg, "parallel_attn_mlp", False))
+    return norm, f"blocks.{layer}.hook_resid_{'mid' if sequential else 'pre'}"
+
+
 def slow_reason(model) -> str | None:
     """Why the general path runs on this model (None when the fast engine serves it)."""
     if family_of(model) is not None:
@@ -191,7 +205,7 @@ def slow_reason(model) -> str | None:
     known = [f for f in FAMILIES if arch in f.hf_classes]
     detail = ("a variant the fast engine does not reproduce" if known
               else "not one of the fast-engine families")
-    return f"{arch} is {detail} (interp.patching.arch)"
+    return f"{arch} is {detail} (interp.arch)"
 
 
 _NOTIFIED: set[str] = set()
