@@ -165,6 +165,13 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
+def family_table() -> list[tuple[str, str, str]]:
+    """(family, HF classes, path) for `interp models`: every fast family, then the rest."""
+    rows = [(f.name, ", ".join(f.hf_classes), "fast") for f in FAMILIES]
+    rows.append(("any other", "every decoder TransformerBridge loads", "general"))
+    return rows
+
+
 def architecture(model) -> str:
     """The HF class name of the bridge's original model, e.g. "LlamaForCausalLM"."""
     return type(getattr(model, "original_model", None)).__name__
@@ -191,10 +198,20 @@ def mlp_input(model, layer: int) -> tuple[object, str]:
     if family is not None:
         return family.mlp_norm(model, layer), family.mlp_input_hook(layer)
     block = model.blocks[layer]
-    norm = getattr(block, "ln2", None) or block.ln1
     sequential = (f"blocks.{layer}.hook_resid_mid" in model.hook_dict
                   and not getattr(model.cfg, "parallel_attn_mlp", False))
-    return norm, f"blocks.{layer}.hook_resid_{'mid' if sequential else 'pre'}"
+    norm = getattr(block, "ln2", None)
+    if norm is None and not sequential:
+        norm = getattr(block, "ln1", None)
+    point = f"blocks.{layer}.hook_resid_{'mid' if sequential else 'pre'}"
+    return (torch.nn.Identity() if norm is None else norm), point
+
+
+def attn_norm(model, layer: int):
+    """The norm the attention's q/k/v projections read (identity for OLMo 2's post-norm
+    blocks, which have none)."""
+    norm = getattr(model.blocks[layer], "ln1", None)
+    return torch.nn.Identity() if norm is None else norm
 
 
 def slow_reason(model) -> str | None:

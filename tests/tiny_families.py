@@ -43,7 +43,7 @@ def _configs() -> dict[str, tuple[str, object]]:
         "llama": ("LlamaForCausalLM", tf.LlamaConfig(**COMMON, num_key_value_heads=2,
                                                      rope_scaling=LLAMA3_ROPE)),
         "mistral": ("MistralForCausalLM", tf.MistralConfig(**COMMON, num_key_value_heads=2,
-                                                           sliding_window=None)),
+                                                           sliding_window=8)),
         "qwen2": ("Qwen2ForCausalLM", tf.Qwen2Config(**COMMON, num_key_value_heads=2)),
         "qwen3": ("Qwen3ForCausalLM", tf.Qwen3Config(**COMMON, num_key_value_heads=2,
                                                      head_dim=8)),
@@ -66,15 +66,15 @@ def tiny_hf(family: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     """The HF model of `family` with seeded random weights (eager attention)."""
     arch, config = _configs()[family]
     config._attn_implementation = "eager"
+    config.architectures = [arch]
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         model = getattr(tf, arch)(config)
         with torch.no_grad():  # larger than the default init, so patches move the metric
             for p in model.parameters():
-                if p.dim() == 1 and "norm" in str(p.shape) or p.dim() == 1:
-                    continue
-                p.mul_(5.0)
+                if p.dim() > 1:
+                    p.mul_(5.0)
     finally:
         torch.random.set_rng_state(state)
     return model.eval().to(dtype), arch

@@ -16,8 +16,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.attribution import head_attribution
 from interp.arch import family_of, notify_slow
+from interp.attribution import head_attribution
 from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
 from interp.patching.sparse import BaseRun, ChangedTokens, base_run, forward_changed
 

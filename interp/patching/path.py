@@ -23,9 +23,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.arch import family_of, notify_slow
 from interp.attribution import metric_gradients
 from interp.nodes import Head
-from interp.arch import family_of, notify_slow
 from interp.patching.gradients import clean_gradients
 from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
 from interp.patching.sparse import ChangedTokens, Override, base_run, forward_changed

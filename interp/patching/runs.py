@@ -11,9 +11,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.arch import family_of
 from interp.forward import block_kwargs, linear_logits, unembed
 from interp.metrics import logits_at
-from interp.arch import family_of
 from interp.tasks.base import TaskBatch
 
 CACHED_HOOKS = ("attn.hook_z", "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
@@ -83,8 +83,8 @@ def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "n b
 
     Metrics with a `from_resid(model, resid)` method (e.g. LogitDiff) unembed only the
     vocabulary columns they read; others get the full logits, and so do models whose logits
-    go through a transform (Gemma 2's soft-capping; `interp.forward.unembed` applies it). The metric is
-    returned in float32 or better, whatever the model's dtype.
+    go through a transform (Gemma 2's soft-capping, applied by `interp.forward.unembed`).
+    The metric is returned in float32 or better, whatever the model's dtype.
     """
     if hasattr(batch.metric, "from_resid") and linear_logits(model):
         out = batch.metric.from_resid(model, resid_at_read)
