@@ -38,6 +38,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp.arch import attn_norm, mlp_input
+from interp.forward import at_least_float32
 from interp.metrics import logits_at
 from interp.tasks.base import TaskBatch
 
@@ -200,7 +201,7 @@ def head_scores(delta: Float[Tensor, "batch pos n_heads d_head"],
                 positions: str | None = None) -> Float[Tensor, " n_heads"]:
     """EAP score of each head of one layer: delta . gradient, summed over prompts and over
     all positions (None) or at one named position of each prompt."""
-    term = delta * grad
+    term = at_least_float32(delta) * at_least_float32(grad)
     if positions is not None:
         term = term[torch.arange(len(batch)), batch.positions[positions]][:, None]
     return term.sum((0, 1, 3))
@@ -323,7 +324,8 @@ def _edge_scores_at(model, receivers, upstream, grads, acts, delta) -> Tensor:
     for (kind, layer), cols in groups.items():
         g = _receiver_grads(model, kind, layer, grads, acts).reshape(len(cols), -1)
         n_up = upstream[cols[0]]
-        out[:n_up, cols] = (flat[:n_up] @ g.T).detach().cpu()
+        scores = at_least_float32(flat[:n_up]) @ at_least_float32(g).T
+        out[:n_up, cols] = scores.detach().cpu()
     return out
 
 

@@ -98,6 +98,12 @@ def run_blocks(
     return resid
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """Metrics and their estimates are accumulated in float32 (float64 when the model runs
+    in it), whatever the model's dtype (bfloat16/float16 on GPUs)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def unembed(
     model, resid: Float[Tensor, "... d_model"]
 ) -> Float[Tensor, "... d_vocab"]:

@@ -9,11 +9,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.forward import at_least_float32
 from interp.metrics import logits_at
 from interp.nodes import Head, all_heads
 from interp.patching.activation import _base_source
 from interp.patching.path import Receiver
-from interp.patching.runs import Runs, at_least_float32
+from interp.patching.runs import Runs
 
 
 def _metric(model, runs: Runs, logits) -> Tensor:

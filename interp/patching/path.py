@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from interp.arch import family_of, notify_slow
 from interp.attribution import metric_gradients
+from interp.forward import at_least_float32
 from interp.nodes import Head
 from interp.patching.gradients import clean_gradients
 from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
@@ -125,8 +126,8 @@ def _to_receivers(model, runs: Runs, layer: int, heads, receivers: list[Receiver
         return torch.zeros(len(heads), dtype=runs.clean_metric.dtype)
     values = _receiver_values(model, runs, layer, heads, reachable)
     if grads is not None:  # first-order estimate: change of each receiver input . gradient
-        return sum(((v - _clean_value(model, runs, r)) * grads[r]).sum((-1, -2))
-                   for r, v in values.items())
+        return sum((at_least_float32(v - _clean_value(model, runs, r))
+                    * at_least_float32(grads[r])).sum((-1, -2)) for r, v in values.items())
     start = min(r.head.layer for r in reachable)
     return _final_run(model, runs, start, values, len(heads), budget)
 
@@ -266,8 +267,8 @@ def _general_estimate(model, runs: Runs, senders: list[Head], receivers: list[Re
         values = receiver_values_naive(model, runs, sender, receivers)
         for r in receivers:
             if r.head.layer > sender.layer:
-                change = values[r] - _clean_value(model, runs, r)
-                out[i] += (change * grads[r]).sum().cpu().to(out.dtype)
+                change = at_least_float32(values[r] - _clean_value(model, runs, r))
+                out[i] += (change * at_least_float32(grads[r])).sum().cpu()
     return out
 
 

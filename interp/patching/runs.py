@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.arch import family_of
-from interp.forward import block_kwargs, linear_logits, unembed
+from interp.forward import at_least_float32, block_kwargs, linear_logits, unembed
 from interp.metrics import logits_at
 from interp.tasks.base import TaskBatch
 
@@ -92,10 +92,6 @@ def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "n b
         out = batch.metric(unembed(model, resid_at_read))
     return at_least_float32(out)
 
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """Metric values are accumulated in float32 (float64 when the model runs in it)."""
-    return x if x.dtype == torch.float64 else x.float()
 
 
 CPU_BUDGET_GB = 0.125  # on CPU, chunks this small keep elementwise ops in cache (~25% faster)
