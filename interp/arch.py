@@ -172,6 +172,17 @@ def family_table() -> list[tuple[str, str, str]]:
     return rows
 
 
+ONE_PLUS_WEIGHT_NORMS = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm")
+
+
+def norm_gain(norm) -> tuple[Tensor, Tensor | None]:
+    """(gain, bias) a norm applies after dividing by its scale: Gemma's RMSNorms multiply
+    by 1 + weight, every other norm by its weight."""
+    comp = getattr(norm, "_original_component", norm)
+    weight, bias = comp.weight, getattr(comp, "bias", None)
+    return (1 + weight if type(comp).__name__ in ONE_PLUS_WEIGHT_NORMS else weight), bias
+
+
 def architecture(model) -> str:
     """The HF class name of the bridge's original model, e.g. "LlamaForCausalLM"."""
     return type(getattr(model, "original_model", None)).__name__

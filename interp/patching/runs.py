@@ -18,7 +18,8 @@ from interp.tasks.base import TaskBatch
 
 CACHED_HOOKS = ("attn.hook_z", "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
                 "hook_attn_out",
-                "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")
+                "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern",
+                "ln1_post.hook_scale")
 
 
 def _keeper(model):
