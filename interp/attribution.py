@@ -37,6 +37,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from interp.arch import attn_norm, mlp_input
+from interp.forward import at_least_float32
 from interp.metrics import logits_at
 from interp.tasks.base import TaskBatch
 
@@ -199,7 +201,7 @@ def head_scores(delta: Float[Tensor, "batch pos n_heads d_head"],
                 positions: str | None = None) -> Float[Tensor, " n_heads"]:
     """EAP score of each head of one layer: delta . gradient, summed over prompts and over
     all positions (None) or at one named position of each prompt."""
-    term = delta * grad
+    term = at_least_float32(delta) * at_least_float32(grad)
     if positions is not None:
         term = term[torch.arange(len(batch)), batch.positions[positions]][:, None]
     return term.sum((0, 1, 3))
@@ -237,8 +239,12 @@ class EdgeScores:
         return int(self.valid.sum())
 
 
-def _graph(cfg, kinds) -> tuple[list[str], list[tuple[str, str, int, int]], list[int]]:
-    """Sender names, receivers as (name, kind, layer, index), and each receiver's sender count."""
+def _graph(cfg, kinds, parallel: bool = False
+           ) -> tuple[list[str], list[tuple[str, str, int, int]], list[int]]:
+    """Sender names, receivers as (name, kind, layer, index), and each receiver's sender count.
+
+    In a parallel block (GPT-J, GPT-NeoX) the MLP reads the block's input, so the heads of
+    its own layer are not upstream of it."""
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
     senders = ["INPUT"]
@@ -253,10 +259,10 @@ def _graph(cfg, kinds) -> tuple[list[str], list[tuple[str, str, int, int]], list
                 name = f"L{layer}H{i}" if kind == "q" or n_kv == n_heads else f"L{layer}KV{i}"
                 receivers.append((f"{name}.{kind}", kind, layer, i))
                 upstream.append(len(senders))
-        senders += [f"L{layer}H{h}" for h in range(n_heads)]
         if "mlp" in kinds:
             receivers.append((f"MLP{layer}", "mlp", layer, 0))
-            upstream.append(len(senders))
+            upstream.append(len(senders) + (0 if parallel else n_heads))
+        senders += [f"L{layer}H{h}" for h in range(n_heads)]
         senders.append(f"MLP{layer}")
     if "logits" in kinds:
         receivers.append(("LOGITS", "logits", n_layers, 0))
@@ -264,12 +270,13 @@ def _graph(cfg, kinds) -> tuple[list[str], list[tuple[str, str, int, int]], list
     return senders, receivers, upstream
 
 
-def _edge_names(n_layers: int) -> list[str]:
+def _edge_names(model) -> list[str]:
     names = [INPUT, "ln_final.hook_in"]
-    for layer in range(n_layers):
+    for layer in range(model.cfg.n_layers):
         names += [f"blocks.{layer}.{n}" for n in (
-            "hook_resid_pre", "hook_resid_mid", "attn.hook_z", "attn.hook_q", "attn.hook_k",
+            "hook_resid_pre", "attn.hook_z", "attn.hook_q", "attn.hook_k",
             "attn.hook_v", "hook_mlp_out", "mlp.hook_in")]
+        names.append(mlp_input(model, layer)[1])
     return list(dict.fromkeys(names))
 
 
@@ -298,14 +305,13 @@ def _receiver_grads(model, kind: str, layer: int, grads, acts) -> Tensor:
     """dM/d(residual input of every receiver of `kind` at `layer`): [r, b, pos, d_model]."""
     if kind == "logits":
         return grads["ln_final.hook_in"].unsqueeze(0)
-    block = model.blocks[layer]
     if kind == "mlp":
-        return _norm_vjp(block.ln2, acts[f"blocks.{layer}.hook_resid_mid"],
-                         grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0))
+        norm, point = mlp_input(model, layer)
+        return _norm_vjp(norm, acts[point], grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0))
     weight = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}[kind][layer]  # [h, d, e]
     g = grads[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, h, e] (pre-rotary q/k)
     cot = torch.einsum("bphe,hde->hbpd", g, weight.to(g.dtype))
-    return _norm_vjp(block.ln1, acts[f"blocks.{layer}.hook_resid_pre"], cot)
+    return _norm_vjp(attn_norm(model, layer), acts[f"blocks.{layer}.hook_resid_pre"], cot)
 
 
 def _edge_scores_at(model, receivers, upstream, grads, acts, delta) -> Tensor:
@@ -318,7 +324,8 @@ def _edge_scores_at(model, receivers, upstream, grads, acts, delta) -> Tensor:
     for (kind, layer), cols in groups.items():
         g = _receiver_grads(model, kind, layer, grads, acts).reshape(len(cols), -1)
         n_up = upstream[cols[0]]
-        out[:n_up, cols] = (flat[:n_up] @ g.T).detach().cpu()
+        scores = at_least_float32(flat[:n_up]) @ at_least_float32(g).T
+        out[:n_up, cols] = scores.detach().cpu()
     return out
 
 
@@ -352,8 +359,9 @@ def edge_attribution(
     bad = set(receivers) - set(RECEIVER_KINDS)
     if bad:
         raise ValueError(f"unknown receiver kinds {sorted(bad)}; use {RECEIVER_KINDS}")
-    senders, recv, upstream = _graph(model.cfg, receivers)
-    names = _edge_names(model.cfg.n_layers)
+    parallel = mlp_input(model, 0)[1].endswith("resid_pre")
+    senders, recv, upstream = _graph(model.cfg, receivers, parallel)
+    names = _edge_names(model)
     scores = torch.zeros(len(senders), len(recv))
     n_points = 1 if method == "attribution" else steps
     for index in _chunks(len(batch), chunk_size):

@@ -4,18 +4,23 @@ The final residual at a read position is a sum of components (embeddings, each h
 z_h @ W_O[h], attention biases, MLP outputs). With the final norm's scale frozen to the one
 the run used, the norm is affine, so each component's effect on a logit direction adds up:
 sum(components) + norm bias + unembedding bias = the logit difference, exactly.
+
+Family details come from `interp.arch`: Gemma's norms multiply by 1 + weight; post-norms
+around the attention output (Gemma 2, OLMo 2) are frozen at the clean run's scale too, so a
+head's component is its output through that frozen norm. With final logit soft-capping
+(Gemma 2) the components add up to the logit difference before the cap.
 """
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.arch import norm_gain
 from interp.metrics import LogitDiff
 
 
 def _norm_weights(model):
-    comp = getattr(model.ln_final, "_original_component", model.ln_final)
-    return comp.weight, getattr(comp, "bias", None)
+    return norm_gain(model.ln_final)
 
 
 def through_final_norm(model, components: Float[Tensor, "... batch d_model"],
@@ -49,6 +54,17 @@ def _at(cache, name: str, rows, pos):
     return cache[name][rows, pos]
 
 
+def _post_norm(model, cache, layer: int, rows, pos):
+    """The attention post-norm (Gemma 2, OLMo 2) at the clean run's frozen scale, which
+    makes it linear in the heads' outputs; identity where blocks have none."""
+    name = f"blocks.{layer}.ln1_post.hook_scale"
+    if name not in cache:
+        return lambda comp: comp
+    scale = _at(cache, name, rows, pos)  # [batch, 1]
+    gain, _ = norm_gain(model.blocks[layer].ln1_post)
+    return lambda comp: comp / scale * gain
+
+
 @torch.inference_mode()
 def direct_logit_attribution(model, cache, batch) -> dict[str, Tensor]:
     """Per-prompt direct effects on the task's LogitDiff at its read positions.
@@ -68,11 +84,12 @@ def direct_logit_attribution(model, cache, batch) -> dict[str, Tensor]:
     heads, mlps, biases = [], [], []
     for layer in range(model.cfg.n_layers):
         z = _at(cache, f"blocks.{layer}.attn.hook_z", rows, pos)  # [batch, n_heads, d_head]
-        per_head = torch.einsum("bhd,hdm->hbm", z, model.W_O[layer])
+        post = _post_norm(model, cache, layer, rows, pos)
+        per_head = post(torch.einsum("bhd,hdm->hbm", z, model.W_O[layer]))
         heads.append(logit(per_head))
         mlps.append(logit(_at(cache, f"blocks.{layer}.hook_mlp_out", rows, pos)))
         b_o = model.blocks[layer].attn.b_O
-        biases.append(logit(b_o.expand(len(batch), -1)) if b_o is not None
+        biases.append(logit(post(b_o.expand(len(batch), -1))) if b_o is not None
                       else torch.zeros(len(batch)))
     embed = _at(cache, "hook_embed", rows, pos)
     if "hook_pos_embed" in cache:

@@ -3,6 +3,7 @@ the converted offline model and converts it again if it is damaged."""
 
 import sys
 
+from interp.arch import family_table
 from interp.models import model_availability
 from interp.models.smollm2 import ensure_smollm2, is_converted, smollm2_folder
 
@@ -13,6 +14,10 @@ def run(args) -> int:
     for spec, status in rows:
         print(f"{spec:<{width}}  {status}")
     print("\nAlso accepted: a path to a local Hugging Face model folder.")
+    print("\nModel families (sweeps: fast = exact batched engine; general = one hooked "
+          "forward per patch, exact but slower):")
+    for family, classes, path in family_table():
+        print(f"  {family:<10} {path:<8} {classes}")
     return verify() if args.verify else 0
 
 

@@ -1,11 +1,14 @@
 """Activation patching of single heads, exact and near the FLOP floor.
 
-For head h in layer L, the patched run equals the base run up to `resid_mid` of layer L,
+For head h in layer L, the patched run equals the base run up to layer L's attention output,
 plus the change of h's output (z_src - z_base)_h @ W_O[L, h]. So each sweep item starts there
-from the cached residual stream, runs MLP L and then blocks L+1.. only on the tokens the patch
+from the cached residual stream, finishes block L (`Family.head_step`: MLP L on a sequential
+block, nothing on a parallel one) and runs blocks L+1.. only on the tokens the patch
 can change (from the patched position to the read position; `interp.patching.sparse`), with
 the last block only at the read position, and unembeds only the columns the metric reads.
 All heads of one layer run in one batch (heads x prompts), split to fit the memory budget.
+Models outside `interp.arch.FAMILIES` take the general path: one hooked forward of
+the bridge per head, batched over prompts (`interp.patching.naive`), with a one-line notice.
 """
 
 import torch
@@ -13,17 +16,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.arch import family_of, notify_slow
 from interp.attribution import METHODS as ATTRIBUTION_METHODS
 from interp.attribution import head_attribution
 from interp.errors import UserValueError
-from interp.patching.runs import (
-    Runs,
-    check_sequential,
-    chunk_size,
-    head_out,
-    metric_from_resid,
-    mlp_step,
-)
+from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
 from interp.patching.sparse import BaseRun, ChangedTokens, base_run, forward_changed
 
 METHODS = ("exact", *ATTRIBUTION_METHODS)
@@ -49,16 +46,21 @@ def _layer_effects(model, runs: Runs, engine: BaseRun, layer: int, direction: st
         mask = torch.zeros(diff.shape[:2], dtype=diff.dtype, device=diff.device)
         mask[torch.arange(diff.shape[0]), first.to(diff.device)] = 1.0
         diff = diff * mask[:, :, None, None]
-    resid_mid = runs.cache(base)[f"blocks.{layer}.hook_resid_mid"]
+    cache = runs.cache(base)
     base_metric = runs.clean_metric if base == "clean" else runs.corrupted_metric
     n_heads, n_batch = model.cfg.n_heads, len(batch)
-    step = chunk_size(model, n_batch, resid_mid.shape[1], budget)
+    step = chunk_size(model, n_batch, diff.shape[1], budget)
     out = []
     for start in range(0, n_heads, step):
         heads = torch.arange(start, min(start + step, n_heads), device=diff.device)
         tokens = ChangedTokens.span(first, batch.read_positions, len(heads))
-        x = (resid_mid + head_out(model, diff, layer, heads)).flatten(0, 1)  # [k*batch, pos, d]
-        x = mlp_step(model, layer, x[tokens.rows, tokens.pos])  # resid_pre[layer + 1]
+        rows, pos = tokens.rows % n_batch, tokens.pos
+
+        def at(name: str, rows=rows, pos=pos):
+            return cache[name][rows, pos]
+
+        delta = head_out(model, diff, layer, heads).flatten(0, 1)  # [k*batch, pos, d]
+        x = engine.family.head_step(model, layer, at, delta[tokens.rows, tokens.pos])
         final = forward_changed(model, engine, x, tokens, layer + 1)
         resid = final.view(len(heads), n_batch, -1)
         out.append((metric_from_resid(model, batch, resid) - base_metric).mean(-1))
@@ -88,13 +90,18 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
     if method != "exact":
         return head_attribution(model, runs.batch, method, steps, direction,
                                 positions=positions)
+    if family_of(model) is None:
+        from interp.patching.naive import act_patch_heads_naive
+
+        _base_source(direction)
+        notify_slow(model, "activation patching")
+        return act_patch_heads_naive(model, runs, direction, positions)
     return _exact(model, runs, direction, positions, budget_gb, progress)
 
 
 @torch.inference_mode()
 def _exact(model, runs: Runs, direction: str, positions: str | None, budget_gb: float | None,
            progress: bool) -> Float[Tensor, "layer head"]:
-    check_sequential(model)
     engine = base_run(model, runs, _base_source(direction)[0])
     layers = range(model.cfg.n_layers)
     rows = [_layer_effects(model, runs, engine, layer, direction, positions, budget_gb)

@@ -23,17 +23,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.arch import family_of, notify_slow
 from interp.attribution import metric_gradients
+from interp.forward import at_least_float32
 from interp.nodes import Head
 from interp.patching.gradients import clean_gradients
-from interp.patching.runs import (
-    Runs,
-    check_sequential,
-    chunk_size,
-    head_out,
-    metric_from_resid,
-    mlp_step,
-)
+from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
 from interp.patching.sparse import ChangedTokens, Override, base_run, forward_changed
 
 INPUTS = ("q", "k", "v")
@@ -55,8 +50,9 @@ class Receiver:
         return f"blocks.{self.head.layer}.attn.hook_{self.input}"
 
     def slot(self, model) -> int:
-        """Index in hook_q/k/v. On GQA models k/v are shared by a group of query heads: the
-        receiver is the shared key/value head, so patching it affects the whole group."""
+        """Index in hook_q/k/v: the query head for q; for k/v the key/value head that the
+        receiver's query head reads (on GQA models it is shared by a group of query heads,
+        but only the receiver sees the patched value: see `path_patch`)."""
         if self.input == "q":
             return self.head.head
         n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
@@ -66,8 +62,8 @@ class Receiver:
 def _project(model, runs: Runs, receiver: Receiver, resid_pre: Float[Tensor, "... d_model"]):
     """The receiver's q/k/v vector computed from a residual stream (LN1, then W, then b)."""
     layer = receiver.head.layer
-    return base_run(model, runs).project(layer, receiver.input,
-                                         model.blocks[layer].ln1(resid_pre), receiver.slot(model))
+    h = family_of(model).attn_input(model, layer, resid_pre)
+    return base_run(model, runs).project(layer, receiver.input, h, receiver.slot(model))
 
 
 def _position_table(runs: Runs, pos_names: list[str]) -> Tensor:
@@ -77,25 +73,24 @@ def _position_table(runs: Runs, pos_names: list[str]) -> Tensor:
 
 
 def _propagate(model, runs: Runs, layer: int, delta, pos_names: list[str], stop: int):
-    """Residual vectors at `pos_names`, from resid_mid[layer] + delta up to resid_pre[stop].
+    """Residual vectors at `pos_names`, from layer `layer`'s attention output + delta up to
+    resid_pre[stop].
 
     Returns {l: [k, batch, n_pos, d]} for every resid_pre layer l in (layer, stop], where
-    attention is frozen to its clean output and MLPs are recomputed.
+    attention is frozen to its clean output and MLPs (and norms) are recomputed.
     """
-    cache, batch = runs.clean_cache, runs.batch
+    cache, batch, family = runs.clean_cache, runs.batch, family_of(model)
     rows = torch.arange(len(batch))[:, None]
     pos = _position_table(runs, pos_names)  # [batch, n_pos]
 
     def at(name: str):
         return cache[name][rows, pos]  # [batch, n_pos, d]
 
-    x = at(f"blocks.{layer}.hook_resid_mid") + delta
-    pre = {}
-    for cur in range(layer, stop):
-        x = mlp_step(model, cur, x)
+    x = family.head_step(model, layer, at, delta)
+    pre = {layer + 1: x}
+    for cur in range(layer + 1, stop):
+        x = family.block_step(model, cur, x, at(family.attn_out_hook(cur)))
         pre[cur + 1] = x
-        if cur + 1 < stop:
-            x = x + at(f"blocks.{cur + 1}.hook_attn_out")
     return pre
 
 
@@ -128,11 +123,11 @@ def _to_receivers(model, runs: Runs, layer: int, heads, receivers: list[Receiver
                   budget: float | None, grads: dict | None) -> Float[Tensor, " k"]:
     reachable = [r for r in receivers if r.head.layer > layer]
     if not reachable:
-        return torch.zeros(len(heads))
+        return torch.zeros(len(heads), dtype=runs.clean_metric.dtype)
     values = _receiver_values(model, runs, layer, heads, reachable)
     if grads is not None:  # first-order estimate: change of each receiver input . gradient
-        return sum(((v - _clean_value(model, runs, r)) * grads[r]).sum((-1, -2))
-                   for r, v in values.items())
+        return sum((at_least_float32(v - _clean_value(model, runs, r))
+                    * at_least_float32(grads[r])).sum((-1, -2)) for r, v in values.items())
     start = min(r.head.layer for r in reachable)
     return _final_run(model, runs, start, values, len(heads), budget)
 
@@ -175,7 +170,7 @@ def _final_run(model, runs: Runs, start: int, values: dict, k: int,
     for lo in range(0, k, step):
         hi = min(lo + step, k)
         tokens = ChangedTokens.span(first, batch.read_positions, hi - lo)
-        overrides = [Override(r.head.layer, r.input, r.slot(model),
+        overrides = [Override(r.head.layer, r.input, r.head.head,
                               batch.positions[r.position].repeat(hi - lo), v[lo:hi].flatten(0, 1))
                      for r, v in values.items()]
         x = resid.repeat(hi - lo, 1, 1)[tokens.rows, tokens.pos]
@@ -213,31 +208,74 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
             logits are always exact (they are cheap).
         budget_gb: activation memory budget of one batched forward (None: device default).
 
+    Receivers are the paper's: only the receiving head sees the patched input. On GQA models
+    (e.g. SmolLM2: 3 query heads per key/value head) a k or v receiver's patched key/value is
+    seen by that query head alone; the other query heads of its KV group keep their clean
+    keys/values (the fast engine gives the receiver its own copy of the KV head; the naive
+    reference replaces the receiver's output with that of a run where the shared KV head is
+    patched). With method="attribution"/"screen" the gradient is taken at the shared KV
+    head's input, so the estimate (not the exact figure) includes the group's other heads.
+
+    Models outside `interp.arch.FAMILIES` take the general path (two hooked bridge
+    forwards per sender, `interp.patching.naive`), announced once in one line; the
+    attribution methods work on every model.
+
     Returns:
         [n_senders] mean over prompts of metric(patched) - metric(clean), raw units.
+
+    Example:
+        >>> recv = [Receiver(Head(9, 9), "q", "END")]
+        >>> effects = path_patch(model, runs, all_heads(9, 12), recv)  # [n_senders]
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got '{method}'")
-    check_sequential(model)
+    fast = family_of(model) is not None
+    if not fast:
+        notify_slow(model, "path patching")
+    exact = _sweep if fast else _general_exact
     if receivers == "logits" or method == "exact":
-        return _sweep(model, runs, senders, receivers, None, budget_gb, progress)
+        return exact(model, runs, senders, receivers, None, budget_gb, progress)
     grads = receiver_gradients(model, runs, receivers,
                                steps if method == "attribution-ig" else None)
-    estimate = _sweep(model, runs, senders, receivers, grads, budget_gb, progress)
+    estimate = (_sweep if fast else _general_estimate)(model, runs, senders, receivers, grads,
+                                                       budget_gb, progress)
     if method != "screen":
         return estimate
     chosen = screened(estimate, top_k)
-    exact = _sweep(model, runs, [senders[i] for i in chosen], receivers, None, budget_gb,
-                   progress)
     result = estimate.clone()
-    result[chosen] = exact
+    result[chosen] = exact(model, runs, [senders[i] for i in chosen], receivers, None,
+                           budget_gb, progress)
     return result
+
+
+def _general_exact(model, runs: Runs, senders: list[Head], receivers, grads, budget_gb,
+                   progress: bool) -> Float[Tensor, " n_senders"]:
+    """The general path: the paper's two hooked forwards per sender (`naive`)."""
+    from interp.patching.naive import path_patch_naive
+
+    return path_patch_naive(model, runs, senders, receivers)
+
+
+def _general_estimate(model, runs: Runs, senders: list[Head], receivers: list[Receiver],
+                      grads: dict, budget_gb, progress: bool) -> Float[Tensor, " n_senders"]:
+    """The general path's attribution estimate: each receiver input's exact change under
+    the sender's frozen-attention run (one hooked forward per sender), times the gradient."""
+    from interp.patching.naive import receiver_values_naive
+
+    out = torch.zeros(len(senders), dtype=runs.clean_metric.dtype)
+    for i, sender in enumerate(senders):
+        values = receiver_values_naive(model, runs, sender, receivers)
+        for r in receivers:
+            if r.head.layer > sender.layer:
+                change = at_least_float32(values[r] - _clean_value(model, runs, r))
+                out[i] += (change * at_least_float32(grads[r])).sum().cpu()
+    return out
 
 
 @torch.inference_mode()
 def _sweep(model, runs: Runs, senders: list[Head], receivers, grads, budget_gb: float | None,
            progress: bool) -> Float[Tensor, " n_senders"]:
-    result = torch.zeros(len(senders))
+    result = torch.zeros(len(senders), dtype=runs.clean_metric.dtype)
     by_layer: dict[int, list[int]] = {}
     for i, s in enumerate(senders):
         by_layer.setdefault(s.layer, []).append(i)

@@ -12,19 +12,26 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.arch import family_of
 from interp.errors import UserValueError
-from interp.forward import block_kwargs
+from interp.forward import at_least_float32, block_kwargs, linear_logits, unembed
 from interp.metrics import logits_at
 from interp.tasks.base import TaskBatch
 
 CACHED_HOOKS = ("attn.hook_z", "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
                 "hook_attn_out",
-                "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")
+                "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern",
+                "ln1_post.hook_scale")
 
 
-def _keep(name: str) -> bool:
-    return name.endswith(CACHED_HOOKS) or name.startswith(("ln_final", "hook_embed",
-                                                           "hook_pos_embed"))
+def _keeper(model):
+    family = family_of(model)
+    hooks = CACHED_HOOKS + (family.cached_hooks() if family is not None else ())
+
+    def keep(name: str) -> bool:
+        return name.endswith(hooks) or name.startswith(("ln_final", "hook_embed",
+                                                        "hook_pos_embed"))
+    return keep
 
 
 Which = Literal["clean", "corrupted"]
@@ -65,8 +72,8 @@ def _which(which: str) -> str:
 
 
 def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch):
-    logits, cache = model.run_with_cache(tokens, names_filter=_keep)
-    metric = batch.metric(logits_at(logits, batch.read_positions))
+    logits, cache = model.run_with_cache(tokens, names_filter=_keeper(model))
+    metric = at_least_float32(batch.metric(logits_at(logits, batch.read_positions)))
     return {k: v for k, v in cache.items()}, metric
 
 
@@ -91,24 +98,21 @@ def head_out(model, z: Float[Tensor, "... n_heads d_head"], layer: int,
     return torch.einsum("k...d,kdm->k...m", z_sel, w_o)
 
 
-def mlp_step(model, layer: int, resid_mid: Float[Tensor, "... d_model"]):
-    """resid_post = resid_mid + MLP(LN2(resid_mid)) for a sequential (non-parallel) block."""
-    block = model.blocks[layer]
-    return resid_mid + block.mlp(block.ln2(resid_mid))
-
-
-def check_sequential(model) -> None:
-    """The fast sweeps assume attention then MLP (GPT-2, Llama); refuse parallel blocks."""
-    if getattr(model.cfg, "parallel_attn_mlp", False):
-        raise NotImplementedError(
-            "this model computes attention and MLP in parallel; use method='naive'.")
-
-
 def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "*n batch d_model"]
                       ) -> Float[Tensor, "*n batch"]:
-    """Metric values `[*n, batch]` from residual vectors at the metric's read positions
-    (`Metric.from_resid`: e.g. LogitDiff unembeds only the columns it reads)."""
-    return batch.metric.from_resid(model, resid_at_read)
+    """Metric values `[*n, batch]` from residual vectors at the metric's read positions.
+
+    `Metric.from_resid` (e.g. LogitDiff) unembeds only the vocabulary columns it reads;
+    models whose logits go through a transform (Gemma 2's soft-capping, applied by
+    `interp.forward.unembed`) get the full logits. The metric is returned in float32 or
+    better, whatever the model's dtype.
+    """
+    if linear_logits(model):
+        out = batch.metric.from_resid(model, resid_at_read)
+    else:
+        out = batch.metric(unembed(model, resid_at_read))
+    return at_least_float32(out)
+
 
 
 CPU_BUDGET_GB = 0.125  # on CPU, chunks this small keep elementwise ops in cache (~25% faster)

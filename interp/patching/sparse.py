@@ -8,8 +8,9 @@ clean run's (cached per layer) everywhere else. In the last layer only the read 
 are queries. For IOI this makes a patch at END cost one token per layer instead of ~20.
 
 Blocks are driven from their weights (`W_Q`.. `W_O`, the bridge's own norms and MLPs, the
-HF attention scale and rotary tables), so this is exact, not an approximation; tests compare
-it with the bridge's blocks on GPT-2 and Llama.
+HF attention scale and rotary tables) and the family's details from `interp.arch`,
+so this is exact, not an approximation; tests compare it with the bridge's hooked forwards
+on every family in `interp.arch.FAMILIES`.
 
 Rows are items x prompts, item-major (row = item * n_prompts + prompt).
 
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.patching.runs import Runs, mlp_step
+from interp.arch import family_of, slow_reason
+from interp.patching.runs import Runs
 
 
 @dataclass
@@ -59,18 +61,12 @@ class ChangedTokens:
         return self.first + positions - self.pos[self.first]
 
 
-SUPPORTED = ("GPT2LMHeadModel", "LlamaForCausalLM")  # attention written out in `_attend`
-
-
 def check_supported(model) -> None:
-    """Refuse architectures whose attention `_attend` does not reproduce."""
-    arch = type(getattr(model, "original_model", None)).__name__
-    attn = model.blocks[0].attn.original_component
-    if arch not in SUPPORTED or getattr(attn, "scale_attn_by_inverse_layer_idx", False):
-        raise NotImplementedError(
-            f"the fast exact sweeps drive the attention of {SUPPORTED} themselves; this "
-            f"model is {arch}. Use the references in interp.patching.naive, or add its "
-            "attention to interp/patching/sparse.py (and to its tests).")
+    """Refuse a model the fast engine does not reproduce (`interp.arch`)."""
+    reason = slow_reason(model)
+    if reason is not None:
+        raise NotImplementedError(f"the fast exact sweeps cannot run this model: {reason}; "
+                                  "the sweeps take the general path (interp.patching.naive)")
 
 
 class BaseRun:
@@ -81,13 +77,13 @@ class BaseRun:
 
     def __init__(self, model, runs: Runs, which: str = "clean"):
         check_supported(model)
+        self.family = family_of(model)
         self.model, self.cache = model, runs.cache(which)
         self.n_prompts = len(runs.batch)
         self._kv: dict[int, tuple[Tensor, Tensor]] = {}
         self.w = {name: getattr(model, name, None) for name in
                   ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")}
-        rotary = runs.kwargs(which).get("position_embeddings")
-        self.cos, self.sin = rotary if rotary is not None else (None, None)
+        self.cos, self.sin = self.family.rotary_tables(runs.kwargs(which))
 
     def resid_pre(self, layer: int) -> Float[Tensor, "prompts pos d_model"]:
         return self.cache[f"blocks.{layer}.hook_resid_pre"]
@@ -105,25 +101,25 @@ class BaseRun:
             out = torch.einsum("...d,hde->...he", h, w)
         return out if bias is None else out + bias
 
-    def rotate(self, x: Tensor, prompt: Tensor, pos: Tensor) -> Tensor:
-        """Rotary embedding (HF convention) of [n, heads, d_head] vectors at positions."""
+    def rotate(self, layer: int, kind: str, x: Tensor, prompt: Tensor, pos: Tensor) -> Tensor:
+        """q or k [n, heads, d_head] (pre-norm, pre-rotary, as in hook_q/hook_k) as the
+        attention scores use them: the family's q/k norm, then its rotary at `pos`."""
+        x = self.family.normed(self.model, layer, kind, x)
         if self.cos is None:
             return x
         row = prompt if self.cos.shape[0] > 1 else torch.zeros_like(prompt)
         cos, sin = self.cos[row, pos][:, None], self.sin[row, pos][:, None]
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), -1)
-        return x * cos + rotated * sin
+        return self.family.rotate(x, cos.to(x.dtype), sin.to(x.dtype))
 
     def kv(self, layer: int) -> tuple[Tensor, Tensor]:
         """Keys (rotated) and values of every token: [prompts, pos, kv_heads, d_head]."""
         if layer not in self._kv:
             resid = self.resid_pre(layer)
             b, s, d = resid.shape
-            h = self.model.blocks[layer].ln1(resid).reshape(b * s, d)
+            h = self.family.attn_input(self.model, layer, resid).reshape(b * s, d)
             prompt = torch.arange(b).repeat_interleave(s)
             pos = torch.arange(s).repeat(b)
-            k = self.rotate(self.project(layer, "k", h), prompt, pos)
+            k = self.rotate(layer, "k", self.project(layer, "k", h), prompt, pos)
             v = self.project(layer, "v", h)
             self._kv[layer] = (k.view(b, s, *k.shape[1:]), v.view(b, s, *v.shape[1:]))
         return self._kv[layer]
@@ -138,13 +134,23 @@ def base_run(model, runs: Runs, which: str = "clean") -> BaseRun:
 
 @dataclass
 class Override:
-    """Replace one head's q, k or v input (pre-rotary) at one position per row."""
+    """Replace one head's q, k or v input (pre-norm, pre-rotary) at one position per row.
+
+    `head` is a query head for every kind: a k or v override is seen by that query head
+    only, even when it shares its key/value head with others (GQA; the other query heads of
+    the group keep the base run's keys and values).
+    """
 
     layer: int
     kind: str  # "q", "k" or "v"
-    slot: int  # query head (q) or key/value head (k, v)
+    head: int  # the query head that sees the replaced input
     positions: Int[Tensor, " rows"]
     values: Float[Tensor, "rows d_head"]
+
+
+def _per_query_head(x: Tensor, n_heads: int) -> Tensor:
+    """[..., kv_heads, d] -> [..., n_heads, d]: query head h reads KV head h // group."""
+    return x if x.shape[-2] == n_heads else x.repeat_interleave(n_heads // x.shape[-2], -2)
 
 
 def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
@@ -153,6 +159,12 @@ def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
     prompt = tokens.rows % base.n_prompts
     qkv = {kind: base.project(layer, kind, h[queries] if kind == "q" else h)
            for kind in ("q", "k", "v")}
+    k_clean, v_clean = base.kv(layer)
+    n_heads = qkv["q"].shape[-2]
+    if any(ov.kind != "q" for ov in overrides):  # receiver-only k/v: one copy per query head
+        qkv["k"], qkv["v"] = _per_query_head(qkv["k"], n_heads), _per_query_head(qkv["v"],
+                                                                                  n_heads)
+        k_clean, v_clean = _per_query_head(k_clean, n_heads), _per_query_head(v_clean, n_heads)
     for ov in overrides:
         index = tokens.index_of(ov.positions)
         if ov.kind == "q":  # queries are a sorted subset of the tokens
@@ -161,39 +173,73 @@ def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
                                tokens.index_of(ov.positions)):
                 raise ValueError("a q override must sit at a query token (in the last "
                                  "layer: the read position)")
-        qkv[ov.kind][index, ov.slot] = ov.values.to(h.dtype)
-    q = base.rotate(qkv["q"], prompt[queries], tokens.pos[queries])
-    k_new = base.rotate(qkv["k"], prompt, tokens.pos)
-    k_clean, v_clean = base.kv(layer)
+        qkv[ov.kind][index, ov.head] = ov.values.to(h.dtype)
+    q = base.rotate(layer, "q", qkv["q"], prompt[queries], tokens.pos[queries])
+    k_new = base.rotate(layer, "k", qkv["k"], prompt, tokens.pos)
     n_items = tokens.n_rows // base.n_prompts
     k_all = k_clean.repeat(n_items, 1, 1, 1)
     v_all = v_clean.repeat(n_items, 1, 1, 1)
     k_all[tokens.rows, tokens.pos] = k_new
     v_all[tokens.rows, tokens.pos] = qkv["v"]
-    scale = model.blocks[layer].attn.original_component.scaling
     rows, pos = tokens.rows[queries], tokens.pos[queries]
+    rule = _Scores(base.family.scale(model, layer), base.family.softcap(model, layer),
+                   base.family.window(model, layer))
     if len(queries) <= tokens.n_rows:  # about one query per row: attend per query
-        z = _attend_queries(q, k_all[rows], v_all[rows], pos, scale)
+        z = _attend_queries(q, k_all[rows], v_all[rows], pos, rule)
     else:  # many queries per row: dense causal attention, read at the queries
         q_all = q.new_zeros(tokens.n_rows, k_all.shape[1], q.shape[1], q.shape[2])
         q_all[rows, pos] = q
-        z = F.scaled_dot_product_attention(q_all.transpose(1, 2), k_all.transpose(1, 2),
-                                           v_all.transpose(1, 2), is_causal=True, scale=scale,
-                                           enable_gqa=q.shape[1] != k_all.shape[2])
-        z = z.transpose(1, 2)[rows, pos]  # [n_q, heads, d_head]
+        z = _attend_dense(q_all, k_all, v_all, rule)[rows, pos]  # [n_q, heads, d_head]
     out = torch.einsum("nhe,hed->nd", z, base.w["W_O"][layer])
     return out if base.w["b_O"] is None else out + base.w["b_O"][layer]
 
 
+@dataclass
+class _Scores:
+    """How one layer turns q.k into attention logits: scale, soft-cap, sliding window."""
+
+    scale: float
+    softcap: float | None = None
+    window: int | None = None
+
+    def mask(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """True where key position k_pos is hidden from query position q_pos."""
+        hidden = k_pos > q_pos
+        if self.window is not None:
+            hidden = hidden | (q_pos - k_pos >= self.window)
+        return hidden
+
+    def logits(self, scores: Tensor) -> Tensor:
+        scores = scores * self.scale
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        return scores
+
+
+def _attend_dense(q: Float[Tensor, "rows pos heads d"], k: Float[Tensor, "rows pos kv d"],
+                  v: Float[Tensor, "rows pos kv d"], rule: _Scores) -> Tensor:
+    """Attention of every position of every row: [rows, pos, heads, d]."""
+    if rule.softcap is None and rule.window is None:
+        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                           v.transpose(1, 2), is_causal=True, scale=rule.scale,
+                                           enable_gqa=q.shape[2] != k.shape[2])
+        return z.transpose(1, 2)
+    k, v = _per_query_head(k, q.shape[2]), _per_query_head(v, q.shape[2])
+    scores = rule.logits(torch.einsum("bqhd,bkhd->bhqk", q, k))
+    at = torch.arange(q.shape[1], device=q.device)
+    scores = scores.masked_fill(rule.mask(at[:, None], at[None, :]), float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+
+
 def _attend_queries(q: Float[Tensor, "n heads d"], k: Float[Tensor, "n pos kv d"],
                     v: Float[Tensor, "n pos kv d"], pos: Int[Tensor, " n"],
-                    scale: float) -> Float[Tensor, "n heads d"]:
+                    rule: _Scores) -> Float[Tensor, "n heads d"]:
     """Causal attention of single query tokens (at `pos`) over their own row's keys."""
-    k = k.repeat_interleave(q.shape[1] // k.shape[2], dim=2)  # GQA: kv head h // group
-    v = v.repeat_interleave(q.shape[1] // v.shape[2], dim=2)
-    scores = torch.einsum("nhd,nshd->nhs", q, k) * scale
-    future = torch.arange(k.shape[1], device=pos.device)[None, :] > pos[:, None]
-    scores = scores.masked_fill(future[:, None, :].to(scores.device), float("-inf"))
+    k = _per_query_head(k, q.shape[1])  # GQA: kv head h // group
+    v = _per_query_head(v, q.shape[1])
+    scores = rule.logits(torch.einsum("nhd,nshd->nhs", q, k))
+    hidden = rule.mask(pos[:, None], torch.arange(k.shape[1], device=pos.device)[None, :])
+    scores = scores.masked_fill(hidden[:, None, :].to(scores.device), float("-inf"))
     return torch.einsum("nhs,nshd->nhd", scores.softmax(-1), v)
 
 
@@ -210,9 +256,9 @@ def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
         return x[tokens.read]
     every = torch.arange(len(tokens.rows))
     for layer in range(start, model.cfg.n_layers):
-        block = model.blocks[layer]
         queries = tokens.read if layer == model.cfg.n_layers - 1 else every
         mine = [ov for ov in overrides if ov.layer == layer]
-        attn = _attend(model, base, layer, block.ln1(x), tokens, queries, mine)
-        x = mlp_step(model, layer, x[queries] + attn)
+        attn = _attend(model, base, layer, base.family.attn_input(model, layer, x), tokens,
+                       queries, mine)
+        x = base.family.block_step(model, layer, x[queries], attn)
     return x
