@@ -52,8 +52,8 @@ def _check_complete(folder: Path, command: str, seed: int) -> None:
     assert summary["config"]["seed"] == seed
     names = set(_snapshot(folder))
     if command == "ioi":
-        assert names == {"summary.json", "dataset.jsonl", "circuit.yaml",
-                         *summary["figures"].values()}
+        circuit = [summary["circuit_file"]] if summary["circuit_file"] else []  # none if skipped
+        assert names == {"summary.json", "dataset.jsonl", *circuit, *summary["figures"].values()}
         lines = (folder / "dataset.jsonl").read_text().splitlines()
         assert len(lines) == summary["n_prompts"]
     else:

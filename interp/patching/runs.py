@@ -86,6 +86,13 @@ def prepare_runs(model, batch: TaskBatch) -> Runs:
     corrupted_tokens = batch.corrupted_tokens.to(device)
     clean_cache, clean_metric = _cached_run(model, clean_tokens, batch)
     corrupted_cache, corrupted_metric = _cached_run(model, corrupted_tokens, batch)
+    for which, values in (("clean", clean_metric), ("corrupted", corrupted_metric)):
+        if not torch.isfinite(values).all():
+            bad = int((~torch.isfinite(values)).sum())
+            raise UserValueError(
+                f"the task's metric is not finite on {bad} of {len(values)} {which} prompts "
+                "(stage: prepare_runs, the cached clean/corrupted runs); check the metric and "
+                "the model's weights (`interp models --verify`)")
     return Runs(batch, clean_cache, corrupted_cache, clean_metric, corrupted_metric,
                 block_kwargs(model, clean_tokens), block_kwargs(model, corrupted_tokens))
 
@@ -112,7 +119,6 @@ def metric_from_resid(model, batch: TaskBatch, resid_at_read: Float[Tensor, "*n 
     else:
         out = batch.metric(unembed(model, resid_at_read))
     return at_least_float32(out)
-
 
 
 CPU_BUDGET_GB = 0.125  # on CPU, chunks this small keep elementwise ops in cache (~25% faster)
