@@ -24,7 +24,41 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.forward import block_kwargs
+from interp.forward import block_kwargs, unembed
+
+
+class _LastBlockDone(Exception):
+    pass
+
+
+def block_activations(model, tokens: Int[Tensor, "batch pos"],
+                      names: list[str]) -> dict[str, Tensor]:
+    """The named hook activations of a forward on `tokens`, stopping after the last block:
+    the final norm and the unembedding (every position times the whole vocabulary, often the
+    largest matrix product of the forward) are skipped.
+
+    Example:
+        >>> acts = block_activations(model, tokens, ["blocks.0.hook_resid_pre"])
+    """
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    kept: dict[str, Tensor] = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            kept[name] = output
+            if name == last:
+                raise _LastBlockDone
+        return hook
+
+    handles = [model.hook_dict[n].register_forward_hook(keep(n)) for n in {*names, last}]
+    try:
+        model(tokens)
+    except _LastBlockDone:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {n: kept[n] for n in names}
 
 
 @dataclass
@@ -98,15 +132,17 @@ class CleanRun:
                                                          for la in range(n)]
         with torch.inference_mode():
             kwargs = block_kwargs(model, toks)
-            logits, cache = model.run_with_cache(toks, names_filter=lambda h: h in names)
+            cache = block_activations(model, toks, names)
         if ledger is not None:
             ledger.add(width, self.lengths[rows], n)
             if ledger.unit_lengths is None:
                 ledger.unit_lengths = self.lengths
         at = torch.arange(len(rows), device=dev)
         mlp = torch.stack([cache[f"blocks.{la}.hook_mlp_out"] for la in range(n)])
+        with torch.inference_mode():
+            read_logits = unembed(model, cache[names[n]][at, read]).float()
         return CleanBatch(rows, toks, read, kwargs, [cache[h] for h in names[: n + 1]],
-                          logits[at, read].float(), mlp if keep_mlp else None,
+                          read_logits, mlp if keep_mlp else None,
                           mlp[:, at, read].float().cpu())
 
     def read_logits(self) -> Float[Tensor, "batch vocab"]:

@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.ffn_clean import length_batches
+from interp.ffn_clean import block_activations, length_batches
 from interp.forward import unembed
 
 
@@ -32,7 +32,7 @@ def layer_resids(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "laye
     """Residual stream after every block, stacked."""
     names = resid_names(model)
     with torch.inference_mode():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        cache = block_activations(model, tokens, names)
     return torch.stack([cache[n] for n in names])
 
 
@@ -65,20 +65,27 @@ class LensStats:
 
 
 def _lens_batch(model, tokens, read, targets, k):
+    """Lens statistics at `read` of one batch, from the logits and their log-normaliser
+    (no `[layer, batch, vocab]` log-softmax is materialised):
+    log p = logit - lse, and KL(final || layer) = sum p_final * (logit_final - logit) -
+    lse_final + lse."""
     resid = layer_resids(model, tokens)  # [L, b, pos, d]
     rows = torch.arange(tokens.shape[0])
     with torch.inference_mode():
         logits = lens_logits(model, resid[:, rows, read]).float()  # [L, b, vocab]
-        logp = logits.log_softmax(-1)
-        top = logp.topk(k, -1)
-        final = logp[-1:]
-        kl = (final.exp() * (final - logp)).sum(-1)
+        lse = logits.logsumexp(-1)  # [L, b]
+        top = logits.topk(k, -1)
+        p_final = (logits[-1] - lse[-1, :, None]).exp()  # [b, vocab]
+        expected = torch.einsum("bv,lbv->lb", p_final, logits)
+        kl = expected[-1:] - expected - lse[-1:] + lse
         probs, ranks = {}, {}
         for name, ids in targets.items():
             idx = ids.to(logits.device).expand(logits.shape[0], -1)
-            probs[name] = logp.gather(-1, idx.unsqueeze(-1)).squeeze(-1).exp().cpu()
+            target = logits.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+            probs[name] = (target - lse).exp().cpu()
             ranks[name] = rank_of(logits, idx).cpu()
-    return top.indices.cpu(), top.values.exp().cpu(), probs, ranks, kl.cpu()
+    return (top.indices.cpu(), (top.values - lse[..., None]).exp().cpu(), probs, ranks,
+            kl.clamp(min=0).cpu())
 
 
 def lens_at(model, tokens: Int[Tensor, "batch pos"], read_positions: Int[Tensor, " batch"],

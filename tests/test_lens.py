@@ -154,3 +154,19 @@ def test_lens_at_length_batches_equal_one_prompt_at_a_time(model):
         assert torch.equal(batched.ranks["t"][:, i], one.ranks["t"][:, 0])
         assert torch.equal(batched.top_ids[:, i], one.top_ids[:, 0])
         assert torch.allclose(batched.kl_to_final[:, i], one.kl_to_final[:, 0], atol=1e-5)
+
+
+def test_lens_statistics_equal_a_plain_log_softmax_at_every_layer(model):
+    """The lse-based probabilities and KL equal log_softmax of hand-lens logits."""
+    tokens, lengths = encode_batch(model, TEXTS)
+    target = torch.tensor([11, 22])
+    stats = lens_at(model, tokens, lengths - 1, {"t": target}, k=4, batch_size=2)
+    with torch.inference_mode():
+        resids = layer_resids(model, tokens)
+        rows = torch.arange(len(TEXTS))
+        logp = hand_lens(model, resids[:, rows, lengths - 1]).log_softmax(-1)  # [L, b, V]
+    kl = (logp[-1].exp() * (logp[-1] - logp)).sum(-1)
+    assert torch.allclose(stats.kl_to_final, kl, atol=1e-4)
+    assert torch.allclose(stats.top_probs, logp.topk(4, -1).values.exp(), atol=1e-5)
+    want = logp.gather(-1, target.expand(len(logp), -1)[..., None])[..., 0].exp()
+    assert torch.allclose(stats.probs["t"], want, atol=1e-6)
