@@ -68,7 +68,11 @@ def run(args) -> int:
                    "n_scored": main["overall"]["n"], "tied_embeddings": tied,
                    "convention": "a - b + c = expected; inputs a, b, c excluded from neighbours",
                    "per_category": main["per_category"], "overall": main["overall"],
-                   "results": results, "bias_example": bias}
+                   "results": results, "bias_example": bias,
+                   "work_fpe": {"done": 0.0, "minimum": 0.0,
+                                "note": "no forward pass: per space and word filter, one "
+                                        "product of the analogy queries with the unit-norm "
+                                        "vocabulary matrix"}}
         rows = {f"{cat} (n={r['n']})": {"acc@1": r["accuracy@1"],
                                         f"acc@{args.k}": r["accuracy@k"],
                                         "c-only baseline@1": r["c_only_baseline@1"]}
