@@ -70,7 +70,7 @@ class FfnConfig:
     critical_positions: str = "no-first"
     country: str = "Poland"
     demo: str = "France"
-    batch_size: int = 24
+    batch_size: int = 8
     n_control_sources: int = 5
     n_specificity: int = 10
     table: str = str(DATA)

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                         help="number of countries (seeded subset; default: the whole table)")
     parser.add_argument("--country", default="Poland", help="country of the heatmap prompt")
     parser.add_argument("--demo", default="France", help="demonstration country of the heatmap")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="prompts per length-sorted batch (default 16: little padding)")
     parser.set_defaults(func=run)
 
 

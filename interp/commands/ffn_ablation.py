@@ -46,7 +46,8 @@ def register(subparsers) -> None:
                         "bundled table); a small table makes a quick run")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
                         help="ablation kinds of the sweeps (default: zero mean)")
-    parser.add_argument("--batch-size", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="prompts per length-sorted batch (default 8: little padding)")
     parser.set_defaults(func=run)
 
 
