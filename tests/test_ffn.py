@@ -17,7 +17,7 @@ from interp.ffn import (
     transfer,
     window,
 )
-from interp.ffn_clean import CleanRun, Ledger, length_batches
+from interp.ffn_clean import CleanRun, Ledger, block_activations, length_batches
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +176,23 @@ def test_clean_run_in_length_batches_equals_plain_forward(model, prompts):
         logits = model(prompts.tokens)
     rows = torch.arange(len(prompts))
     assert torch.allclose(clean.read_logits(), logits[rows, prompts.read_positions], atol=1e-5)
+
+
+def test_block_activations_equal_the_cache_and_skip_the_unembedding(model, prompts):
+    names = ["blocks.0.hook_mlp_out", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    calls = []
+    handle = model.unembed.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.inference_mode():
+            got = block_activations(model, prompts.tokens, names)
+            assert not calls  # stopped after the last block
+            _, cache = model.run_with_cache(prompts.tokens, names_filter=lambda n: n in names)
+    finally:
+        handle.remove()
+    assert calls  # the hook does see a full forward's unembedding
+    for name in names:
+        assert torch.allclose(got[name], cache[name], atol=1e-6)
+    assert not any(h._forward_hooks for h in model.hook_dict.values())  # hooks removed
 
 
 def test_length_batches_cover_every_prompt_once():
