@@ -296,7 +296,7 @@ class EdgeAblation:
         g, n_layers = self.graph, self.model.cfg.n_layers
         masks = [m for m, _ in items]
         live = torch.ones(g.n_senders, dtype=torch.bool) if keep else self._live(masks)
-        state = _State(live, items, start, self._extras(masks), g)
+        state = _State(live, items, start, self._kept_at(masks), g)
         dead = (~live[:g.senders_before(start)]).nonzero().flatten()  # computed in the bases:
         resid = torch.stack([base.resid[start] - base.deltas[dead].sum(0)  # o_s -> a_s
                              for _, base in items])
@@ -323,38 +323,63 @@ class EdgeAblation:
         live[0] = True  # the embeddings cost nothing
         return live
 
-    def _extras(self, masks: list[EdgeMask]) -> dict[int, list]:
-        """receiver -> [(item, sender, position mask [prompts, pos, 1])] of positional edges."""
-        out: dict[int, list] = {}
+    def _kept_at(self, masks: list[EdgeMask]) -> list[tuple[Tensor, Tensor]]:
+        """Positional edges grouped by their positions: [(position mask [prompts, pos, 1],
+        B [k, receivers, senders]: 1 where the edge is kept only there)]."""
+        groups: dict = {}
+        g = self.graph
         for item, m in enumerate(masks):
             for (r, s), names in m.at.items():
                 if not m.keep[r, s]:
-                    pos = self._position_mask(names)[..., None]
-                    out.setdefault(r, []).append((item, s, pos))
-        return out
+                    key = names if isinstance(names, tuple) else id(names)
+                    if key not in groups:
+                        groups[key] = (self._position_mask(names)[..., None],
+                                       torch.zeros(len(masks), g.n_receivers, g.n_senders,
+                                                   dtype=torch.bool))
+                    groups[key][1][item, r, s] = True
+        return list(groups.values())
 
     def _mix(self, state: "_State", rows: list[int], n_senders: int
              ) -> Float[Tensor, "k receivers prompts pos d_model"]:
         """For each receiver in `rows`: the sum of D_s over the senders it ablates (among
-        the first `n_senders`), A @ D, minus D_s where a positional edge keeps s."""
+        the first `n_senders`), A @ D, minus P * (B_P @ D) for the senders that positional
+        edges keep at positions P. One matmul over [A; B_P1; B_P2; ...] reads D once."""
         cols = state.n_cols(n_senders)
-        deltas = state.deltas
-        k, shape = deltas.shape[0], deltas.shape[2:]
-        a = state.ablated[:, rows, :cols]
-        out = torch.bmm(a, deltas[:, :cols].reshape(k, cols, -1)).view(k, len(rows), *shape)
-        for j, r in enumerate(rows):
-            for item, s, pos in state.extras.get(r, ()):
-                if s < n_senders and state.col_of[s] >= 0:
-                    out[item, j] -= pos.to(deltas.dtype) * deltas[item, state.col_of[s]]
+        k, shape = state.deltas.shape[0], state.deltas.shape[2:]
+        masks = [state.ablated[:, rows, :cols]] + [kept[:, rows, :cols]
+                                                   for _, kept in state.kept_at]
+        product = self._matmul(state, torch.cat(masks, 1))
+        if product is None:
+            return state.deltas.new_zeros(k, len(rows), *shape)
+        parts = product.view(k, len(masks), len(rows), *shape).unbind(1)
+        out = parts[0]
+        for (pos, _), back in zip(state.kept_at, parts[1:], strict=True):
+            out = out - pos.to(out.dtype) * back
         return out
+
+    @staticmethod
+    def _matmul(state: "_State", a: Tensor) -> Tensor | None:
+        """a @ D over the live senders a uses: [k, rows, prompts * pos * d] (None: none)."""
+        k, cols = a.shape[0], a.shape[2]
+        used = a.flatten(0, 1).any(0)
+        n_used = int(used.sum())
+        if n_used == 0:
+            return None
+        if 4 * n_used >= cols:  # multiplying by a few zero columns beats copying D
+            d = state.deltas[:, :cols].reshape(k, cols, -1)
+        else:  # e.g. the full graph minus a few senders: multiply by those only
+            index = used.nonzero().flatten()
+            a, d = a[:, :, index], state.deltas.index_select(1, index).reshape(k, n_used, -1)
+        return torch.bmm(a.to(d.dtype), d)
 
     def _mix_read(self, state: "_State", read: Tensor) -> Float[Tensor, "k prompts d_model"]:
         rows = torch.arange(len(read))
         at_read = state.deltas[:, :, rows, read]  # [k, live senders, prompts, d]
-        out = torch.einsum("ks,ksnd->knd", state.ablated[:, self.graph.logits_index], at_read)
-        for item, s, pos in state.extras.get(self.graph.logits_index, ()):
-            if state.col_of[s] >= 0:
-                out[item] -= pos[rows, read].to(out.dtype) * at_read[item, state.col_of[s]]
+        logits = self.graph.logits_index
+        out = torch.einsum("ks,ksnd->knd", state.ablated[:, logits].to(at_read.dtype), at_read)
+        for pos, kept in state.kept_at:
+            back = torch.einsum("ks,ksnd->knd", kept[:, logits].to(at_read.dtype), at_read)
+            out -= pos[rows, read].to(out.dtype) * back
         return out
 
     def _layer(self, layer: int, resid: Tensor, state: "_State"
@@ -369,8 +394,9 @@ class EdgeAblation:
         attn = ablated_out[dead].sum(0).expand_as(resid).clone()
         if heads:
             rows = [r0 + kind * h + i for kind in range(3) for i in heads]
-            x = resid[:, None] - self._mix(state, rows, g.senders_before(layer))
-            out = self._head_outputs(layer, self._attention(layer, x, heads), heads)
+            unique, inverse = state.distinct(rows, g.senders_before(layer))
+            x = resid[:, None] - self._mix(state, unique, g.senders_before(layer))
+            out = self._head_outputs(layer, self._attention(layer, x, inverse, heads), heads)
             state.record([first + i for i in heads], out - ablated_out[heads])
             attn = attn + out.sum(1)
         b_o = self.engine.w["b_O"]
@@ -387,16 +413,22 @@ class EdgeAblation:
         state.record([first + h], (out - mlp_mean)[:, None])
         return resid + attn + out
 
-    def _attention(self, layer: int, x: Float[Tensor, "k qkv prompts pos d_model"],
-                   heads: list[int]) -> Float[Tensor, "k prompts pos heads d_head"]:
-        """Attention of the given query heads, each reading its own q, k and v inputs
-        (x: their q inputs, then their k inputs, then their v inputs)."""
+    def _attention(self, layer: int, x: Float[Tensor, "k inputs prompts pos d_model"],
+                   inverse: list[int], heads: list[int]
+                   ) -> Float[Tensor, "k prompts pos heads d_head"]:
+        """Attention of the given query heads, each reading its own q, k and v inputs:
+        receiver row i (the q of every head, then the k, then the v) reads x[:, inverse[i]]
+        (receivers with the same mix share one input, normed once)."""
         model, fam, engine = self.model, self.family, self.engine
-        k, n3, n, p, d = x.shape
-        h = n3 // 3
-        normed = fam.attn_input(model, layer, x.reshape(-1, d)).view(k, n3, n, p, d)
+        k, n_in, n, p, d = x.shape
+        h = len(heads)
+        normed = fam.attn_input(model, layer, x.reshape(-1, d)).view(k, n_in, n, p, d)
         w, b = self._qkv_weights(layer, heads)
-        qkv = torch.einsum("kinpd,ide->knpie", normed, w)
+        qkv = x.new_empty(k, n, p, 3 * h, w.shape[-1])
+        index = torch.tensor(inverse)
+        for u in range(n_in):
+            rows = (index == u).nonzero().flatten()
+            qkv[..., rows, :] = torch.einsum("knpd,ide->knpie", normed[:, u], w[rows])
         if b is not None:
             qkv = qkv + b
         prompt = torch.arange(n).repeat_interleave(p).repeat(k)
@@ -426,17 +458,36 @@ class EdgeAblation:
 class _State:
     """The live senders' D_s of one batched run (compact columns) and its edge masks."""
 
-    def __init__(self, live: Tensor, items: list, start: int, extras: dict, graph: EdgeGraph):
-        self.live, self.extras = live, extras
+    def __init__(self, live: Tensor, items: list, start: int, kept_at: list,
+                 graph: EdgeGraph):
+        self.live = live
         self.cols = live.nonzero().flatten()  # sender index of each compact column
         self.col_of = torch.full((graph.n_senders,), -1, dtype=torch.long)
         self.col_of[self.cols] = torch.arange(len(self.cols))
         base = items[0][1].deltas
-        self.deltas = torch.zeros(len(items), len(self.cols), *base.shape[1:], dtype=base.dtype)
+        self.deltas = torch.empty(len(items), len(self.cols), *base.shape[1:], dtype=base.dtype)
         done = self.n_cols(graph.senders_before(start))
         for i, (_, b) in enumerate(items):
             self.deltas[i, :done] = b.deltas[self.cols[:done]]
-        self.ablated = torch.stack([~m.keep[:, self.cols] for m, _ in items]).to(base.dtype)
+        self.ablated = torch.stack([~m.keep[:, self.cols] for m, _ in items])
+        self.kept_at = [(pos, kept[:, :, self.cols]) for pos, kept in kept_at]
+
+    def distinct(self, rows: list[int], n_senders: int) -> tuple[list[int], list[int]]:
+        """Receivers with distinct mixes over the first `n_senders` senders (their masks
+        in every item and every positional group agree): (one receiver of each, and for
+        each of `rows` the index of its mix among them)."""
+        cols = self.n_cols(n_senders)
+        parts = [self.ablated[:, rows, :cols]] + [kept[:, rows, :cols]
+                                                  for _, kept in self.kept_at]
+        key = torch.cat(parts, -1).transpose(0, 1).flatten(1)  # [rows, ...]
+        _, inverse = torch.unique(key, dim=0, return_inverse=True)
+        first: dict[int, int] = {}
+        order = [first.setdefault(int(u), len(first)) for u in inverse]
+        unique: list[int] = []
+        for row, u in zip(rows, order, strict=True):
+            if u == len(unique):  # order numbers mixes by first appearance
+                unique.append(row)
+        return unique, order
 
     def n_cols(self, n_senders: int) -> int:
         """How many compact columns belong to the first `n_senders` senders."""
