@@ -11,17 +11,22 @@ and MLPs); every other edge is ablated at its receiver.
 - Completeness per group K: F(C \\ K) and F(M \\ K), K's nodes sending nothing.
 - Minimality per file edge e: |F(C \\ e) - F(C)|, e's node pairs removed.
 
+Beside them, labelled, the node-level faithfulness of the file's groups (edges ignored).
+
 Example:
     >>> spec = load_circuit("circuits/ioi_gpt2_small_paper.yaml", model=model)
     >>> result = evaluate_edges(model, runs, spec, kind="mean")
     >>> result["faithfulness"]["normalised_faithfulness"]
 """
 
-from interp.circuit import normalised_faithfulness
+from interp.circuit import faithfulness, normalised_faithfulness
 from interp.circuits.format import CircuitSpec, GroupEdge
 from interp.edge_ablation import EdgeAblation, EdgeMask
 from interp.nodes import Head, Mlp, Node
 from interp.patching.runs import Runs
+
+NODE_NOTE = ("the same file's groups evaluated as a node circuit (edges ignored), for "
+             "comparison")
 
 
 def without_senders(mask: EdgeMask, senders: list[int]) -> EdgeMask:
@@ -90,7 +95,9 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
                    "relative_to_F_M": abs(v - f_c) / abs(f_m),
                    "minimal": abs(v - f_c) >= threshold * abs(f_m)}
            for label, v in zip(per_edge, knocked, strict=True)}
+    nodes_only = faithfulness(model, ev.runs, spec.circuit(), ev.nodes)
     return {"level": "edges", "faithfulness": faith, "completeness": complete,
+            "node_level_faithfulness": {**nodes_only, "note": NODE_NOTE},
             "minimality": {"threshold": threshold, "per_node": per,
                            "all_minimal": all(v["minimal"] for v in per.values())}}
 

@@ -37,6 +37,7 @@ def test_a_node_circuit_as_all_its_edges_is_the_node_evaluation(tiny, runs):
     nodes = evaluate(tiny, runs, spec.circuit(), spec.group_nodes())
     for key in ("F_C", "F_M", "F_all_heads_ablated"):
         assert edges["faithfulness"][key] == pytest.approx(nodes["faithfulness"][key], abs=1e-5)
+        assert edges["node_level_faithfulness"][key] == nodes["faithfulness"][key]
     for name, c in nodes["completeness"].items():
         for key in ("F_C_minus_K", "F_M_minus_K"):
             assert edges["completeness"][name][key] == pytest.approx(c[key], abs=1e-5)

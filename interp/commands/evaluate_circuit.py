@@ -87,6 +87,10 @@ def _print(spec, model_name: str, task, batch, result: dict, folder) -> None:
           f"ablation, {result['level']}): F(C)={f['F_C']:.4f} F(M)={f['F_M']:.4f} "
           f"faithfulness F(C)/F(M)={f['faithfulness']:.3f} "
           f"normalised={f['normalised_faithfulness']:.3f}")
+    if "node_level_faithfulness" in result:
+        n = result["node_level_faithfulness"]
+        print(f"  node level (the groups, edges ignored): F(C)={n['F_C']:.4f} faithfulness "
+              f"F(C)/F(M)={n['faithfulness']:.3f} normalised={n['normalised_faithfulness']:.3f}")
     for name, c in result["completeness"].items():
         print(f"  completeness {name}: F(C\\K)={c['F_C_minus_K']:.4f} "
               f"F(M\\K)={c['F_M_minus_K']:.4f} |diff|={c['incompleteness']:.4f}")
