@@ -36,8 +36,8 @@ edges:
 # (text, line of the problem, words the message must contain)
 BAD = [
     (GOOD.replace("L1H3", "L1X3"), 5, ["unknown node 'L1X3'", "L{layer}H{head}"]),
-    (GOOD.replace("to: movers", "to: mover"), 9, ["unknown group 'mover'"]),
-    (GOOD.replace("from: movers", "from: late"), 10, ["unknown group 'late'"]),
+    (GOOD.replace("to: movers", "to: mover"), 9, ["unknown group or node 'mover'"]),
+    (GOOD.replace("from: movers", "from: late"), 10, ["unknown group or node 'late'"]),
     (GOOD.replace("ablation: mean", "ablation: median"), 2, ["bad ablation 'median'"]),
     (GOOD.replace("input: v", "input: z"), 9, ["bad edge input 'z'"]),
     (GOOD.replace("    positions: [END]\n", "    position: [END]\n"), 6, ["unknown key"]),
@@ -165,3 +165,73 @@ def test_largest_allowed_file_parses_fast(tmp_path):
     spec = load_circuit(path, model=GPT2)
     assert len(spec.groups["g"].nodes) == 70_000 and spec.groups["g"].node_lines[-1] == 70_002
     assert time.perf_counter() - t0 < 10
+
+
+EDGES = """\
+groups:
+  movers:
+    nodes: [L1H2, L1H3]
+    positions: [END]
+  early: [L0H1]
+edges:
+  - {from: early, to: movers, input: v}
+  - {from: L0H1, to: L1H2, input: q, positions: [S2]}
+  - {from: embed, to: MLP1}
+  - {from: MLP0, to: logits}
+"""
+
+# (replace, by, line of the problem, words the message must contain)
+BAD_EDGES = [
+    ("from: L0H1, to: L1H2", "from: L0X1, to: L1H2", 8, ["unknown group or node 'L0X1'"]),
+    ("to: MLP1}", "to: embed}", 9, ["'embed' cannot be an edge's 'to'"]),
+    ("from: MLP0", "from: logits", 10, ["'logits' cannot be an edge's 'from'"]),
+    ("to: MLP1}", "to: MLP1, input: q}", 9, ["bad edge input 'q'", "MLP"]),
+    ("positions: [S2]}", "positions: {a: 1}}", 8, ["a position must be a single value"]),
+    ("positions: [S2]}", "position: [S2]}", 8, ["unknown key 'position'"]),
+]
+
+
+@pytest.mark.parametrize("old,new,line,words", BAD_EDGES)
+def test_malformed_edges_give_one_line_with_the_line_number(tmp_path, old, new, line, words):
+    path = tmp_path / "e.yaml"
+    path.write_text(EDGES.replace(old, new))
+    message = _one_line_error(path)
+    assert message.startswith(f"{path}:{line}: "), message
+    for word in words:
+        assert word in message, message
+
+
+def test_edges_checked_against_the_model_and_the_task(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(EDGES.replace("from: L0H1, to: L1H2", "from: L1H2, to: L0H1"))
+    with pytest.raises(CircuitFormatError, match=rf"^{path}:8: no edge L1H2 -> L0H1"):
+        load_circuit(path, model=TINY)
+    path.write_text(EDGES.replace("to: MLP1}", "to: MLP7}"))
+    with pytest.raises(CircuitFormatError, match=rf"^{path}:9: MLP7: layer 7 out of range"):
+        load_circuit(path, model=TINY)
+    path.write_text(EDGES)
+    with pytest.raises(CircuitFormatError, match=rf"^{path}:8: .*unknown position 'S2'"):
+        load_circuit(path, model=TINY, positions={"END": 0})
+
+
+def test_edges_expand_to_node_pairs_and_round_trip():
+    from interp.edges import EMBED, LOGITS, Edge, EdgeGraph
+
+    spec = parse_circuit(EDGES, "e.yaml", model=TINY)
+    assert parse_circuit(to_yaml(spec)) == spec
+    graph = EdgeGraph(2, 4, parallel=False)
+    assert spec.edge_list(graph) == [
+        Edge(Head(0, 1), Head(1, 2), "v"), Edge(Head(0, 1), Head(1, 3), "v"),
+        Edge(Head(0, 1), Head(1, 2), "q", ("S2",)), Edge(EMBED, Mlp(1)), Edge(Mlp(0), LOGITS)]
+    assert spec.implicit() == (False, False)  # it names embed and MLPs: nothing implicit
+    assert set(spec.kept_edges(graph)) == set(spec.edge_list(graph))
+    movers = parse_circuit(GOOD.replace("MLP0", "L0H2").replace(
+        "{from: early, to: movers, input: v}", "{from: early, to: movers}"))
+    edges = movers.edge_list(graph)
+    assert Edge(Head(0, 1), Head(1, 2), "k") in edges  # no input: q, k and v
+    assert Edge(Head(1, 2), LOGITS, None, ("END",)) in edges  # the sender group's positions
+    kept = set(movers.kept_edges(graph))  # embeddings and MLPs implicit
+    assert Edge(EMBED, Head(1, 0), "q") in kept and Edge(Mlp(0), LOGITS) in kept
+    assert Edge(Head(1, 3), Mlp(1), None, ("END",)) in kept  # circuit heads feed the MLPs
+    assert Edge(Head(0, 0), Mlp(1)) not in kept  # a head outside the circuit does not
+    assert Edge(Head(0, 1), Head(1, 0), "q") not in kept

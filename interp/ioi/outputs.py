@@ -1,7 +1,7 @@
 """Files an IOI run writes besides summary.json: figures and the discovered circuit."""
 
-from interp.circuits.format import CircuitSpec, Group, write_circuit
-from interp.ioi.classify import CLASS_POSITIONS
+from interp.circuits.format import write_circuit
+from interp.ioi.edges import classified_spec
 from interp.ioi.scores import io_attention_and_projection
 from interp.nodes import parse_node
 from interp.plotting import head_heatmap, save_figure
@@ -105,23 +105,29 @@ def write_figures(run) -> dict[str, str]:
     return {n.removesuffix(".html"): n for n in names}
 
 
+def _edge_note(run) -> str:
+    edge = run.circuit_eval.get("edge_faithfulness", {})
+    if "faithfulness" not in edge:
+        return ""
+    return (f" Edges: the classes' edges of the paper's fig. 2 found here; edge-level "
+            f"faithfulness {edge['faithfulness']:.4f} (`interp evaluate-circuit` on this file).")
+
+
 def write_circuit_file(run) -> None:
     """The discovered circuit as a hypothesis file that `interp evaluate-circuit` reads."""
-    groups = {cls: Group(cls, [parse_node(h) for h in heads], CLASS_POSITIONS[cls])
-              for cls, heads in run.classes.items() if heads}
-    if not groups:  # nothing labelled (or the model fails the task): no hypothesis to write
+    spec = classified_spec(run.classes, f"ioi-{run.spec}-discovered",
+                           description=f"IOI circuit found by `interp ioi` on {run.spec} "
+                                       f"(n_prompts={run.config.n_prompts}, "
+                                       f"seed={run.config.seed})", model=run.spec, task="ioi")
+    if spec is None:  # nothing labelled (or the model fails the task): no hypothesis to write
         run.summary["circuit_file"] = None
         return
     faith = run.circuit_eval["faithfulness"]["faithfulness"]
-    spec = CircuitSpec(name=f"ioi-{run.spec}-discovered", groups=groups, ablation="mean",
-                       description=f"IOI circuit found by `interp ioi` on {run.spec} "
-                                   f"(n_prompts={run.config.n_prompts}, seed={run.config.seed})",
-                       model=run.spec, task="ioi")
     wider = run.circuit_eval["faithfulness_with_unclassified"]["faithfulness"]
     header = (f"Written by `interp ioi` on {run.spec}; faithfulness {faith:.4f} on its "
               f"{run.config.n_prompts} prompts (seed {run.config.seed}). Not GPT-2's circuit "
               f"unless the model is gpt2. The 7 classes only: the {len(run.unclassified)} "
               f"strong unclassified heads of summary.json are left out (with them at END: "
-              f"{wider:.4f}).")
+              f"{wider:.4f}).{_edge_note(run)}")
     write_circuit(spec, run.folder / CIRCUIT_FILE, header)
     run.summary["circuit_file"] = CIRCUIT_FILE

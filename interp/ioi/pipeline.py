@@ -192,11 +192,20 @@ class IOIRun:
             }
         with self.prov.stage("faithfulness_spread"):
             self.circuit_eval["faithfulness_spread"] = self._spread(circuit, wider)
+        with self.prov.stage("edge_faithfulness"):
+            self.circuit_eval["edge_faithfulness"] = self._edge_level()
         self.summary["circuit"] = self.circuit_eval
         self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
             "clean_logit_diff": self.summary["clean_logit_diff"],
             "clean_accuracy": self.summary["clean_accuracy"],
             "faithfulness": self.circuit_eval["faithfulness"]["faithfulness"]})
+
+    def _edge_level(self) -> dict:
+        """The classified circuit with its edges (`interp.ioi.edges`), edge-ablated."""
+        from interp.ioi.edges import classified_spec, edge_faithfulness
+
+        spec = classified_spec(self.classes, "classified")
+        return edge_faithfulness(self.model, self.mean_runs, spec)
 
     def _spread(self, circuit, wider) -> dict:
         """F(C)/F(M) with the means of each bootstrap resample of the mean sample."""

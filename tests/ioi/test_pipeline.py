@@ -11,6 +11,7 @@ from interp.circuits.format import load_circuit
 from interp.cli import main
 from interp.ioi.classify import Classifier, Thresholds
 from interp.ioi.dataset import build_ioi
+from interp.ioi.edges import class_edges
 from interp.ioi.paper import compare_with_paper, paper_reference
 from interp.ioi.scores import attention_scores
 from interp.patching import prepare_runs
@@ -68,6 +69,8 @@ def test_circuit_file_reads_back(tmp_path):
     if found:
         spec = load_circuit(folder / "circuit.yaml")
         assert {k: [str(n) for n in g.nodes] for k, g in spec.groups.items()} == found
+        assert spec.edges == class_edges(found)
+        assert "edge_faithfulness" in s["circuit"]
     spread = s["circuit"]["faithfulness_spread"]["classes"]
     assert spread["min"] <= spread["mean"] <= spread["max"] and len(spread["values"]) == 5
     assert "faithfulness_with_unclassified" in s["circuit"]

@@ -1,0 +1,64 @@
+"""Edge-level circuit evaluation (`interp.edge_circuit`) and `interp evaluate-circuit`'s level."""
+
+import json
+
+import pytest
+import torch
+
+from interp.circuit import evaluate
+from interp.circuits.format import parse_circuit
+from interp.cli import main
+from interp.edge_circuit import evaluate_edges
+from interp.ioi.dataset import build_ioi
+from interp.patching import prepare_runs
+
+GROUPS = """\
+groups:
+  a: {nodes: [L0H1, L1H2], positions: [END]}
+  b: {nodes: [L0H3], positions: [S2]}
+  c: [L1H0]
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tiny):
+    return prepare_runs(tiny, build_ioi(tiny, n_prompts=8, seed=0).batch)
+
+
+def _all_pairs(text: str) -> str:
+    names = ("a", "b", "c")
+    lines = [f"  - {{from: {s}, to: {r}}}" for s in names for r in (*names, "logits")]
+    return text + "edges:\n" + "\n".join(lines) + "\n"
+
+
+def test_a_node_circuit_as_all_its_edges_is_the_node_evaluation(tiny, runs):
+    spec = parse_circuit(_all_pairs(GROUPS), model=tiny)
+    edges = evaluate_edges(tiny, runs, spec)
+    nodes = evaluate(tiny, runs, spec.circuit(), spec.group_nodes())
+    for key in ("F_C", "F_M", "F_all_heads_ablated"):
+        assert edges["faithfulness"][key] == pytest.approx(nodes["faithfulness"][key], abs=1e-5)
+        assert edges["node_level_faithfulness"][key] == nodes["faithfulness"][key]
+    for name, c in nodes["completeness"].items():
+        for key in ("F_C_minus_K", "F_M_minus_K"):
+            assert edges["completeness"][name][key] == pytest.approx(c[key], abs=1e-5)
+    fewer = parse_circuit(GROUPS + "edges:\n  - {from: a, to: logits}\n", model=tiny)
+    assert abs(evaluate_edges(tiny, runs, fewer)["faithfulness"]["F_C"]
+               - nodes["faithfulness"]["F_C"]) > 1e-4  # fewer edges: a different circuit
+
+
+def test_minimality_per_file_edge(tiny, runs):
+    spec = parse_circuit(GROUPS + "edges:\n  - {from: a, to: logits}\n"
+                         "  - {from: b, to: c, input: v}\n", model=tiny)
+    mini = evaluate_edges(tiny, runs, spec)["minimality"]["per_node"]
+    assert list(mini) == ["a -> logits", "b -> c.v"]
+    assert all(torch.isfinite(torch.tensor(v["contribution"])) for v in mini.values())
+
+
+@pytest.mark.parametrize("edges,level", [(True, "edges"), (False, "nodes")])
+def test_evaluate_circuit_records_the_level(tmp_path, edges, level):
+    path = tmp_path / "c.yaml"
+    path.write_text(GROUPS + ("edges:\n  - {from: a, to: logits}\n" if edges else ""))
+    assert main(["evaluate-circuit", "--task", "ioi", "--circuit", str(path), "--model",
+                 "random:tiny", "--n-prompts", "6", "--out", str(tmp_path)]) == 0
+    summary = next(tmp_path.glob("random-tiny/evaluate-ioi-c/summary.json"))
+    assert json.loads(summary.read_text())["level"] == level
