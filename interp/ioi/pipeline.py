@@ -24,6 +24,7 @@ import torch
 from interp.circuit import completeness, faithfulness, minimality
 from interp.dla import direct_logit_attribution
 from interp.ioi.classify import CLASS_POSITIONS, Classifier, Thresholds, skip_reason
+from interp.ioi.costs import stage_costs
 from interp.ioi.dataset import build_ioi
 from interp.ioi.means import MeanSample
 from interp.ioi.paper import compare_with_paper
@@ -32,6 +33,7 @@ from interp.ioi.sources import DEFAULT_DATASET
 from interp.mean_ablation import MeanAblation
 from interp.nodes import parse_node
 from interp.patching import act_patch_heads, prepare_runs
+from interp.patching.counter import counting
 from interp.patching.gradients import act_patch_attribution
 from interp.runner import ExperimentRun
 
@@ -215,6 +217,7 @@ class IOIRun:
 
         with self.prov.stage("figures"):
             self.summary["figures"] = write_figures(self)
+        self.summary["costs"] = stage_costs(self)
         write_circuit_file(self)
         return self.run.finish(self.summary)
 
@@ -222,11 +225,12 @@ class IOIRun:
 def run_stages(run: ExperimentRun, config: IOIConfig, progress: bool = True) -> IOIRun:
     """Every stage on `run.model`, then the files, committed as one whole run."""
     ioi = IOIRun(run, config, progress)
-    for stage in (ioi.dataset, ioi.attribution, ioi.classify, ioi.evaluate):
-        if progress:
-            print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
-        stage()
-    ioi.write()
+    with counting():
+        for stage in (ioi.dataset, ioi.attribution, ioi.classify, ioi.evaluate):
+            if progress:
+                print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
+            stage()
+        ioi.write()
     return ioi
 
 

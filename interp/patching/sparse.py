@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.arch import family_of, slow_reason
+from interp.patching import counter
 from interp.patching.runs import Runs
 
 
@@ -256,6 +257,7 @@ def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
         return x[tokens.read]
     every = torch.arange(len(tokens.rows))
     for layer in range(start, model.cfg.n_layers):
+        counter.add(len(tokens.rows))
         queries = tokens.read if layer == model.cfg.n_layers - 1 else every
         mine = [ov for ov in overrides if ov.layer == layer]
         attn = _attend(model, base, layer, base.family.attn_input(model, layer, x), tokens,
