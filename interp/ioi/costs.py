@@ -9,7 +9,8 @@ not counted). Minimums are lower bounds on forwards the stage's definition requi
 - activation_patching: the clean run with gradients (1) by default; with `--exact`, the FLOP
   floor of activation patching every head (all positions and END, `interp.bench`);
 - classification: the FLOP floor of path patching every head to the logits, plus the
-  name-mover-ablated run (1) of the backup step (the q/k/v steps are not counted);
+  name-mover-ablated run (1) of the backup step, unless classification is skipped (the
+  q/k/v steps are not counted);
 - circuit_evaluation: the two runs that share no layer with the clean run (the circuit C
   and the empty circuit); every other criterion can resume from them;
 - faithfulness_spread: one run of C per bootstrap resample of the means;
@@ -43,7 +44,8 @@ def minimums(ioi) -> dict[str, float]:
     return {"dataset": 2.0, "mean_sample": mean_tokens / batch.clean_tokens.numel(),
             "direct_logit_attribution": 0.0, "activation_patching": act,
             "attention_scores": 0.0,
-            "classification": 1.0 + path_patch_floor(cfg, len(batch), columns) / unit,
+            "classification": (0.0 if ioi.skipped else 1.0)
+            + path_patch_floor(cfg, len(batch), columns) / unit,
             "copying_scores": 0.0, "circuit_evaluation": 2.0,
             "faithfulness_spread": float(config.n_resamples), "figures": 0.0}
 
