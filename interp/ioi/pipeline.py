@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from interp.arch import family_of
 from interp.circuit import completeness, faithfulness, minimality
 from interp.dla import direct_logit_attribution
 from interp.ioi.classify import CLASS_POSITIONS, Classifier, Thresholds, skip_reason
@@ -35,6 +36,7 @@ from interp.nodes import parse_node
 from interp.patching import act_patch_heads, prepare_runs
 from interp.patching.counter import counting
 from interp.patching.gradients import act_patch_attribution
+from interp.patching.runs import release
 from interp.runner import ExperimentRun
 
 
@@ -59,6 +61,10 @@ class IOIConfig:
 def _grid(t: torch.Tensor) -> list[list[float]]:
     return [[round(float(v), 5) for v in row] for row in t]
 
+
+# what the circuit evaluation, the spread and the figures read from the runs' caches
+AFTER_CLASSIFICATION = ("hook_resid_pre", "attn.hook_z", "attn.hook_pattern",
+                        "blocks.0.hook_resid_post")
 
 CIRCUIT_FILE_HOLDS = ("the 7 classes only: the hypothesis the paper's procedure defines; "
                       "`faithfulness_with_unclassified` adds the strong unclassified heads "
@@ -106,7 +112,10 @@ class IOIRun:
             self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed,
                                source=self.config.dataset)
             self.ds.write_jsonl(self.folder / "dataset.jsonl")
-            self.runs = prepare_runs(self.model, self.ds.batch)
+            # the fast engine reads only head outputs of the corrupted run
+            fast = family_of(self.model) is not None
+            self.runs = prepare_runs(self.model, self.ds.batch,
+                                     corrupted_hooks=("attn.hook_z",) if fast else None)
         with self.prov.stage("mean_sample"):
             self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
                                           self.config.seed, self.config.n_resamples)
@@ -182,6 +191,7 @@ class IOIRun:
         wider = {**circuit, **{parse_node(h): ["END"] for h in self.unclassified}}
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
         model, runs, progress = self.model, self.mean_runs, self.progress
+        release(self.runs, AFTER_CLASSIFICATION)
         with self.prov.stage("circuit_evaluation"):
             ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
             self.circuit_eval = {
