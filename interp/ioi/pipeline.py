@@ -36,7 +36,7 @@ from interp.nodes import parse_node
 from interp.patching import act_patch_heads, prepare_runs
 from interp.patching.counter import counting
 from interp.patching.gradients import act_patch_attribution
-from interp.patching.runs import release
+from interp.patching.runs import lean_clean_hooks, release
 from interp.runner import ExperimentRun
 
 
@@ -114,7 +114,7 @@ class IOIRun:
             self.ds.write_jsonl(self.folder / "dataset.jsonl")
             # the fast engine reads only head outputs of the corrupted run
             fast = family_of(self.model) is not None
-            self.runs = prepare_runs(self.model, self.ds.batch,
+            self.runs = prepare_runs(self.model, self.ds.batch, lean_clean_hooks(self.model),
                                      corrupted_hooks=("attn.hook_z",) if fast else None)
         with self.prov.stage("mean_sample"):
             self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,

@@ -35,3 +35,24 @@ def test_circuit_evaluation_reads_resid_pre_and_head_outputs_only(tiny):
     assert runs.grads is None and not runs.bases
     assert all(n.endswith(("hook_resid_pre", "attn.hook_z")) for n in runs.clean_cache)
     assert evaluate(tiny, runs, circuit, groups) == want
+
+
+def test_lean_clean_cache_gives_the_same_ioi_run(tiny):
+    """The IOI stages on the lean clean cache equal those on every cached hook."""
+    from interp.patching.runs import lean_clean_hooks
+
+    batch = build_ioi(tiny, 8, seed=5).batch
+    lean = prepare_runs(tiny, batch, lean_clean_hooks(tiny), ("attn.hook_z",))
+    full = prepare_runs(tiny, batch)
+    assert "blocks.1.hook_resid_post" not in lean.clean_cache
+    assert "blocks.0.hook_resid_post" in lean.clean_cache
+    assert set(lean.clean_cache) < set(full.clean_cache)
+    from interp.ioi.classify import Classifier, Thresholds
+    from interp.ioi.scores import attention_scores
+
+    def classify(runs):
+        clf = Classifier(tiny, runs, attention_scores(tiny, runs.clean_cache, batch),
+                         Thresholds(name_mover=0, negative=0), progress=False)
+        return clf.run(), clf.step_effects, clf.backup_effects
+
+    assert classify(lean) == classify(full)
