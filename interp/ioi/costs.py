@@ -1,8 +1,9 @@
 """Per-stage cost of an IOI run next to the least each stage needs (summary.json `costs`).
 
 Units: one forward-equivalent = one forward of the IOI batch (every prompt, padded, through
-every block). Counted: token x block evaluations (`interp.patching.counter`; backward passes
-not counted). Minimums are lower bounds on forwards the stage's definition requires:
+every block). Counted: token x block evaluations (`interp.patching.counter`; MLP-only steps
+count their share of a block; backward passes not counted). Minimums are lower bounds on
+forwards the stage's definition requires:
 
 - dataset: the clean and the corrupted cached runs (2);
 - mean_sample: one forward of the separate p_ABC mean sample;

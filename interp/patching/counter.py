@@ -23,20 +23,28 @@ import torch
 class BlockTokens:
     """Running total of block x token evaluations (`active`: nesting depth of `counting`)."""
 
-    tokens: int = 0
+    tokens: int | float = 0
     active: int = 0
 
-    def add(self, n_tokens: int) -> None:
+    def add(self, n_tokens: int | float) -> None:
         if self.active:
-            self.tokens += int(n_tokens)
+            self.tokens += n_tokens
 
 
 COUNTER = BlockTokens()
 
 
-def add(n_tokens: int) -> None:
+def add(n_tokens: int | float) -> None:
     """Count `n_tokens` tokens run through one block (used by the sparse engine)."""
     COUNTER.add(n_tokens)
+
+
+def mlp_share(cfg) -> float:
+    """The MLP's share of a block's per-token matmul FLOPs (attention scores aside): an
+    MLP-only step (path patching's frozen-attention propagation) counts as this much."""
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    mlp = (3 if getattr(cfg, "gated_mlp", False) else 2) * cfg.d_model * cfg.d_mlp
+    return mlp / (mlp + cfg.d_model * cfg.d_head * (2 * cfg.n_heads + 2 * n_kv))
 
 
 def _count_block(module, args):
@@ -63,6 +71,6 @@ def counting():
             handle.remove()
 
 
-def forward_equivalents(tokens: int, n_layers: int, batch_tokens: int) -> float:
+def forward_equivalents(tokens: int | float, n_layers: int, batch_tokens: int) -> float:
     """Counted block-tokens in units of one forward of a batch of `batch_tokens` tokens."""
     return tokens / (n_layers * batch_tokens) if batch_tokens else 0.0
