@@ -4,6 +4,8 @@ naive references, attribution patching against exact, all with FLOP floors.
 Rows (one process, one run, one fixed IOI batch):
 1. per-head activation patching, all positions, denoising: TransformerLens'
    `get_act_patch_attn_head_out_all_pos` vs `interp.patching.act_patch_heads`;
+1b. the same sweep traced with nnsight on the HF model under the bridge (optional extra
+   `[bench]`; skipped with a message when nnsight is absent), `interp.bench_nnsight`;
 2. path patching senders -> logits, all heads: `path_patch_naive` vs `path_patch`;
 3. attribution patching (EAP, EAP-IG) vs exact activation patching, on the bench model and on
    a model whose scores mean something (default smollm2-135m);
@@ -43,7 +45,8 @@ from interp.nodes import all_heads
 from interp.patching import act_patch_heads, path_patch, prepare_runs
 from interp.patching.naive import path_patch_naive
 
-TARGETS = {"act_vs_tl": 3.0, "path_vs_naive": 2.0, "attr_fwd_eq": 4.0, "attr_r": 0.9}
+TARGETS = {"act_vs_tl": 3.0, "path_vs_naive": 2.0, "attr_fwd_eq": 4.0, "attr_r": 0.9,
+           "act_vs_nnsight": 4.0}
 
 
 # ---------------------------------------------------------------- FLOP floors
@@ -262,6 +265,20 @@ def bench_act_patching(model, batch, rate: float, skip_tl: bool, progress: bool)
     return row, runs, ours
 
 
+def bench_nnsight(model, batch, ours, act: dict, rate: float) -> dict:
+    """Row 1b: the same sweep traced with nnsight (`interp.bench_nnsight`), or why not."""
+    from interp.bench_nnsight import nnsight_act_patch_heads, nnsight_missing
+
+    missing = nnsight_missing()
+    if missing:
+        return {"skipped": missing}
+    theirs, t = timed(lambda: nnsight_act_patch_heads(model, batch))
+    floor = act["floor_gflop"] * 1e9
+    return {"nnsight_s": t, "nnsight_cpu_s": t.cpu, "ratio": t / act["interp_s"],
+            "ratio_cpu": t.cpu / act["interp_cpu_s"], "max_abs_diff": _max_diff(theirs, ours),
+            "nnsight_floor_fraction": floor / (t * rate)}
+
+
 def bench_path_patching(model, runs, rate: float, progress: bool) -> dict:
     """Row 2: senders -> logits for every head, given the same cached runs."""
     senders = list(all_heads(model.cfg.n_layers, model.cfg.n_heads))
@@ -351,6 +368,8 @@ def run_bench(model_spec: str = "random:gpt2", n_prompts: int = 20, seed: int = 
         unit = forward_seconds(model, batch.clean_tokens.to(model.cfg.device))
     with prov.stage("act patching"):
         act, runs, ours = bench_act_patching(model, batch, rate, skip_tl, progress)
+    with prov.stage("nnsight"):
+        nnsight = bench_nnsight(model, batch, ours, act, rate)
     with prov.stage("path patching"):
         path = bench_path_patching(model, runs, rate, progress)
     attr = _attribution_rows(model, model_spec, batch, {**cfg, "progress": progress}, act,
@@ -359,12 +378,12 @@ def run_bench(model_spec: str = "random:gpt2", n_prompts: int = 20, seed: int = 
     best = max(rate, end)  # the less contended of the two measurements; floor fractions use it
     machine.update({"load_after": load_now(), "matmul_gflop_per_s_at_start": rate / 1e9,
                     "matmul_gflop_per_s_at_end": end / 1e9, "matmul_gflop_per_s": best / 1e9})
-    _rescale_fractions([act, path, attr], rate / best)
+    _rescale_fractions([act, nnsight, path, attr], rate / best)
     report = {"config": cfg, "machine": machine,
               "batch": {"n_prompts": len(batch), "padded_len": batch.clean_tokens.shape[1],
                         "lengths": lengths(batch)},
               "forward_s": unit, "forward_cpu_s": unit.cpu, "act_patching": act,
-              "path_patching": path,
+              "nnsight": nnsight, "path_patching": path,
               "attribution": attr}
     report["targets"] = check_targets(report)
     report["provenance"] = prov.record()
@@ -378,6 +397,9 @@ def check_targets(report: dict) -> list[dict]:
                     TARGETS["act_vs_tl"], ">="),
             _target("path patching to logits vs naive (x faster)", path["ratio"],
                     TARGETS["path_vs_naive"], ">=")]
+    if "ratio" in report.get("nnsight", {}):
+        rows.append(_target("act patching vs nnsight (x faster)", report["nnsight"]["ratio"],
+                            TARGETS["act_vs_nnsight"], ">="))
     last = report["attribution"][-1]
     est = last.get("attribution", {})
     rows.append(_target(f"attribution forward-equivalents ({last['model']})",
@@ -434,6 +456,15 @@ def _exact_rows(report: dict) -> list[str]:
         lines.append(fmt.format("1 act patching, heads, all pos", a["tl"], _s(a["interp_s"]),
                                 "-", ">=3x", "-", "-", _gf(a['floor_gflop']),
                                 f"-/{a['floor_fraction']:.1%}"))
+    n = report.get("nnsight", {})
+    if "ratio" in n:
+        lines.append(fmt.format("1b act patching, nnsight", f"nns {_s(n['nnsight_s'])}",
+                                _s(a["interp_s"]), f"{n['ratio']:.1f}x", ">=4x",
+                                f"{n['ratio_cpu']:.1f}x", f"{n['max_abs_diff']:.1e}",
+                                _gf(a['floor_gflop']),
+                                f"{n['nnsight_floor_fraction']:.1%}/{a['floor_fraction']:.1%}"))
+    elif n:
+        lines.append(f"1b act patching, nnsight: {n['skipped']}")
     lines.append(fmt.format("2 path patching, heads -> logits", f"naive {_s(p['naive_s'])}",
                             _s(p["interp_s"]), f"{p['ratio']:.1f}x", ">=2x",
                             f"{p['ratio_cpu']:.1f}x", f"{p['max_abs_diff']:.1e}",

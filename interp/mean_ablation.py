@@ -7,7 +7,10 @@ corrupted prompts of the same group (template), position by position (IOI paper,
 Evaluating a circuit normally costs one full forward. Circuits that differ from an already
 computed run only from layer L onward (e.g. C minus a class whose heads all sit at layer >= L)
 share that run's residual stream up to L, so `MeanAblation.metrics` resumes them there, many
-circuits per batch, and unembeds only at the metric's read positions. The full model (every
+circuits per batch, and unembeds only at the metric's read positions. On models the fast
+engine supports (`interp.patching.sparse`), a resumed run computes only the tokens from the
+first position where the circuits differ (e.g. END for a head kept at END only) to the read
+position; the other tokens keep the base run's keys and values. The full model (every
 head kept) is the first such base run; a circuit that differs from all bases already at layer
 0 is run from the embeddings and, while fewer than `MAX_BASES` are cached, kept as a new base.
 
@@ -29,11 +32,13 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.arch import slow_reason
 from interp.errors import UserValueError
 from interp.forward import repeat_kwargs, run_blocks
 from interp.metrics import logits_at
 from interp.nodes import Head, Mlp, Node
 from interp.patching.runs import Runs, chunk_size, metric_from_resid
+from interp.patching.sparse import BaseRun, ChangedTokens, forward_changed
 
 Circuit = Mapping[Node, list[str] | None]  # node -> kept positions (None: all)
 MAX_BASES = 4  # cached base runs, the clean one included (each keeps every layer's resid_pre)
@@ -94,6 +99,7 @@ class _Base:
     ablation: Ablation
     resid_pre: list[Tensor]  # per layer, [batch, pos, d_model]
     metric: Tensor  # [batch]
+    engine: object = None  # its `BaseRun` (keys/values per layer), made on first sparse use
 
 
 def keep_mask(batch, positions: list[str] | None, seq: int) -> Bool[Tensor, "batch pos"]:
@@ -204,6 +210,42 @@ class MeanAblation:
         final = final.view(len(items), n, -1)
         return metric_from_resid(model, self.batch, final)
 
+    def _first_changed(self, items: list[tuple[Ablation, _Base]],
+                       start: int) -> Int[Tensor, " rows"]:
+        """Per row (item-major): the first position whose kept heads differ from the base's
+        at a layer >= start (later positions only change after it; capped at the read)."""
+        at = torch.arange(self.seq)
+        firsts = []
+        for ablation, base in items:
+            differs = (ablation.heads[start:] != base.ablation.heads[start:]).any(0).any(-1)
+            firsts.append(torch.where(differs, at, self.seq).amin(-1))
+        reads = self.batch.read_positions.repeat(len(items))
+        return torch.minimum(torch.cat(firsts), reads)
+
+    def _engine(self, base: _Base) -> BaseRun:
+        if base.engine is None:
+            cache = {f"blocks.{la}.hook_resid_pre": r for la, r in enumerate(base.resid_pre)}
+            base.engine = BaseRun(self.model, self.runs, "clean", cache)
+        return base.engine
+
+    def _run_sparse(self, items: list[tuple[Ablation, _Base]], start: int) -> Tensor:
+        """`_run_resumed` on the tokens that can change only (`interp.patching.sparse`):
+        from each row's first differing position to its read position, on one base."""
+        n, base = len(self.batch), items[0][1]
+        reads = self.batch.read_positions.repeat(len(items))
+        tokens = ChangedTokens.span(self._first_changed(items, start), reads, 1)
+        x = base.resid_pre[start][tokens.rows % n, tokens.pos]
+        keep = {}
+
+        def edit_z(layer, z, rows, pos):
+            if layer not in keep:
+                keep[layer] = torch.cat([a.heads[layer] for a, _ in items])
+            mean = self.z_means[layer][rows % n, pos].to(z.device)
+            return torch.where(keep[layer][rows, pos][..., None].to(z.device), z, mean)
+
+        final = forward_changed(self.model, self._engine(base), x, tokens, start, [], edit_z)
+        return metric_from_resid(self.model, self.batch, final.view(len(items), n, -1))
+
     @torch.inference_mode()
     def metrics(self, circuits: Sequence[Circuit],
                 progress: bool = False) -> Float[Tensor, "n_circuits batch"]:
@@ -217,12 +259,19 @@ class MeanAblation:
                 self._run_base(ablation)  # while there is room (later ones start at layer 0)
         placed = [self._best_base(a) for a in ablations]
         out = [base.metric if start == n_layers else None for base, start in placed]
-        pending = sorted((start, i) for i, (_, start) in enumerate(placed) if start < n_layers)
+        sparse = slow_reason(self.model) is None
+        index = {id(b): k for k, b in enumerate(self.bases)}
+        pending = sorted((index[id(base)] if sparse else 0, start, i)
+                         for i, (base, start) in enumerate(placed) if start < n_layers)
         step = chunk_size(self.model, len(self.batch), self.seq, None)
-        chunks = [pending[lo:lo + step] for lo in range(0, len(pending), step)]
+        chunks = [c for key in sorted({p[0] for p in pending})
+                  for same in [[p for p in pending if p[0] == key]]
+                  for c in (same[lo:lo + step] for lo in range(0, len(same), step))]
         for chunk in tqdm(chunks, desc="ablated runs", disable=not progress):
-            items = [(ablations[i], placed[i][0]) for _, i in chunk]
-            for (_, i), value in zip(chunk, self._run_resumed(items, chunk[0][0]), strict=True):
+            items = [(ablations[i], placed[i][0]) for _, _, i in chunk]
+            run = self._run_sparse if sparse and all(
+                a.mlps is None and b.ablation.mlps is None for a, b in items) else self._run_resumed
+            for (_, _, i), value in zip(chunk, run(items, chunk[0][1]), strict=True):
                 out[i] = value
         return torch.stack(out)
 

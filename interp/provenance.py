@@ -1,6 +1,7 @@
 """How a result was made: command, model, seed, package versions, git commit, timings."""
 
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -36,6 +37,11 @@ def git_commit() -> str:
     return (head or "unknown") + ("-dirty" if dirty.strip() else "")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (the high-water mark), in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
 
@@ -56,6 +62,7 @@ class Provenance:
         self.seed = seed
         self.extra = extra
         self.stages: dict[str, float] = {}
+        self.costs: dict[str, dict] = {}  # per stage: cpu, RSS high-water, block-tokens
         self.started = datetime.now(timezone.utc)
 
     def set_model(self, model) -> None:
@@ -67,11 +74,16 @@ class Provenance:
 
     @contextmanager
     def stage(self, name: str):
-        t0 = time.perf_counter()
+        from interp.patching.counter import COUNTER
+
+        t0, c0, n0 = time.perf_counter(), time.process_time(), COUNTER.tokens
         try:
             yield
         finally:
             self.stages[name] = round(time.perf_counter() - t0, 3)
+            self.costs[name] = {"cpu_s": round(time.process_time() - c0, 3),
+                                "rss_high_water_mb": peak_rss_mb(),
+                                "block_tokens": COUNTER.tokens - n0}
 
     def record(self) -> dict:
         return {
@@ -83,5 +95,6 @@ class Provenance:
             "started_utc": self.started.isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "processor": platform.machine()},
             "wall_time_s": self.stages,
+            "stage_costs": self.costs,
             **self.extra,
         }

@@ -137,7 +137,8 @@ def test_bench_rows_and_ratios(tmp_path, capsys):
     files = list((tmp_path / "bench").glob("*.json"))
     assert len(files) == 1 and files[0].name.startswith("cpu-")
     report = json.loads(files[0].read_text())
-    for row in ("1 act patching", "2 path patching", "3 attribution", "4 one forward",
+    for row in ("1 act patching", "1b act patching, nnsight", "2 path patching",
+                "3 attribution", "4 one forward",
                 "targets:"):
         assert row in printed and row in report["table"]
     act, path = report["act_patching"], report["path_patching"]
@@ -198,3 +199,58 @@ def test_targets_met_exactly_at_the_bound():
                                                              "pearson_r": None}}]}
     met = [t["met"] for t in bench.check_targets(report)]
     assert met == [True, False, True, None]  # None: not measured, neither met nor failed
+
+
+def test_nnsight_sweep_equals_interp(tiny_ioi):
+    """The nnsight row's sweep (traced on the HF model) against interp's exact sweep."""
+    pytest.importorskip("nnsight")
+    from interp.bench_nnsight import nnsight_act_patch_heads
+
+    model, batch = tiny_ioi
+    ours = act_patch_heads(model, prepare_runs(model, batch), direction="denoise",
+                           progress=False)
+    theirs = nnsight_act_patch_heads(model, batch)
+    assert theirs.abs().max() > 1e-3  # not two near-zero maps
+    assert (theirs - ours).abs().max() <= 1e-5
+
+
+def test_nnsight_row_is_skipped_with_a_message_when_absent(monkeypatch, tiny_ioi):
+    model, batch = tiny_ioi
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    row = bench.bench_nnsight(model, batch, None, {}, rate=1e9)
+    assert row == {"skipped": "skipped: nnsight is not installed (pip install -e .[bench])"}
+
+
+def test_experiments_table_and_json(tmp_path, monkeypatch, capsys):
+    """Every command of the issue's table is printed and written, with its verdict."""
+    import interp.bench_experiments as bx
+
+    def fake(spec):
+        fast = spec["name"].startswith("evaluate")
+        return {"rc": 0, "wall_s": 10.0 if fast else 300.0, "cpu_s": 9.0,
+                "peak_rss_mb": 2000.0, "forward_equivalents": 5.0}
+
+    monkeypatch.setattr(bx, "run_one", fake)
+    assert main(["bench", "--experiments", "--model", "random:tiny", "--out",
+                 str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    (path,) = (tmp_path / "bench").glob("*-experiments.json")
+    report = json.loads(path.read_text())
+    names = [row["name"] for row in report["experiments"]]
+    assert names == [e["name"] for e in bx.experiments("random:tiny")]
+    for name in names:
+        assert name in printed
+    verdicts = {row.split()[0] + row.split()[1]: row for row in printed.splitlines()[2:6]}
+    assert "MISSED; RSS MET" in verdicts["ioi--n-prompts"]
+    assert verdicts["evaluate-circuit--task"].endswith("MET")
+
+
+def test_experiment_child_counts_at_least_the_minimum():
+    """One command in-process: forward-equivalents counted >= the stages' minimums."""
+    from interp.bench_experiments import child
+
+    result = child({"argv": ["ioi", "--model", "random:tiny", "--n-prompts", "4",
+                             "--n-mean-prompts", "1", "--quiet"], "n_prompts": 4})
+    assert result["rc"] == 0 and result["peak_rss_mb"] > 0
+    assert result["forward_equivalents"] >= result["minimum"] > 0
+    assert set(result["stages"]) >= {"dataset", "mean_sample", "classification"}

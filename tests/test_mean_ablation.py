@@ -68,3 +68,34 @@ def test_base_cache_is_bounded(tiny, runs, monkeypatch):
     assert len(ev.bases) == 2
     for circuit, row in zip(circuits, got, strict=True):
         assert torch.allclose(row, circuit_metric(tiny, runs, circuit), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "neox"])
+def test_sparse_resumes_equal_plain_forwards_on_rotary_families(family):
+    """GQA and rotary models: the token-sparse resumed runs against plain hooked forwards."""
+    from tiny_families import tiny_model
+
+    model = tiny_model(family)
+    runs = prepare_runs(model, build_ioi(model, n_prompts=10, seed=1).batch)
+    circuits = _circuits(model)[:5]
+    got = MeanAblation(model, runs).metrics(circuits)
+    for circuit, row in zip(circuits, got, strict=True):
+        assert torch.allclose(row, circuit_metric(model, runs, circuit), atol=1e-4)
+
+
+def test_resumed_runs_compute_only_changed_tokens(tiny, runs, monkeypatch):
+    """A circuit that differs from its base only at END recomputes one token per prompt."""
+    import interp.mean_ablation as ma
+
+    seen = []
+    real = ma.forward_changed
+    monkeypatch.setattr(ma, "forward_changed",
+                        lambda model, base, x, tokens, *a: seen.append(len(tokens.rows))
+                        or real(model, base, x, tokens, *a))
+    circuit = {Head(0, 1): None, Head(1, 2): ["END"]}
+    ev = MeanAblation(tiny, runs)
+    ev.metrics([circuit])
+    got = ev.metrics([without(circuit, [Head(1, 2)])])
+    assert seen == [len(runs.batch)]
+    assert torch.allclose(got[0], circuit_metric(tiny, runs, without(circuit, [Head(1, 2)])),
+                          atol=1e-4)

@@ -68,8 +68,9 @@ def _run(run, task, args):
     with run.stage("dataset"):
         batch = task.build(run.model, args.n_prompts, args.seed)
     spec = load_circuit(args.circuit, model=run.model, positions=batch.positions)
-    with run.stage("runs"):
-        runs = prepare_runs(run.model, batch)
+    with run.stage("runs"):  # mean ablation reads clean resid_pre, corrupted z and MLP outs
+        runs = prepare_runs(run.model, batch, clean_hooks=("hook_resid_pre",),
+                            corrupted_hooks=("attn.hook_z", "hook_mlp_out"))
     with run.stage("evaluate"):
         if spec.edges:
             result = evaluate_edges(run.model, runs, spec, args.minimality_threshold,

@@ -55,6 +55,7 @@ class MeanSample:
     n_per_template: int
     n_resamples: int
     seed: int
+    n_tokens: int = 0  # padded tokens of the sample's forward (its forward-equivalent)
 
     @classmethod
     @torch.inference_mode()
@@ -85,7 +86,7 @@ class MeanSample:
                 model(tokens[lo:lo + CHUNK].to(model.cfg.device))
         count = mix.sum(-1)  # [draw, template]
         means = {k: v / count.view(*count.shape, *[1] * (v.dim() - 2)) for k, v in sums.items()}
-        return cls(means, n_per_template, n_resamples, seed)
+        return cls(means, n_per_template, n_resamples, seed, tokens.numel())
 
     def runs_for(self, runs: Runs, records: list[dict], draw: int = 0) -> Runs:
         """`runs` whose corrupted cache holds, for each prompt, its template's mean (of draw

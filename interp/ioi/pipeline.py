@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from interp.arch import family_of
 from interp.circuit import completeness, faithfulness, minimality
 from interp.dla import direct_logit_attribution
 from interp.ioi.classify import CLASS_POSITIONS, Classifier, Thresholds, skip_reason
+from interp.ioi.costs import stage_costs
 from interp.ioi.dataset import build_ioi
 from interp.ioi.means import MeanSample
 from interp.ioi.paper import compare_with_paper
@@ -32,7 +34,9 @@ from interp.ioi.sources import DEFAULT_DATASET
 from interp.mean_ablation import MeanAblation
 from interp.nodes import parse_node
 from interp.patching import act_patch_heads, prepare_runs
+from interp.patching.counter import counting
 from interp.patching.gradients import act_patch_attribution
+from interp.patching.runs import lean_clean_hooks, release
 from interp.runner import ExperimentRun
 
 
@@ -57,6 +61,10 @@ class IOIConfig:
 def _grid(t: torch.Tensor) -> list[list[float]]:
     return [[round(float(v), 5) for v in row] for row in t]
 
+
+# what the circuit evaluation, the spread and the figures read from the runs' caches
+AFTER_CLASSIFICATION = ("hook_resid_pre", "attn.hook_z", "attn.hook_pattern",
+                        "blocks.0.hook_resid_post")
 
 CIRCUIT_FILE_HOLDS = ("the 7 classes only: the hypothesis the paper's procedure defines; "
                       "`faithfulness_with_unclassified` adds the strong unclassified heads "
@@ -104,7 +112,10 @@ class IOIRun:
             self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed,
                                source=self.config.dataset)
             self.ds.write_jsonl(self.folder / "dataset.jsonl")
-            self.runs = prepare_runs(self.model, self.ds.batch)
+            # the fast engine reads only head outputs of the corrupted run
+            fast = family_of(self.model) is not None
+            self.runs = prepare_runs(self.model, self.ds.batch, lean_clean_hooks(self.model),
+                                     corrupted_hooks=("attn.hook_z",) if fast else None)
         with self.prov.stage("mean_sample"):
             self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
                                           self.config.seed, self.config.n_resamples)
@@ -180,6 +191,7 @@ class IOIRun:
         wider = {**circuit, **{parse_node(h): ["END"] for h in self.unclassified}}
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
         model, runs, progress = self.model, self.mean_runs, self.progress
+        release(self.runs, AFTER_CLASSIFICATION)
         with self.prov.stage("circuit_evaluation"):
             ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
             self.circuit_eval = {
@@ -224,6 +236,7 @@ class IOIRun:
 
         with self.prov.stage("figures"):
             self.summary["figures"] = write_figures(self)
+        self.summary["costs"] = stage_costs(self)
         write_circuit_file(self)
         return self.run.finish(self.summary)
 
@@ -231,11 +244,12 @@ class IOIRun:
 def run_stages(run: ExperimentRun, config: IOIConfig, progress: bool = True) -> IOIRun:
     """Every stage on `run.model`, then the files, committed as one whole run."""
     ioi = IOIRun(run, config, progress)
-    for stage in (ioi.dataset, ioi.attribution, ioi.classify, ioi.evaluate):
-        if progress:
-            print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
-        stage()
-    ioi.write()
+    with counting():
+        for stage in (ioi.dataset, ioi.attribution, ioi.classify, ioi.evaluate):
+            if progress:
+                print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
+            stage()
+        ioi.write()
     return ioi
 
 

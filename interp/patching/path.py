@@ -27,6 +27,7 @@ from interp.arch import family_of, notify_slow
 from interp.attribution import metric_gradients
 from interp.forward import at_least_float32
 from interp.nodes import Head
+from interp.patching import counter
 from interp.patching.gradients import clean_gradients
 from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
 from interp.patching.sparse import ChangedTokens, Override, base_run, forward_changed
@@ -87,9 +88,12 @@ def _propagate(model, runs: Runs, layer: int, delta, pos_names: list[str], stop:
         return cache[name][rows, pos]  # [batch, n_pos, d]
 
     x = family.head_step(model, layer, at, delta)
+    share = counter.mlp_share(model.cfg) * x.shape[:-1].numel()
+    counter.add(share)
     pre = {layer + 1: x}
     for cur in range(layer + 1, stop):
         x = family.block_step(model, cur, x, at(family.attn_out_hook(cur)))
+        counter.add(share)
         pre[cur + 1] = x
     return pre
 

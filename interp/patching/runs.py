@@ -34,6 +34,20 @@ def _keeper(model):
     return keep
 
 
+def lean_clean_hooks(model) -> tuple[str, ...] | None:
+    """Hook-name endings of the clean run that the fast engine's sweeps and IOI's scores
+    read: every cached hook, but `hook_resid_post` of layer 0 only on sequential blocks
+    (only parallel blocks' head step reads it). None off the fast engine (keep everything).
+    """
+    family = family_of(model)
+    if family is None:
+        return None
+    resid_post = ("hook_resid_post",) if family.parallel else ("blocks.0.hook_resid_post",)
+    kept = tuple(h for h in CACHED_HOOKS if h != "hook_resid_post")
+    return kept + family.cached_hooks() + resid_post + (
+        "ln_final.hook_scale", "ln_final.hook_normalized", "hook_embed", "hook_pos_embed")
+
+
 Which = Literal["clean", "corrupted"]
 WHICH = ("clean", "corrupted")
 
@@ -71,21 +85,35 @@ def _which(which: str) -> str:
     return which
 
 
-def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch):
-    logits, cache = model.run_with_cache(tokens, names_filter=_keeper(model))
+def _only(endings: tuple[str, ...]):
+    return lambda name: name.endswith(endings)
+
+
+def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch, keep):
+    logits, cache = model.run_with_cache(tokens, names_filter=keep)
     metric = at_least_float32(batch.metric(logits_at(logits, batch.read_positions)))
     return {k: v for k, v in cache.items()}, metric
 
 
 @torch.inference_mode()
-def prepare_runs(model, batch: TaskBatch) -> Runs:
-    """Run clean and corrupted prompts once, caching what the sweeps need."""
+def prepare_runs(model, batch: TaskBatch, clean_hooks: tuple[str, ...] | None = None,
+                 corrupted_hooks: tuple[str, ...] | None = None) -> Runs:
+    """Run clean and corrupted prompts once, caching what the sweeps need.
+
+    `clean_hooks` / `corrupted_hooks`: cache only the hooks whose names end with one of
+    these (e.g. ("attn.hook_z",)) when the caller knows what its stages read; None: every
+    hook any sweep reads.
+    """
     batch.check(model)
     device = model.cfg.device
     clean_tokens = batch.clean_tokens.to(device)
     corrupted_tokens = batch.corrupted_tokens.to(device)
-    clean_cache, clean_metric = _cached_run(model, clean_tokens, batch)
-    corrupted_cache, corrupted_metric = _cached_run(model, corrupted_tokens, batch)
+    every = _keeper(model)
+    clean_cache, clean_metric = _cached_run(
+        model, clean_tokens, batch, every if clean_hooks is None else _only(clean_hooks))
+    corrupted_cache, corrupted_metric = _cached_run(
+        model, corrupted_tokens, batch,
+        every if corrupted_hooks is None else _only(corrupted_hooks))
     for which, values in (("clean", clean_metric), ("corrupted", corrupted_metric)):
         if not torch.isfinite(values).all():
             bad = int((~torch.isfinite(values)).sum())
@@ -95,6 +123,16 @@ def prepare_runs(model, batch: TaskBatch) -> Runs:
                 "the model's weights (`interp models --verify`)")
     return Runs(batch, clean_cache, corrupted_cache, clean_metric, corrupted_metric,
                 block_kwargs(model, clean_tokens), block_kwargs(model, corrupted_tokens))
+
+
+def release(runs: Runs, keep: tuple[str, ...]) -> None:
+    """Free what later stages do not read: clean-cache hooks whose names end with none of
+    `keep`, the corrupted cache's likewise, the gradients and the sparse engine's bases."""
+    for cache in (runs.clean_cache, runs.corrupted_cache):
+        for name in [n for n in cache if not n.endswith(keep)]:
+            del cache[name]
+    runs.grads = None
+    runs.bases.clear()
 
 
 def head_out(model, z: Float[Tensor, "... n_heads d_head"], layer: int,

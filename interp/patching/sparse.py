@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.arch import family_of, slow_reason
+from interp.patching import counter
 from interp.patching.runs import Runs
 
 
@@ -72,13 +73,15 @@ def check_supported(model) -> None:
 class BaseRun:
     """A cached run's residual stream and keys/values per layer (computed on first use).
 
-    `which` is "clean" or "corrupted": the run the patches are applied to.
+    `which` is "clean" or "corrupted": the run the patches are applied to (its tokens give
+    the rotary tables). `cache` replaces that run's cache by another run of the same tokens
+    holding `blocks.L.hook_resid_pre` (e.g. a mean-ablated run, `interp.mean_ablation`).
     """
 
-    def __init__(self, model, runs: Runs, which: str = "clean"):
+    def __init__(self, model, runs: Runs, which: str = "clean", cache: dict | None = None):
         check_supported(model)
         self.family = family_of(model)
-        self.model, self.cache = model, runs.cache(which)
+        self.model, self.cache = model, runs.cache(which) if cache is None else cache
         self.n_prompts = len(runs.batch)
         self._kv: dict[int, tuple[Tensor, Tensor]] = {}
         self.w = {name: getattr(model, name, None) for name in
@@ -154,7 +157,8 @@ def _per_query_head(x: Tensor, n_heads: int) -> Tensor:
 
 
 def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
-            queries: Tensor, overrides: list[Override]) -> Float[Tensor, "n_queries d_model"]:
+            queries: Tensor, overrides: list[Override],
+            edit_z=None) -> Float[Tensor, "n_queries d_model"]:
     """Attention output at the query tokens (indices into `tokens`) of one layer."""
     prompt = tokens.rows % base.n_prompts
     qkv = {kind: base.project(layer, kind, h[queries] if kind == "q" else h)
@@ -190,6 +194,8 @@ def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
         q_all = q.new_zeros(tokens.n_rows, k_all.shape[1], q.shape[1], q.shape[2])
         q_all[rows, pos] = q
         z = _attend_dense(q_all, k_all, v_all, rule)[rows, pos]  # [n_q, heads, d_head]
+    if edit_z is not None:
+        z = edit_z(layer, z, rows, pos)
     out = torch.einsum("nhe,hed->nd", z, base.w["W_O"][layer])
     return out if base.w["b_O"] is None else out + base.w["b_O"][layer]
 
@@ -245,20 +251,24 @@ def _attend_queries(q: Float[Tensor, "n heads d"], k: Float[Tensor, "n pos kv d"
 
 def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
                     tokens: ChangedTokens, start: int,
-                    overrides: list[Override] = ()) -> Float[Tensor, "rows d_model"]:
+                    overrides: list[Override] = (), edit_z=None) -> Float[Tensor, "rows d_model"]:
     """Run layers start.. on the changed tokens; the final residual at each row's read token.
 
     Args:
         x: resid_pre[start] at every changed token.
         overrides: q/k/v replacements (e.g. path patching's receivers).
+        edit_z: optional `edit_z(layer, z, rows, pos) -> z`, applied to each layer's head
+            outputs `z [n, heads, d_head]` at tokens (rows, pos) before W_O, as a `hook_z`
+            forward hook would (e.g. mean ablation).
     """
     if start >= model.cfg.n_layers:
         return x[tokens.read]
     every = torch.arange(len(tokens.rows))
     for layer in range(start, model.cfg.n_layers):
+        counter.add(len(tokens.rows))
         queries = tokens.read if layer == model.cfg.n_layers - 1 else every
         mine = [ov for ov in overrides if ov.layer == layer]
         attn = _attend(model, base, layer, base.family.attn_input(model, layer, x), tokens,
-                       queries, mine)
+                       queries, mine, edit_z)
         x = base.family.block_step(model, layer, x[queries], attn)
     return x

@@ -1,0 +1,58 @@
+"""Runs that cache only what a stage reads give the same results as the full caches."""
+
+import torch
+
+from interp.circuit import evaluate
+from interp.ioi.dataset import build_ioi
+from interp.nodes import Head, all_heads
+from interp.patching import Receiver, act_patch_heads, path_patch, prepare_runs
+from interp.patching.runs import release
+
+
+def test_corrupted_head_outputs_suffice_for_the_sweeps(tiny):
+    batch = build_ioi(tiny, 8, seed=3).batch
+    full = prepare_runs(tiny, batch)
+    trimmed = prepare_runs(tiny, batch, corrupted_hooks=("attn.hook_z",))
+    assert set(trimmed.corrupted_cache) == {f"blocks.{la}.attn.hook_z"
+                                            for la in range(tiny.cfg.n_layers)}
+    senders = all_heads(tiny.cfg.n_layers, tiny.cfg.n_heads)
+    receivers = [Receiver(Head(1, 0), "q", "END")]
+    torch.testing.assert_close(act_patch_heads(tiny, full, progress=False),
+                               act_patch_heads(tiny, trimmed, progress=False))
+    torch.testing.assert_close(path_patch(tiny, full, senders, progress=False),
+                               path_patch(tiny, trimmed, senders, progress=False))
+    torch.testing.assert_close(path_patch(tiny, full, senders, receivers, progress=False),
+                               path_patch(tiny, trimmed, senders, receivers, progress=False))
+
+
+def test_circuit_evaluation_reads_resid_pre_and_head_outputs_only(tiny):
+    batch = build_ioi(tiny, 8, seed=4).batch
+    circuit = {Head(0, 1): None, Head(1, 2): ["END"]}
+    groups = {"a": [Head(0, 1)], "b": [Head(1, 2)]}
+    want = evaluate(tiny, prepare_runs(tiny, batch), circuit, groups)
+    runs = prepare_runs(tiny, batch)
+    release(runs, ("hook_resid_pre", "attn.hook_z"))
+    assert runs.grads is None and not runs.bases
+    assert all(n.endswith(("hook_resid_pre", "attn.hook_z")) for n in runs.clean_cache)
+    assert evaluate(tiny, runs, circuit, groups) == want
+
+
+def test_lean_clean_cache_gives_the_same_ioi_run(tiny):
+    """The IOI stages on the lean clean cache equal those on every cached hook."""
+    from interp.patching.runs import lean_clean_hooks
+
+    batch = build_ioi(tiny, 8, seed=5).batch
+    lean = prepare_runs(tiny, batch, lean_clean_hooks(tiny), ("attn.hook_z",))
+    full = prepare_runs(tiny, batch)
+    assert "blocks.1.hook_resid_post" not in lean.clean_cache
+    assert "blocks.0.hook_resid_post" in lean.clean_cache
+    assert set(lean.clean_cache) < set(full.clean_cache)
+    from interp.ioi.classify import Classifier, Thresholds
+    from interp.ioi.scores import attention_scores
+
+    def classify(runs):
+        clf = Classifier(tiny, runs, attention_scores(tiny, runs.clean_cache, batch),
+                         Thresholds(name_mover=0, negative=0), progress=False)
+        return clf.run(), clf.step_effects, clf.backup_effects
+
+    assert classify(lean) == classify(full)
