@@ -1,0 +1,404 @@
+"""Exact edge ablation: each receiver reads its own mix of real and ablated senders.
+
+The residual stream is a sum of sender outputs (plus constant biases such as the attention
+output bias b_O, which no edge carries and which always stays):
+
+    R_L = e + sum_{senders s before layer L} o_s + biases
+
+with e the embeddings, o_s a head's output z_s W_O[s] or an MLP's output. An edge set says,
+for every receiver r (each head's q, k and v input, per QUERY head on GQA models; each MLP's
+input; the logits) and every sender s it can read, whether the edge s -> r is kept (at every
+position, or only at named positions). The receiver's input is
+
+    x_r = sum_s (o_s if (s -> r) kept at this position else a_s) + biases
+        = R_L - sum_{s not kept} (o_s - a_s)                                (*)
+
+where o_s is the sender's output IN THIS forward (it depends on what its own inputs were) and
+a_s its ablated value: its mean over the corrupted prompts of the same group (template),
+position by position; its output on one corrupted prompt of the group ("resample"); or zero
+("zero"), from `interp.mean_ablation` (`MeanAblation`'s group means and `ablation_runs`).
+
+So one forward computes every receiver's input at once: keep D_s = o_s - a_s for every
+sender computed so far ([senders, prompts, pos, d_model]), and for the receivers of layer L
+take R_L minus a masked matmul A_L @ D, A_L[r, s] = 1 where s -> r is ablated (an edge kept
+only at some positions adds back D_s there). The receiver's norm, projection, rotary,
+attention and MLP are then recomputed from x_r, the new outputs update D and R, and the
+logits read R_final - A_logits @ D at the metric's read positions. No forward per edge.
+
+Identities (tests/test_edge_ablation.py): every edge kept = the clean model (all D_s terms
+drop); no edge kept = every sender ablated; one edge ablated with corrupted activations =
+path patching of that sender into that receiver (`interp.patching.path.path_patch`); a node
+circuit as the full set of its edges (with embeddings and MLPs connected to everything) =
+`MeanAblation`.
+
+Batching and resuming: several edge sets run in one forward (items x prompts rows) under a
+memory budget. An edge set that agrees with a cached base run on every receiver of layers
+< L shares that run's senders and residual stream up to layer L and resumes there (the clean
+run is the first base; `add_base` caches another, e.g. ACDC's current circuit, whose
+candidates differ from it at one receiver).
+
+Families: the fast engine's (`interp.arch.FAMILIES`), except Gemma 2, whose post-attention
+norm mixes the heads before they reach the residual stream (a head has no additive output
+there). Other models get a one-line refusal naming the architecture: evaluate them at node
+level (a circuit file with groups only).
+
+Example:
+    >>> ev = EdgeAblation(model, runs)                    # or kind="resample", seed=0
+    >>> graph = ev.graph
+    >>> circuit = ev.mask([Edge(Head(9, 9), LOGITS), ...])  # everything else ablated
+    >>> ev.metrics([circuit, ev.full(), ev.empty()]).mean(-1)  # [3]
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.arch import family_of, slow_reason
+from interp.edges import Edge, EdgeGraph
+from interp.errors import UserValueError
+from interp.mean_ablation import Circuit, MeanAblation, group_means, keep_mask
+from interp.nodes import Head, Mlp
+from interp.patching.runs import Runs, metric_from_resid
+from interp.patching.sparse import _attend_dense, _Scores, base_run
+
+MAX_BASES = 4  # cached base runs, the clean one included
+IDENTICAL = 1 << 30  # `first_difference` of two edge sets that agree on every receiver
+BUDGET_GB = {"cpu": 1.0, "cuda": 8.0}  # activation memory of one batched forward
+
+
+class EdgeAblationUnsupported(UserValueError):
+    """The model's blocks do not give every head an additive output (or are not known)."""
+
+
+def check_edges_supported(model) -> None:
+    """Refuse, in one line, a model whose edges the exact engine cannot ablate."""
+    reason = slow_reason(model)
+    family = family_of(model)
+    if reason is None and family.post_norms:
+        reason = (f"{family.name} normalises the sum of its heads before the residual stream, "
+                  "so a head has no additive output to ablate per edge")
+    if reason is not None:
+        raise EdgeAblationUnsupported(
+            f"edge ablation cannot run this model: {reason}; evaluate the circuit at node "
+            "level instead (a circuit file with groups and no edges)")
+
+
+@dataclass
+class EdgeMask:
+    """Which edges an edge set keeps, by `EdgeGraph` index.
+
+    `keep[r, s]`: the edge s -> r is kept at every position. `at[(r, s)]`: kept only at
+    these named positions, or where a [prompts, pos] bool tensor is True (only where
+    keep[r, s] is False). Entries for edges the graph lacks (a sender after the receiver)
+    are ignored.
+    """
+
+    keep: Bool[Tensor, "receivers senders"]
+    at: dict[tuple[int, int], tuple[str, ...] | Tensor] = field(default_factory=dict)
+
+    def copy(self) -> "EdgeMask":
+        return EdgeMask(self.keep.clone(), dict(self.at))
+
+    def without(self, receiver: int, sender: int) -> "EdgeMask":
+        """A copy with the edge sender -> receiver ablated at every position."""
+        out = self.copy()
+        out.keep[receiver, sender] = False
+        out.at.pop((receiver, sender), None)
+        return out
+
+    def differing_receivers(self, other: "EdgeMask") -> Bool[Tensor, " receivers"]:
+        rows = (self.keep != other.keep).any(1)
+        for key in set(self.at) | set(other.at):
+            a, b = self.at.get(key), other.at.get(key)
+            same = (a is b or (isinstance(a, tuple) and a == b)
+                    or (isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)))
+            if not same:
+                rows[key[0]] = True
+        return rows
+
+
+@dataclass
+class _Base:
+    mask: EdgeMask
+    deltas: Float[Tensor, "senders prompts pos d_model"]  # D_s = o_s - a_s
+    resid: list[Tensor]  # R_L at the start of every layer and the final one [prompts, pos, d]
+    metric: Float[Tensor, " prompts"]
+
+
+class EdgeAblation:
+    """Edge-ablated runs of many edge sets on one `Runs` (clean prompts; ablated values
+    from the corrupted ones, `kind` "mean", "zero" or "resample" with `seed`).
+
+    Args:
+        model: a TransformerBridge of a supported family (`check_edges_supported`).
+        runs: from `interp.patching.prepare_runs`.
+        budget_gb: activation memory of one batched forward (None: device default).
+    """
+
+    @torch.inference_mode()
+    def __init__(self, model, runs: Runs, kind: str = "mean", seed: int = 0,
+                 budget_gb: float | None = None):
+        check_edges_supported(model)
+        self.nodes = MeanAblation(model, runs, kind, seed)  # the group means, per kind
+        self.model, self.runs, self.batch = model, self.nodes.runs, self.nodes.runs.batch
+        self.family, self.graph = family_of(model), EdgeGraph.of(model)
+        self.engine = base_run(model, self.runs)
+        self.seq = self.batch.clean_tokens.shape[1]
+        device = "cuda" if str(model.cfg.device).startswith("cuda") else "cpu"
+        self.budget_gb = BUDGET_GB[device] if budget_gb is None else budget_gb
+        self._positions: dict[tuple[str, ...], Tensor] = {}
+        self.n_forwards = 0.0  # forward-pass equivalents run so far (resumed runs: fractions)
+        self.bases = [self._clean_base()]
+
+    # -- edge sets ----------------------------------------------------------------------------
+    def full(self) -> EdgeMask:
+        """Every edge kept: the clean model."""
+        g = self.graph
+        return EdgeMask(torch.ones(g.n_receivers, g.n_senders, dtype=torch.bool))
+
+    def empty(self) -> EdgeMask:
+        """No edge kept: every receiver reads only ablated senders."""
+        g = self.graph
+        return EdgeMask(torch.zeros(g.n_receivers, g.n_senders, dtype=torch.bool))
+
+    def mask(self, edges: Iterable[Edge]) -> EdgeMask:
+        """The `EdgeMask` keeping exactly `edges` (each at its positions; every position when
+        None); ValueError for an edge the graph lacks or an unknown position name."""
+        out = self.empty()
+        for edge in edges:
+            r, s = self.graph.index(edge)
+            if edge.positions is None:
+                out.keep[r, s] = True
+                out.at.pop((r, s), None)
+            elif not out.keep[r, s]:
+                self._position_mask(edge.positions)  # checks the names
+                merged = set(out.at.get((r, s), ())) | set(edge.positions)
+                out.at[(r, s)] = tuple(sorted(merged))
+        return out
+
+    def node_mask(self, circuit: Circuit) -> EdgeMask:
+        """A node circuit (node -> kept positions, as `MeanAblation` takes it) as the full set
+        of its edges: every edge out of a kept node, at its positions, into every receiver;
+        the embeddings always, and the MLPs too unless the circuit lists MLP nodes."""
+        g = self.graph
+        out = self.empty()
+        out.keep[:, 0] = True
+        with_mlps = any(isinstance(node, Mlp) for node in circuit)
+        if not with_mlps:
+            for layer in range(g.n_layers):
+                out.keep[:, g.sender_index(Mlp(layer))] = True
+        for node, positions in circuit.items():
+            s = g.sender_index(node)
+            if positions is None:
+                out.keep[:, s] = True
+            else:
+                for r in range(g.n_receivers):
+                    if s < g.readable(r):
+                        out.at[(r, s)] = tuple(positions)
+        return out
+
+    def _position_mask(self, names: tuple[str, ...] | Tensor) -> Bool[Tensor, "prompts pos"]:
+        if isinstance(names, Tensor):
+            return names
+        if names not in self._positions:
+            self._positions[names] = keep_mask(self.batch, list(names), self.seq)
+        return self._positions[names]
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def metrics(self, edge_sets: Sequence[EdgeMask | Iterable[Edge]],
+                progress: bool = False) -> Float[Tensor, "n_sets prompts"]:
+        """Per-prompt metric (raw units) of each edge set's edge-ablated run."""
+        if not edge_sets:
+            return torch.empty(0, len(self.batch))
+        masks = [m if isinstance(m, EdgeMask) else self.mask(m) for m in edge_sets]
+        for m in masks:
+            if self._best_base(m)[1] == 0 and len(self.bases) < MAX_BASES:
+                self.add_base(m)
+        placed = [self._best_base(m) for m in masks]
+        out = [base.metric if start == IDENTICAL else None for base, start in placed]
+        pending = sorted((start, i) for i, (_, start) in enumerate(placed) if start != IDENTICAL)
+        step = self._chunk()
+        chunks = [pending[lo:lo + step] for lo in range(0, len(pending), step)]
+        for chunk in tqdm(chunks, desc="edge-ablated runs", disable=not progress):
+            items = [(masks[i], placed[i][0]) for _, i in chunk]
+            values = self._run(items, chunk[0][0])[0]
+            for (_, i), value in zip(chunk, values, strict=True):
+                out[i] = value
+        return torch.stack(out)
+
+    @torch.inference_mode()
+    def add_base(self, edge_set: EdgeMask | Iterable[Edge]) -> None:
+        """Run `edge_set` and cache it as a base run (the oldest non-clean base goes when
+        there are `MAX_BASES`): edge sets that differ from it only at receivers of layer >= L
+        then resume at L."""
+        mask = edge_set if isinstance(edge_set, EdgeMask) else self.mask(edge_set)
+        base, start = self._best_base(mask)
+        metric, deltas, resid = self._run([(mask, base)], start, keep=True)
+        if len(self.bases) >= MAX_BASES:
+            self.bases.pop(1)
+        self.bases.append(_Base(mask.copy(), deltas[0], resid, metric[0]))
+
+    def first_difference(self, a: EdgeMask, b: EdgeMask) -> int:
+        """The first layer with a receiver whose edges differ (the logits count as layer
+        n_layers; `IDENTICAL` when no receiver differs)."""
+        rows = a.differing_receivers(b).nonzero()
+        if len(rows) == 0:
+            return IDENTICAL
+        return min(int(rows[0]) // self.graph.per_layer, self.model.cfg.n_layers)
+
+    def _best_base(self, mask: EdgeMask) -> tuple[_Base, int]:
+        starts = [self.first_difference(mask, b.mask) for b in self.bases]
+        best = max(range(len(starts)), key=lambda i: starts[i])
+        return self.bases[best], starts[best]
+
+    def _chunk(self) -> int:
+        cfg, g = self.model.cfg, self.graph
+        per_item = 4 * len(self.batch) * self.seq * cfg.d_model * (g.n_senders + 6 * cfg.n_heads)
+        return max(1, int(self.budget_gb * 2**30 // per_item))
+
+    # -- the forward --------------------------------------------------------------------------
+    def _clean_base(self) -> _Base:
+        """The clean run as a base: D_s = clean output - ablated value."""
+        cache, g = self.runs.clean_cache, self.graph
+        d = [cache["blocks.0.hook_resid_pre"] - self._ablated_embed()]
+        for layer in range(g.n_layers):
+            z = cache[f"blocks.{layer}.attn.hook_z"]
+            d.extend(self._head_outputs(layer, z[None])[0] - self._ablated_heads(layer))
+            d.append(cache[f"blocks.{layer}.hook_mlp_out"] - self.nodes.mlp_means()[layer])
+        resid = [cache[f"blocks.{la}.hook_resid_pre"] for la in range(g.n_layers)]
+        resid.append(cache[f"blocks.{g.n_layers - 1}.hook_resid_post"])
+        return _Base(self.full(), torch.stack(d), resid, self.runs.clean_metric)
+
+    def _ablated_embed(self) -> Tensor:
+        return group_means(self.runs.corrupted_cache["blocks.0.hook_resid_pre"],
+                           self.batch.groups)
+
+    def _ablated_heads(self, layer: int) -> Float[Tensor, "heads prompts pos d_model"]:
+        return self._head_outputs(layer, self.nodes.z_means[layer][None])[0]
+
+    def _head_outputs(self, layer: int, z: Float[Tensor, "k prompts pos heads d_head"]
+                      ) -> Float[Tensor, "k heads prompts pos d_model"]:
+        return torch.einsum("knphe,hed->khnpd", z, self.model.W_O[layer])
+
+    def _run(self, items: list[tuple[EdgeMask, _Base]], start: int, keep: bool = False):
+        """Metrics [k, prompts] of edge sets resumed at `start` from their bases; with
+        `keep`, also the deltas and the residual at every layer (for a new base)."""
+        g, n_layers = self.graph, self.model.cfg.n_layers
+        k, n = len(items), len(self.batch)
+        dtype = items[0][1].deltas.dtype
+        deltas = torch.empty(k, g.n_senders, *items[0][1].deltas.shape[1:], dtype=dtype)
+        first = g.senders_before(start)
+        for i, (_, base) in enumerate(items):
+            deltas[i, :first] = base.deltas[:first]
+        resid = torch.stack([base.resid[start] for _, base in items])
+        ablated = torch.stack([~m.keep for m, _ in items]).to(dtype)
+        extras = self._extras([m for m, _ in items], dtype)
+        kept = [base.resid[la] for la in range(start)] if keep else None
+        for layer in range(start, n_layers):
+            if keep:
+                kept.append(resid[0])
+            resid = self._layer(layer, resid, deltas, ablated, extras)
+        if keep:
+            kept.append(resid[0])
+        self.n_forwards += k * (n_layers - start) / n_layers
+        read = self.batch.read_positions
+        rows = torch.arange(n)
+        final = resid[:, rows, read] - self._mix_read(ablated[:, g.logits_index], deltas,
+                                                      extras, read)
+        metric = metric_from_resid(self.model, self.batch, final)
+        return metric, deltas, kept
+
+    def _extras(self, masks: list[EdgeMask], dtype) -> dict[int, list]:
+        """receiver -> [(item, sender, position mask [prompts, pos, 1])] of positional edges."""
+        out: dict[int, list] = {}
+        for item, m in enumerate(masks):
+            for (r, s), names in m.at.items():
+                if not m.keep[r, s]:
+                    pos = self._position_mask(names).to(dtype)[..., None]
+                    out.setdefault(r, []).append((item, s, pos))
+        return out
+
+    def _mix(self, ablated: Tensor, deltas: Tensor, extras: dict, r0: int, n_senders: int
+             ) -> Float[Tensor, "k receivers prompts pos d_model"]:
+        """sum over ablated senders of D_s, for receivers r0.. (len ablated's dim 1), as
+        seen by each: A @ D, minus D_s where a positional edge keeps s."""
+        k, n_recv = ablated.shape[:2]
+        shape = deltas.shape[2:]
+        a = ablated[:, :, :n_senders]
+        d = deltas[:, :n_senders].reshape(k, n_senders, -1)
+        out = torch.bmm(a, d).view(k, n_recv, *shape)
+        for r in range(r0, r0 + n_recv):
+            for item, s, pos in extras.get(r, ()):
+                out[item, r - r0] -= pos * deltas[item, s]
+        return out
+
+    def _mix_read(self, ablated: Tensor, deltas: Tensor, extras: dict, read: Tensor):
+        rows = torch.arange(len(read))
+        at_read = deltas[:, :, rows, read]  # [k, senders, prompts, d]
+        out = torch.einsum("ks,ksnd->knd", ablated, at_read)
+        for item, s, pos in extras.get(self.graph.logits_index, ()):
+            out[item] -= pos[rows, read] * at_read[item, s]
+        return out
+
+    def _layer(self, layer: int, resid: Tensor, deltas: Tensor, ablated: Tensor,
+               extras: dict) -> Float[Tensor, "k prompts pos d_model"]:
+        """One block: every receiver of `layer` reads its own mix (*); updates `deltas` with
+        the layer's new outputs and returns R at the next layer."""
+        model, g, h = self.model, self.graph, self.model.cfg.n_heads
+        r0 = layer * g.per_layer
+        x = resid[:, None] - self._mix(ablated[:, r0:r0 + 3 * h], deltas, extras, r0,
+                                       g.senders_before(layer))
+        z = self._attention(layer, x)  # [k, prompts, pos, heads, d_head]
+        heads = self._head_outputs(layer, z)  # [k, heads, prompts, pos, d]
+        first = g.sender_index(Head(layer, 0))
+        deltas[:, first:first + h] = heads - self._ablated_heads(layer)
+        attn = heads.sum(1)
+        b_o = self.engine.w["b_O"]
+        if b_o is not None:
+            attn = attn + b_o[layer]
+        mid = resid if g.parallel else resid + attn
+        mlp_in = mid - self._mix(ablated[:, r0 + 3 * h:r0 + 3 * h + 1], deltas, extras,
+                                 r0 + 3 * h, g.senders_before(layer, mlp=True))[:, 0]
+        shape = mlp_in.shape
+        norm = self.family.mlp_norm(model, layer)
+        out = model.blocks[layer].mlp(norm(mlp_in.reshape(-1, *shape[-2:]))).view(shape)
+        deltas[:, first + h] = out - self.nodes.mlp_means()[layer]
+        return resid + attn + out
+
+    def _attention(self, layer: int, x: Float[Tensor, "k qkv_heads prompts pos d_model"]
+                   ) -> Float[Tensor, "k prompts pos heads d_head"]:
+        """Attention whose every query head reads its own q, k and v inputs (3 x heads)."""
+        model, fam, engine = self.model, self.family, self.engine
+        k, n3, n, p, d = x.shape
+        h = n3 // 3
+        normed = fam.attn_input(model, layer, x.reshape(-1, d)).view(k, n3, n, p, d)
+        w, b = self._qkv_weights(layer)
+        qkv = torch.einsum("kinpd,ide->knpie", normed, w)
+        if b is not None:
+            qkv = qkv + b
+        prompt = torch.arange(n).repeat_interleave(p).repeat(k)
+        pos = torch.arange(p).repeat(k * n)
+        q, key, v = (qkv[..., i * h:(i + 1) * h, :].reshape(k * n * p, h, -1) for i in range(3))
+        q = engine.rotate(layer, "q", q, prompt, pos).view(k * n, p, h, -1)
+        key = engine.rotate(layer, "k", key, prompt, pos).view(k * n, p, h, -1)
+        rule = _Scores(fam.scale(model, layer), fam.softcap(model, layer),
+                       fam.window(model, layer))
+        z = _attend_dense(q, key, v.view(k * n, p, h, -1), rule)
+        return z.view(k, n, p, h, -1)
+
+    def _qkv_weights(self, layer: int) -> tuple[Tensor, Tensor | None]:
+        """W_Q, W_K, W_V per query head, stacked: [3 x heads, d_model, d_head] (and biases)."""
+        w, h = self.engine.w, self.model.cfg.n_heads
+        mats, biases = [], []
+        for kind in ("Q", "K", "V"):
+            mat, bias = w[f"W_{kind}"][layer], w[f"b_{kind}"]
+            group = h // mat.shape[0]
+            mats.append(mat.repeat_interleave(group, 0))
+            if bias is not None:
+                biases.append(bias[layer].repeat_interleave(group, 0))
+        return torch.cat(mats), (torch.cat(biases) if biases else None)

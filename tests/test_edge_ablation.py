@@ -1,0 +1,162 @@
+"""Identities of exact edge ablation (`interp.edge_ablation`), on random:tiny (GPT-2) and a
+tiny GQA Llama (2 query heads per key/value head), each against an independent computation:
+the cached clean run, hooked bridge forwards, `path_patch` and `MeanAblation`."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import interp
+from interp.edge_ablation import EdgeAblation, EdgeAblationUnsupported, check_edges_supported
+from interp.edges import EMBED, LOGITS, Edge
+from interp.ioi.dataset import build_ioi
+from interp.mean_ablation import MeanAblation, group_means, keep_mask
+from interp.metrics import logits_at
+from interp.nodes import Head, Mlp
+from interp.patching import prepare_runs
+from interp.patching.path import Receiver, path_patch
+from tests.tiny_families import tiny_model
+
+MODELS = ("tiny", "llama")
+
+
+def _load(name: str, constant_mlps: bool = False):
+    model = interp.load_model("random:tiny", device="cpu") if name == "tiny" else \
+        tiny_model("llama")
+    if constant_mlps:  # MLP out = its bias: every path from a head is its direct edge
+        for block in model.blocks:
+            for pname, p in block.mlp.original_component.named_parameters():
+                if pname.split(".")[0] in ("c_proj", "down_proj") and pname.endswith("weight"):
+                    p.data.zero_()
+    return model
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def case(request):
+    model = _load(request.param)
+    return model, prepare_runs(model, build_ioi(model, n_prompts=6, seed=0).batch)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def constant_mlp_case(request):
+    model = _load(request.param, constant_mlps=True)
+    runs = prepare_runs(model, build_ioi(model, n_prompts=6, seed=0).batch)
+    one = replace(runs.batch, groups=torch.arange(len(runs.batch)))  # a_s = corrupted prompt i
+    return model, replace(runs, batch=one)
+
+
+def _forced(ev, mask):
+    """`mask` plus an entry for an edge the graph lacks (sender after the receiver), at
+    layer 0: ignored by the computation, but the run can no longer resume from a base."""
+    mask = mask.copy()
+    mask.keep[0, ev.graph.sender_index(Head(1, 0))] = not mask.keep[0, -1]
+    return mask
+
+
+def test_all_edges_kept_is_the_clean_model(case):
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    got = ev.metrics([_forced(ev, ev.full())])[0]
+    assert torch.allclose(got, runs.clean_metric, atol=1e-4)
+    assert ev.n_forwards == 1
+
+
+def test_no_edge_kept_is_every_sender_ablated(case):
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    got = ev.metrics([ev.empty()])[0]
+    nodes = MeanAblation(model, runs)
+    hooks = nodes.hooks([nodes.ablation({Mlp(0): []})])  # every head and every MLP ablated
+    embed = group_means(runs.corrupted_cache["blocks.0.hook_resid_pre"], runs.batch.groups)
+    hooks.append(("blocks.0.hook_resid_pre", lambda act, hook=None: embed))
+    with model.hooks(fwd_hooks=hooks):
+        logits = model(runs.batch.clean_tokens)
+    want = runs.batch.metric(logits_at(logits, runs.batch.read_positions))
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, runs.clean_metric, atol=1e-2)
+
+
+def test_node_circuit_as_its_edges_is_node_evaluation(case):
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    circuits = [{Head(0, 1): None, Head(1, 2): ["END"], Head(1, 3): ["END", "S2"]},
+                {Head(0, 0): ["S1+1"], Head(0, 2): None, Mlp(0): None, Mlp(1): ["END"]},
+                {}]
+    got = ev.metrics([ev.node_mask(c) for c in circuits])
+    want = MeanAblation(model, runs).metrics(circuits)
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def _without(ev, mask, edge, ablated_at=None):
+    r, s = ev.graph.index(edge)
+    out = mask.without(r, s)
+    if ablated_at is not None:  # ablated only at that named position
+        out.at[(r, s)] = ~keep_mask(ev.batch, [ablated_at], ev.seq)
+    return out
+
+
+def test_one_edge_with_corrupted_values_is_path_patching(constant_mlp_case):
+    model, runs = constant_mlp_case
+    ev = EdgeAblation(model, runs)
+    full = ev.full()
+    sender = Head(0, 1)
+    cases = [(Edge(Head(1, 2), LOGITS), None, "logits"),
+             (Edge(sender, LOGITS), None, "logits"),
+             (Edge(sender, Head(1, 3), "q"), "END", [Receiver(Head(1, 3), "q", "END")]),
+             (Edge(sender, Head(1, 1), "k"), "S2", [Receiver(Head(1, 1), "k", "S2")]),
+             (Edge(sender, Head(1, 2), "v"), "S1+1", [Receiver(Head(1, 2), "v", "S1+1")])]
+    for edge, where, receivers in cases:
+        got = (ev.metrics([_without(ev, full, edge, where)])[0] - runs.clean_metric).mean()
+        want = path_patch(model, runs, [edge.sender], receivers, progress=False)[0]
+        assert abs(got - want) < 1e-6, (str(edge), got, want)
+        if edge.input in (None, "v") or model.cfg.n_key_value_heads:  # tiny GPT-2's random
+            assert abs(want) > 3e-5, str(edge)  # attention is near-uniform: q, k barely move
+
+
+def test_gqa_kv_edge_is_seen_by_its_query_head_only(case):
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    full = ev.full()
+    into = [ev.metrics([_without(ev, full, Edge(EMBED, Head(1, h), "v"))])[0] for h in (0, 1)]
+    assert not torch.allclose(into[0], into[1], atol=1e-5)  # heads 0, 1 share a KV head on GQA
+
+
+def test_batched_and_resumed_runs_equal_single_runs(case, monkeypatch):
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    full = ev.full()
+    sets = [_without(ev, full, Edge(Head(0, h), Head(1, h), "q")) for h in range(3)]
+    sets += [ev.empty(), _without(ev, ev.empty(), Edge(EMBED, Mlp(1)))]
+    ev.add_base(sets[3])
+    together = ev.metrics(sets)
+    monkeypatch.setattr(EdgeAblation, "_chunk", lambda self: 1)
+    alone = torch.cat([EdgeAblation(model, runs).metrics([_forced(ev, s)]) for s in sets])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_edges_with_positions(case):
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    edge = Edge(Head(0, 1), Head(1, 0), "v")
+    r, s = ev.graph.index(edge)
+    ablated = ev.full().without(r, s)
+    by_name, by_tensor = ablated.copy(), ablated.copy()
+    by_name.at[(r, s)] = ("S2",)
+    by_tensor.at[(r, s)] = keep_mask(ev.batch, ["S2"], ev.seq)
+    named = ev.mask([e for e in ev.graph.edges() if e != edge] + [replace(edge, positions=("S2",))])
+    got = ev.metrics([by_name, by_tensor, named, ablated, _forced(ev, ev.full())])
+    assert torch.allclose(got[0], got[1], atol=1e-6)
+    assert torch.allclose(got[0], got[2], atol=1e-6)
+    assert not torch.allclose(got[0], got[3], atol=1e-5)  # kept at S2 differs from ablated
+    assert not torch.allclose(got[0], got[4], atol=1e-5)  # ... and from kept everywhere
+
+
+def test_unsupported_family_is_refused_in_one_line():
+    model = tiny_model("gemma2")
+    with pytest.raises(EdgeAblationUnsupported, match="node level") as err:
+        check_edges_supported(model)
+    assert "\n" not in str(err.value)
+    olmo = tiny_model("olmo2")
+    with pytest.raises(EdgeAblationUnsupported, match="Olmo2ForCausalLM"):
+        check_edges_supported(olmo)
