@@ -1,6 +1,6 @@
 """ACDC: automatic circuit discovery by greedy edge pruning (Conmy et al. 2023).
 
-Start from the full edge graph (`interp.graph.all_edges`: embeddings, heads and MLPs as
+Start from the full edge graph (`interp.edges.EdgeGraph`: embeddings, heads and MLPs as
 senders; q/k/v of every head, every MLP input and the logits as receivers). Walk the
 receivers from the logits backwards, in reverse topological order. For each receiver, try
 removing each incoming edge that is still kept: the edge-ablated run (`interp.edge_ablation`,
@@ -42,6 +42,7 @@ Example:
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Protocol
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -49,6 +50,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.edge_ablation import EdgeMask
 from interp.edges import EMBED, LOGITS, Edge
 from interp.errors import UserValueError
 from interp.forward import unembed
@@ -58,8 +60,49 @@ from interp.nodes import Head, Mlp
 METRICS = ("kl", "task")
 INPUT_ORDER = {"q": 0, "k": 1, "v": 2, None: 0}
 
-# scorer(kept, removals, start_layer) -> the ACDC metric of `kept` minus each removal list
-Scorer = Callable[[frozenset, Sequence[Sequence[Edge]], int], list[float]]
+
+
+class Scorer(Protocol):
+    """The ACDC metric of the walk's current edge set minus each list of `removals` (runs
+    resumed at layer `start`), and `remove` to commit a removal to the current set."""
+
+    def score(self, removals: Sequence[Sequence[Edge]], start: int) -> list[float]: ...
+
+    def remove(self, edge: Edge) -> None: ...
+
+
+class SetScorer:
+    """A `Scorer` from a function of the kept edge set (tests, and any non-engine metric)."""
+
+    def __init__(self, edges: Sequence[Edge], metric: Callable[[set], float]):
+        self.kept, self.metric, self.calls = set(edges), metric, 0
+
+    def score(self, removals, start: int) -> list[float]:
+        self.calls += 1
+        return [self.metric(self.kept.difference(r)) for r in removals]
+
+    def remove(self, edge: Edge) -> None:
+        self.kept.discard(edge)
+
+
+class EngineScorer:
+    """A `Scorer` on the edge-ablation engine: the current set is an `EdgeMask`, each
+    candidate a copy of it with the removed edges ablated."""
+
+    def __init__(self, engine):
+        self.engine, self.mask = engine, engine.full()
+
+    def score(self, removals, start: int) -> list[float]:
+        masks = []
+        for removal in removals:
+            mask = EdgeMask(self.mask.keep.clone())
+            for edge in removal:
+                mask.keep[self.engine.graph.index(edge)] = False
+            masks.append(mask)
+        return self.engine.metrics(masks).mean(-1).tolist()
+
+    def remove(self, edge: Edge) -> None:
+        self.mask.keep[self.engine.graph.index(edge)] = False
 
 
 @dataclass
@@ -85,13 +128,14 @@ class KLToClean:
 
 def kl_runs(model, runs):
     """`runs` whose task metric is KL(clean || x) at the read positions (a copy)."""
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    read = runs.batch.read_positions
     with torch.inference_mode():
-        final = logits_at(runs.clean_cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"],
-                          runs.batch.read_positions)
-        clean = unembed(model, final).float().log_softmax(-1)
+        clean = unembed(model, logits_at(runs.clean_cache[last], read)).float().log_softmax(-1)
+        corrupted = unembed(model, logits_at(runs.corrupted_cache[last], read))
     metric = KLToClean(clean)
     batch = replace(runs.batch, metric=metric)
-    return replace(runs, batch=batch, clean_metric=metric(clean), corrupted_metric=None)
+    return replace(runs, batch=batch, clean_metric=metric(clean), corrupted_metric=metric(corrupted))
 
 
 def receiver_key(edge: Edge) -> tuple:
@@ -162,18 +206,19 @@ class _Walk:
 
     def __init__(self, edges: Sequence[Edge], score: Scorer, n_layers: int, threshold: float):
         self.kept = set(edges)
-        self.score, self.n_layers, self.threshold = score, n_layers, threshold
+        self.scorer, self.n_layers, self.threshold = score, n_layers, threshold
         self.out_degree = Counter(e.sender for e in edges)
         self.into: dict[tuple, list[Edge]] = {}
         for e in edges:
             self.into.setdefault(receiver_key(e), []).append(e)
-        [self.current] = score(frozenset(self.kept), [[]], n_layers)
+        [self.current] = score.score([[]], n_layers)
         self.full = self.current
         self.stats = Counter()
         self.trace: list[tuple[str, float, bool]] = []
 
     def remove(self, edge: Edge) -> None:
         self.kept.discard(edge)
+        self.scorer.remove(edge)
         self.out_degree[edge.sender] -= 1
 
     def reachable(self, receiver) -> bool:
@@ -198,7 +243,7 @@ class _Walk:
 
     def _cumulative(self, block: list[Edge], start: int) -> list[float]:
         removals = [block[:j + 1] for j in range(len(block))]
-        values = self.score(frozenset(self.kept), removals, start)
+        values = self.scorer.score(removals, start)
         self.stats["forwards"] += 1
         self.stats["rows"] += len(block)
         self.stats["fe"] += len(block) * (self.n_layers - max(start, 0)) / self.n_layers
@@ -225,12 +270,12 @@ def check_threshold(threshold: float) -> float:
     return threshold
 
 
-def acdc_walk(edges: Sequence[Edge], score: Scorer, n_layers: int, threshold: float,
+def acdc_walk(edges: Sequence[Edge], scorer: Scorer, n_layers: int, threshold: float,
               metric: str = "kl", progress: bool = True, batch: int = 16) -> AcdcResult:
-    """ACDC over `edges` with a `score(kept, removals, start_layer)` function (the module
-    docstring; `acdc` builds the scorer from the edge-ablation engine)."""
+    """ACDC over `edges` with a `Scorer` (the module docstring; `acdc` scores on the
+    edge-ablation engine)."""
     check_threshold(threshold)
-    walk = _Walk(edges, score, n_layers, threshold)
+    walk = _Walk(edges, scorer, n_layers, threshold)
     order = receiver_order(edges, n_layers)
     for key in tqdm(order, desc="ACDC receivers", disable=not progress):
         batch = walk.visit(key, batch)
@@ -243,25 +288,16 @@ def acdc_walk(edges: Sequence[Edge], score: Scorer, n_layers: int, threshold: fl
 def acdc(model, runs, threshold: float, metric: str = "kl", kind: str = "mean", seed: int = 0,
          progress: bool = True, edges: Sequence[Edge] | None = None) -> AcdcResult:
     """ACDC on `runs` (clean prompts; ablated values from the corrupted ones, `kind` as in
-    `interp.edge_ablation`) over `edges` (default: the whole graph, `edge_graph`)."""
-    from interp.arch import mlp_input
-    from interp.discover import edge_graph
+    `interp.edge_ablation`) over `edges` (default: the whole graph, `EdgeGraph.edges`)."""
     from interp.edge_ablation import EdgeAblation
 
     if metric not in METRICS:
         raise UserValueError(f"--acdc-metric {metric!r}: use one of {METRICS}")
     check_threshold(threshold)
-    cfg = model.cfg
-    if edges is None:
-        parallel = mlp_input(model, 0)[1].endswith("resid_pre")
-        edges = edge_graph(cfg.n_layers, cfg.n_heads, parallel)
     engine = EdgeAblation(model, kl_runs(model, runs) if metric == "kl" else runs, kind, seed)
-
-    def score(kept: frozenset, removals, start: int) -> list[float]:
-        sets = [kept.difference(r) for r in removals]
-        return engine.metrics(sets).mean(-1).tolist()
-
-    return acdc_walk(edges, score, cfg.n_layers, threshold, metric, progress)
+    edges = engine.graph.edges() if edges is None else edges
+    return acdc_walk(edges, EngineScorer(engine), model.cfg.n_layers, threshold, metric,
+                     progress)
 
 
 def acdc_summary(model, runs, result: AcdcResult) -> dict:

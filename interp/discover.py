@@ -111,23 +111,6 @@ def eap_edges(scores: EdgeScores) -> list[tuple[Edge, float]]:
     return out
 
 
-def edge_graph(n_layers: int, n_heads: int, parallel: bool = False) -> list[Edge]:
-    """Every edge of the graph (the `interp.edges` convention), senders in topological order:
-    into each head's q/k/v of layer l, from the embeddings and every head and MLP of earlier
-    layers; into MLP l also from layer l's heads (not in a parallel block); into the logits
-    from everything."""
-    senders: list = [EMBED]
-    edges: list[Edge] = []
-    for layer in range(n_layers):
-        heads = [Head(layer, h) for h in range(n_heads)]
-        edges += [Edge(s, head, kind) for head in heads for kind in ("q", "k", "v")
-                  for s in senders]
-        mlp_senders = senders if parallel else senders + heads
-        edges += [Edge(s, Mlp(layer)) for s in mlp_senders]
-        senders = senders + heads + [Mlp(layer)]
-    return edges + [Edge(s, LOGITS) for s in senders]
-
-
 def edge_nodes(edges) -> list[Node]:
     """The heads and MLPs on a list of edges (or (sender, receiver, score) name triples with
     `kv_groups` 1), sorted heads first."""
@@ -277,3 +260,20 @@ def discover_lines(result: Discovery, label: str) -> list[str]:
                  f"edges, {len(result.best.nodes)} nodes, faithfulness "
                  f"{result.best.normalised:.3f}; {fe:.1f} forward-equivalents")
     return lines
+
+
+def edge_circuit(edges: list[Edge], name: str, model: str, task: str,
+                 description: str = ""):
+    """A circuit file for a discovered edge set: one group per layer (labels for the
+    completeness test) and every edge node to node (`{from: L20H0, to: L23H0, input: q}`).
+    The embeddings and MLPs are nodes of the graph here, so their edges are listed too."""
+    from interp.circuits.format import CircuitSpec, Group, GroupEdge
+
+    groups: dict[str, Group] = {}
+    for node in edge_nodes(edges):
+        key = f"layer{node.layer}"
+        groups.setdefault(key, Group(key, []))
+        groups[key].nodes.append(node)
+    listed = [GroupEdge(str(e.sender), str(e.receiver), e.input) for e in edges]
+    return CircuitSpec(name, dict(sorted(groups.items(), key=lambda kv: int(kv[0][5:]))),
+                       listed, "mean", description, model, task)
