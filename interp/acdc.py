@@ -42,8 +42,8 @@ Example:
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Protocol
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 from jaxtyping import Float
@@ -58,6 +58,7 @@ from interp.metrics import logits_at
 from interp.nodes import Head, Mlp
 
 METRICS = ("kl", "task")
+AUTO_FRACTION = 0.01  # the default threshold, as a fraction of the metric's range
 INPUT_ORDER = {"q": 0, "k": 1, "v": 2, None: 0}
 
 
@@ -89,8 +90,9 @@ class EngineScorer:
     """A `Scorer` on the edge-ablation engine: the current set is an `EdgeMask`, each
     candidate a copy of it with the removed edges ablated."""
 
-    def __init__(self, engine):
-        self.engine, self.mask = engine, engine.full()
+    def __init__(self, engine, edges: Sequence[Edge] | None = None):
+        self.engine = engine
+        self.mask = engine.full() if edges is None else engine.mask(edges)
 
     def score(self, removals, start: int) -> list[float]:
         masks = []
@@ -135,7 +137,8 @@ def kl_runs(model, runs):
         corrupted = unembed(model, logits_at(runs.corrupted_cache[last], read))
     metric = KLToClean(clean)
     batch = replace(runs.batch, metric=metric)
-    return replace(runs, batch=batch, clean_metric=metric(clean), corrupted_metric=metric(corrupted))
+    return replace(runs, batch=batch, clean_metric=metric(clean),
+                   corrupted_metric=metric(corrupted))
 
 
 def receiver_key(edge: Edge) -> tuple:
@@ -198,6 +201,7 @@ class AcdcResult:
     n_forwards: int = 0
     forward_equivalents: float = 0.0
     rows: int = 0
+    prescreen: int | None = None  # ACDC ran on the top-|EAP| edges only (approximation)
     trace: list[tuple[str, float, bool]] = field(default_factory=list, repr=False)
 
 
@@ -285,19 +289,50 @@ def acdc_walk(edges: Sequence[Edge], scorer: Scorer, n_layers: int, threshold: f
                       s["tested"], s["skipped"], s["forwards"], s["fe"], s["rows"], walk.trace)
 
 
-def acdc(model, runs, threshold: float, metric: str = "kl", kind: str = "mean", seed: int = 0,
-         progress: bool = True, edges: Sequence[Edge] | None = None) -> AcdcResult:
+def acdc(model, runs, threshold: float | None, metric: str = "kl", kind: str = "mean",
+         seed: int = 0, progress: bool = True, prescreen: int | None = None,
+         auto_fraction: float = AUTO_FRACTION) -> AcdcResult:
     """ACDC on `runs` (clean prompts; ablated values from the corrupted ones, `kind` as in
-    `interp.edge_ablation`) over `edges` (default: the whole graph, `EdgeGraph.edges`)."""
+    `interp.edge_ablation`) over the whole graph (`EdgeGraph.edges`).
+
+    `prescreen=N` (an approximation, reported as such): ACDC runs on the subgraph of the N
+    edges with the largest |EAP| score (`interp.discover.eap_edges`); every other edge is
+    ablated from the start and never tested. The walk then starts from that subgraph's metric.
+
+    `threshold=None` ("auto"): `auto_fraction` of the metric's range, |m(no edge kept) -
+    m(full model)| (for KL: 1% of KL(clean || every sender ablated)), so one default suits
+    models whose outputs differ in scale; the value used is `result.threshold`.
+    """
     from interp.edge_ablation import EdgeAblation
 
     if metric not in METRICS:
         raise UserValueError(f"--acdc-metric {metric!r}: use one of {METRICS}")
-    check_threshold(threshold)
+    if threshold is not None:
+        check_threshold(threshold)
     engine = EdgeAblation(model, kl_runs(model, runs) if metric == "kl" else runs, kind, seed)
-    edges = engine.graph.edges() if edges is None else edges
-    return acdc_walk(edges, EngineScorer(engine), model.cfg.n_layers, threshold, metric,
-                     progress)
+    if threshold is None:
+        full, empty = engine.metrics([engine.full(), engine.empty()]).mean(-1).tolist()
+        threshold = auto_fraction * abs(empty - full)
+    edges = all_edges = engine.graph.edges()
+    if prescreen is not None:
+        top = _prescreened(model, runs, prescreen)
+        edges = [e for e in edges if e in top]
+    scorer = EngineScorer(engine, None if prescreen is None else edges)
+    result = acdc_walk(edges, scorer, model.cfg.n_layers, threshold, metric, progress)
+    result.prescreen, result.n_edges_total = prescreen, len(all_edges)
+    result.forward_equivalents = engine.n_forwards + (0 if prescreen is None else 4)
+    return result
+
+
+def _prescreened(model, runs, n: int) -> set[Edge]:
+    """The n edges with the largest |EAP| score."""
+    from interp.attribution import edge_attribution
+    from interp.discover import RECEIVERS, eap_edges
+
+    if n < 1:
+        raise UserValueError(f"--prescreen {n}: must be >= 1 (the edges ACDC tests)")
+    ranked = eap_edges(edge_attribution(model, runs.batch, receivers=RECEIVERS))
+    return {e for e, _ in ranked[:n]}
 
 
 def acdc_summary(model, runs, result: AcdcResult) -> dict:
@@ -319,11 +354,17 @@ def acdc_summary(model, runs, result: AcdcResult) -> dict:
         "normalised_faithfulness": normalised_faithfulness(f_c, f_m, f_empty),
         "n_tested": result.n_tested, "n_skipped": result.n_skipped,
         "n_forwards": result.n_forwards, "candidate_runs": result.rows,
-        "forward_equivalents": round(result.forward_equivalents + 2 + 2, 3),
+        "forward_equivalents": round(result.forward_equivalents + 2, 3),
         "forward_equivalents_walk": round(result.forward_equivalents, 3),
+        "forward_equivalents_note": "2 for the clean and corrupted runs, plus the engine's "
+                                    "edge-ablated runs (a run resumed at layer L counts "
+                                    "(n_layers - L) / n_layers)",
         "order": "receivers: logits, then layers last to first (MLP, heads high to low, "
                  "q k v); senders latest first (interp.acdc)",
         "accept_rule": "remove when |metric change| <= threshold",
+        "prescreen": (None if result.prescreen is None else
+                      f"APPROXIMATION: ACDC tested only the {result.prescreen} edges with the "
+                      "largest |EAP| score; every other edge was ablated untested"),
     }
 
 

@@ -176,8 +176,9 @@ def discover(model, batch, method: str = "attribution", steps: int = 5, target: 
     t = time.perf_counter()
     ks = sizes(len(ranked), fractions)
     edge_sets = [{e for e, _ in ranked[:k]} for k in ks]
+    before = ev.n_forwards
     values = ev.metrics(edge_sets, progress).mean(-1).tolist()
-    stages("faithfulness curve (edge ablation)", _resumed_cost(ev, len(ks)), t)
+    stages("faithfulness curve (edge ablation)", ev.n_forwards - before, t)
     points = [CurvePoint(k, [e for e, _ in ranked[:k]], value,
                          normalised_faithfulness(value, f_model, f_empty))
               for k, value in zip(ks, values, strict=True)]
@@ -188,11 +189,6 @@ def discover(model, batch, method: str = "attribution", steps: int = 5, target: 
     best = good[0] if good else max(points, key=lambda p: p.normalised)
     return Discovery(points, len(ranked), f_model, f_empty, cpr, cmd, best, scores, ranked,
                      stages.record, node_empty)
-
-
-def _resumed_cost(ev, n_circuits: int) -> float:
-    """Forward-equivalents the engine reports, else the upper bound: one full run each."""
-    return float(getattr(ev, "forward_equivalents", n_circuits))
 
 
 def _node_level(model, runs, points, f_model, stages, progress) -> float:

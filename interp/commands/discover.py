@@ -33,9 +33,12 @@ def register(subparsers) -> None:
                    help="EAP: also evaluate the nodes each circuit touches by node ablation")
     p.add_argument("--threshold", type=non_negative, default=None,
                    help="ACDC: keep an edge when removing it moves the metric by more than "
-                        "this (required with --method acdc, e.g. 0.01)")
+                        "this (default: 1%% of the metric's range, |m(no edges) - m(model)|)")
     p.add_argument("--acdc-metric", default="kl", choices=["kl", "task"],
                    help="ACDC metric: KL to the clean output (default) or the task metric")
+    p.add_argument("--prescreen", type=positive_int, default=None,
+                   help="ACDC, APPROXIMATION (reported): test only the N edges with the "
+                        "largest |EAP| score, ablating all others untested")
     add_run_arguments(p)
     p.set_defaults(func=run)
 
@@ -46,14 +49,14 @@ def run(args) -> int:
     from interp.tasks.registry import get_task
 
     method = ALIASES.get(args.method, args.method)
-    if method == "acdc" and args.threshold is None:
-        raise UserError("--method acdc needs --threshold T (e.g. --threshold 0.01)")
-    if method != "acdc" and args.threshold is not None:
-        raise UserError("--threshold is an ACDC option; add --method acdc or drop it")
+    if method != "acdc" and (args.threshold is not None or args.prescreen is not None):
+        raise UserError("--threshold and --prescreen are ACDC options; add --method acdc "
+                        "or drop them")
     task = get_task(args.task)
     config = {"task": args.task, "method": method, "steps": args.steps,
               "n_prompts": args.n_prompts, "target": args.target,
-              "threshold": args.threshold, "acdc_metric": args.acdc_metric}
+              "threshold": args.threshold, "acdc_metric": args.acdc_metric,
+              "prescreen": args.prescreen, "node_level": args.node_level}
     suffix = {"attribution-ig": "-ig", "acdc": "-acdc"}.get(method, "")
     with ExperimentRun(RunOptions.from_args(args), f"discover-{task.name}{suffix}",
                        config) as run:
@@ -70,7 +73,7 @@ def run(args) -> int:
 
 
 def _eap(run, task, batch, args, method: str):
-    from interp.discover import discover, discover_summary, discover_lines
+    from interp.discover import discover, discover_lines, discover_summary
     from interp.plotting import save_figure
     from interp.plotting.circuit import faithfulness_curve
 
@@ -93,11 +96,12 @@ def _acdc(run, task, batch, args):
     with run.stage("runs"):
         runs = prepare_runs(run.model, batch)
     with run.stage("acdc"):
-        result = acdc(run.model, runs, args.threshold, args.acdc_metric)
+        result = acdc(run.model, runs, args.threshold, args.acdc_metric,
+                      prescreen=args.prescreen)
     with run.stage("evaluate"):
         summary = acdc_summary(run.model, runs, result)
     _write_circuit(run, task, result.edges,
-                   f"acdc, threshold {args.threshold} ({args.acdc_metric}), "
+                   f"acdc, threshold {result.threshold:.4g} ({args.acdc_metric}), "
                    f"{len(result.edges)} edges")
     summary = {"model": run.spec, "task": task.name, "method": "acdc",
                "n_prompts": args.n_prompts, **summary}
