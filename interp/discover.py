@@ -4,7 +4,7 @@
    embeddings, every head and every MLP; receivers: every head's q, k, v input, every MLP's
    input and the logits; direction "noise"). On GQA models a k/v score belongs to a KV head
    shared by `kv_groups` query heads; its edges into those query heads get an equal share
-   (`eap_edges`), so the ranking keeps them together.
+   (`eap_edges`).
 2. For a series of sizes k, keep the k edges with the largest |score| and evaluate the
    circuit by EDGE ablation (`interp.edge_ablation`): every receiver input sees the senders
    connected to it by a kept edge, and the ablated (mean over the corrupted prompts of the
@@ -102,26 +102,28 @@ def _receivers(name: str, kv_groups: int) -> list[tuple]:
 
 
 def eap_edges(scores: EdgeScores) -> list[tuple[Edge, float]]:
-    """Every edge of the graph with its EAP score, by |score| descending (stable: a GQA k/v
-    score is shared equally by the query heads of its KV head, which stay adjacent)."""
+    """Every edge of the graph with its EAP score, by |score| descending. A GQA k/v score
+    belongs to a KV head: each of its query heads' edges gets an equal share (the shares
+    sum to it), and they stay adjacent in the ranking."""
     out = []
     for sender, receiver, value in scores.edges():
         targets = _receivers(receiver, scores.kv_groups)
         out += [(Edge(_sender(sender), r, kind), value / len(targets)) for r, kind in targets]
-    return out
+    return sorted(out, key=lambda e: -abs(e[1]))  # stable
 
 
-def edge_nodes(edges) -> list[Node]:
-    """The heads and MLPs on a list of edges (or (sender, receiver, score) name triples with
-    `kv_groups` 1), sorted heads first."""
+def edge_nodes(edges, kv_groups: int = 1) -> list[Node]:
+    """The heads and MLPs on a list of `Edge`s (or of EdgeScores (sender, receiver, score)
+    name triples, whose GQA k/v receivers belong to `kv_groups` query heads), sorted heads
+    first."""
     nodes: set[Node] = set()
     for edge in edges:
-        if not isinstance(edge, Edge):  # a name triple from EdgeScores.edges()
-            sender, receiver = edge[0], edge[1]
-            nodes.update([] if sender == "INPUT" else [parse_node(sender)])
-            nodes.update(r for r, _ in _receivers(receiver, 1) if r != LOGITS)
+        if isinstance(edge, Edge):
+            nodes.update(n for n in (edge.sender, edge.receiver) if isinstance(n, (Head, Mlp)))
             continue
-        nodes.update(n for n in (edge.sender, edge.receiver) if isinstance(n, (Head, Mlp)))
+        sender, receiver = edge[0], edge[1]
+        nodes.update([] if sender == "INPUT" else [parse_node(sender)])
+        nodes.update(r for r, _ in _receivers(receiver, kv_groups) if r != LOGITS)
     return sorted(nodes, key=lambda n: (isinstance(n, Mlp), n.layer, getattr(n, "head", 0)))
 
 
