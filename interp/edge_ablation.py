@@ -281,103 +281,121 @@ class EdgeAblation:
     def _ablated_heads(self, layer: int) -> Float[Tensor, "heads prompts pos d_model"]:
         return self._head_outputs(layer, self.nodes.z_means[layer][None])[0]
 
-    def _head_outputs(self, layer: int, z: Float[Tensor, "k prompts pos heads d_head"]
-                      ) -> Float[Tensor, "k heads prompts pos d_model"]:
-        return torch.einsum("knphe,hed->khnpd", z, self.model.W_O[layer])
+    def _head_outputs(self, layer: int, z: Float[Tensor, "k prompts pos heads d_head"],
+                      heads: list[int] | None = None) -> Float[Tensor, "k heads prompts pos d"]:
+        w_o = self.model.W_O[layer] if heads is None else self.model.W_O[layer][heads]
+        return torch.einsum("knphe,hed->khnpd", z, w_o)
 
     def _run(self, items: list[tuple[EdgeMask, _Base]], start: int, keep: bool = False):
         """Metrics [k, prompts] of edge sets resumed at `start` from their bases; with
-        `keep`, also the deltas and the residual at every layer (for a new base)."""
+        `keep`, also the deltas and the residual at every layer (for a new base).
+
+        Only live senders are computed: a sender no item keeps any edge from sends its
+        ablated value to every receiver, so its own output cancels in (*) (D_s = 0) and
+        its inputs need not be computed. A base keeps every sender live."""
         g, n_layers = self.graph, self.model.cfg.n_layers
-        k, n = len(items), len(self.batch)
-        dtype = items[0][1].deltas.dtype
-        deltas = torch.empty(k, g.n_senders, *items[0][1].deltas.shape[1:], dtype=dtype)
-        first = g.senders_before(start)
-        for i, (_, base) in enumerate(items):
-            deltas[i, :first] = base.deltas[:first]
-        resid = torch.stack([base.resid[start] for _, base in items])
-        ablated = torch.stack([~m.keep for m, _ in items]).to(dtype)
-        extras = self._extras([m for m, _ in items], dtype)
-        kept = [base.resid[la] for la in range(start)] if keep else None
+        masks = [m for m, _ in items]
+        live = torch.ones(g.n_senders, dtype=torch.bool) if keep else self._live(masks)
+        state = _State(live, items, start, self._extras(masks), g)
+        dead = (~live[:g.senders_before(start)]).nonzero().flatten()  # computed in the bases:
+        resid = torch.stack([base.resid[start] - base.deltas[dead].sum(0)  # o_s -> a_s
+                             for _, base in items])
+        kept = [items[0][1].resid[la] for la in range(start)] if keep else None
         for layer in range(start, n_layers):
             if keep:
                 kept.append(resid[0])
-            resid = self._layer(layer, resid, deltas, ablated, extras)
+            resid = self._layer(layer, resid, state)
         if keep:
             kept.append(resid[0])
-        self.n_forwards += k * (n_layers - start) / n_layers
+        self.n_forwards += len(items) * (n_layers - start) / n_layers
         read = self.batch.read_positions
-        rows = torch.arange(n)
-        final = resid[:, rows, read] - self._mix_read(ablated[:, g.logits_index], deltas,
-                                                      extras, read)
+        rows = torch.arange(len(read))
+        final = resid[:, rows, read] - self._mix_read(state, read)
         metric = metric_from_resid(self.model, self.batch, final)
-        return metric, deltas, kept
+        return metric, state.deltas if keep else None, kept
 
-    def _extras(self, masks: list[EdgeMask], dtype) -> dict[int, list]:
+    def _live(self, masks: list[EdgeMask]) -> Bool[Tensor, " senders"]:
+        live = torch.zeros(self.graph.n_senders, dtype=torch.bool)
+        for m in masks:
+            live |= m.keep.any(0)
+            for _, s in m.at:
+                live[s] = True
+        live[0] = True  # the embeddings cost nothing
+        return live
+
+    def _extras(self, masks: list[EdgeMask]) -> dict[int, list]:
         """receiver -> [(item, sender, position mask [prompts, pos, 1])] of positional edges."""
         out: dict[int, list] = {}
         for item, m in enumerate(masks):
             for (r, s), names in m.at.items():
                 if not m.keep[r, s]:
-                    pos = self._position_mask(names).to(dtype)[..., None]
+                    pos = self._position_mask(names)[..., None]
                     out.setdefault(r, []).append((item, s, pos))
         return out
 
-    def _mix(self, ablated: Tensor, deltas: Tensor, extras: dict, r0: int, n_senders: int
+    def _mix(self, state: "_State", rows: list[int], n_senders: int
              ) -> Float[Tensor, "k receivers prompts pos d_model"]:
-        """sum over ablated senders of D_s, for receivers r0.. (len ablated's dim 1), as
-        seen by each: A @ D, minus D_s where a positional edge keeps s."""
-        k, n_recv = ablated.shape[:2]
-        shape = deltas.shape[2:]
-        a = ablated[:, :, :n_senders]
-        d = deltas[:, :n_senders].reshape(k, n_senders, -1)
-        out = torch.bmm(a, d).view(k, n_recv, *shape)
-        for r in range(r0, r0 + n_recv):
-            for item, s, pos in extras.get(r, ()):
-                out[item, r - r0] -= pos * deltas[item, s]
+        """For each receiver in `rows`: the sum of D_s over the senders it ablates (among
+        the first `n_senders`), A @ D, minus D_s where a positional edge keeps s."""
+        cols = state.n_cols(n_senders)
+        deltas = state.deltas
+        k, shape = deltas.shape[0], deltas.shape[2:]
+        a = state.ablated[:, rows, :cols]
+        out = torch.bmm(a, deltas[:, :cols].reshape(k, cols, -1)).view(k, len(rows), *shape)
+        for j, r in enumerate(rows):
+            for item, s, pos in state.extras.get(r, ()):
+                if s < n_senders and state.col_of[s] >= 0:
+                    out[item, j] -= pos.to(deltas.dtype) * deltas[item, state.col_of[s]]
         return out
 
-    def _mix_read(self, ablated: Tensor, deltas: Tensor, extras: dict, read: Tensor):
+    def _mix_read(self, state: "_State", read: Tensor) -> Float[Tensor, "k prompts d_model"]:
         rows = torch.arange(len(read))
-        at_read = deltas[:, :, rows, read]  # [k, senders, prompts, d]
-        out = torch.einsum("ks,ksnd->knd", ablated, at_read)
-        for item, s, pos in extras.get(self.graph.logits_index, ()):
-            out[item] -= pos[rows, read] * at_read[item, s]
+        at_read = state.deltas[:, :, rows, read]  # [k, live senders, prompts, d]
+        out = torch.einsum("ks,ksnd->knd", state.ablated[:, self.graph.logits_index], at_read)
+        for item, s, pos in state.extras.get(self.graph.logits_index, ()):
+            if state.col_of[s] >= 0:
+                out[item] -= pos[rows, read].to(out.dtype) * at_read[item, state.col_of[s]]
         return out
 
-    def _layer(self, layer: int, resid: Tensor, deltas: Tensor, ablated: Tensor,
-               extras: dict) -> Float[Tensor, "k prompts pos d_model"]:
-        """One block: every receiver of `layer` reads its own mix (*); updates `deltas` with
-        the layer's new outputs and returns R at the next layer."""
+    def _layer(self, layer: int, resid: Tensor, state: "_State"
+               ) -> Float[Tensor, "k prompts pos d_model"]:
+        """One block: every live receiver of `layer` reads its own mix (*); records the
+        layer's new outputs in `state` and returns R at the next layer."""
         model, g, h = self.model, self.graph, self.model.cfg.n_heads
-        r0 = layer * g.per_layer
-        x = resid[:, None] - self._mix(ablated[:, r0:r0 + 3 * h], deltas, extras, r0,
-                                       g.senders_before(layer))
-        z = self._attention(layer, x)  # [k, prompts, pos, heads, d_head]
-        heads = self._head_outputs(layer, z)  # [k, heads, prompts, pos, d]
-        first = g.sender_index(Head(layer, 0))
-        deltas[:, first:first + h] = heads - self._ablated_heads(layer)
-        attn = heads.sum(1)
+        r0, first = layer * g.per_layer, g.sender_index(Head(layer, 0))
+        heads = state.live[first:first + h].nonzero().flatten().tolist()
+        ablated_out = self._ablated_heads(layer)  # [heads, prompts, pos, d]
+        dead = [i for i in range(h) if i not in heads]
+        attn = ablated_out[dead].sum(0).expand_as(resid).clone()
+        if heads:
+            rows = [r0 + kind * h + i for kind in range(3) for i in heads]
+            x = resid[:, None] - self._mix(state, rows, g.senders_before(layer))
+            out = self._head_outputs(layer, self._attention(layer, x, heads), heads)
+            state.record([first + i for i in heads], out - ablated_out[heads])
+            attn = attn + out.sum(1)
         b_o = self.engine.w["b_O"]
         if b_o is not None:
             attn = attn + b_o[layer]
+        mlp_mean = self.nodes.mlp_means()[layer]
+        if not state.live[first + h]:
+            return resid + attn + mlp_mean
         mid = resid if g.parallel else resid + attn
-        mlp_in = mid - self._mix(ablated[:, r0 + 3 * h:r0 + 3 * h + 1], deltas, extras,
-                                 r0 + 3 * h, g.senders_before(layer, mlp=True))[:, 0]
+        mlp_in = mid - self._mix(state, [r0 + 3 * h], g.senders_before(layer, mlp=True))[:, 0]
         shape = mlp_in.shape
         norm = self.family.mlp_norm(model, layer)
         out = model.blocks[layer].mlp(norm(mlp_in.reshape(-1, *shape[-2:]))).view(shape)
-        deltas[:, first + h] = out - self.nodes.mlp_means()[layer]
+        state.record([first + h], (out - mlp_mean)[:, None])
         return resid + attn + out
 
-    def _attention(self, layer: int, x: Float[Tensor, "k qkv_heads prompts pos d_model"]
-                   ) -> Float[Tensor, "k prompts pos heads d_head"]:
-        """Attention whose every query head reads its own q, k and v inputs (3 x heads)."""
+    def _attention(self, layer: int, x: Float[Tensor, "k qkv prompts pos d_model"],
+                   heads: list[int]) -> Float[Tensor, "k prompts pos heads d_head"]:
+        """Attention of the given query heads, each reading its own q, k and v inputs
+        (x: their q inputs, then their k inputs, then their v inputs)."""
         model, fam, engine = self.model, self.family, self.engine
         k, n3, n, p, d = x.shape
         h = n3 // 3
         normed = fam.attn_input(model, layer, x.reshape(-1, d)).view(k, n3, n, p, d)
-        w, b = self._qkv_weights(layer)
+        w, b = self._qkv_weights(layer, heads)
         qkv = torch.einsum("kinpd,ide->knpie", normed, w)
         if b is not None:
             qkv = qkv + b
@@ -391,14 +409,39 @@ class EdgeAblation:
         z = _attend_dense(q, key, v.view(k * n, p, h, -1), rule)
         return z.view(k, n, p, h, -1)
 
-    def _qkv_weights(self, layer: int) -> tuple[Tensor, Tensor | None]:
-        """W_Q, W_K, W_V per query head, stacked: [3 x heads, d_model, d_head] (and biases)."""
-        w, h = self.engine.w, self.model.cfg.n_heads
+    def _qkv_weights(self, layer: int, heads: list[int]) -> tuple[Tensor, Tensor | None]:
+        """W_Q, W_K, W_V of the given query heads (k, v per query head), stacked:
+        [3 x len(heads), d_model, d_head] (and the biases)."""
+        w, n_heads = self.engine.w, self.model.cfg.n_heads
         mats, biases = [], []
         for kind in ("Q", "K", "V"):
             mat, bias = w[f"W_{kind}"][layer], w[f"b_{kind}"]
-            group = h // mat.shape[0]
-            mats.append(mat.repeat_interleave(group, 0))
+            slots = [i // (n_heads // mat.shape[0]) for i in heads]  # GQA: the KV head
+            mats.append(mat[slots])
             if bias is not None:
-                biases.append(bias[layer].repeat_interleave(group, 0))
+                biases.append(bias[layer][slots])
         return torch.cat(mats), (torch.cat(biases) if biases else None)
+
+
+class _State:
+    """The live senders' D_s of one batched run (compact columns) and its edge masks."""
+
+    def __init__(self, live: Tensor, items: list, start: int, extras: dict, graph: EdgeGraph):
+        self.live, self.extras = live, extras
+        self.cols = live.nonzero().flatten()  # sender index of each compact column
+        self.col_of = torch.full((graph.n_senders,), -1, dtype=torch.long)
+        self.col_of[self.cols] = torch.arange(len(self.cols))
+        base = items[0][1].deltas
+        self.deltas = torch.zeros(len(items), len(self.cols), *base.shape[1:], dtype=base.dtype)
+        done = self.n_cols(graph.senders_before(start))
+        for i, (_, b) in enumerate(items):
+            self.deltas[i, :done] = b.deltas[self.cols[:done]]
+        self.ablated = torch.stack([~m.keep[:, self.cols] for m, _ in items]).to(base.dtype)
+
+    def n_cols(self, n_senders: int) -> int:
+        """How many compact columns belong to the first `n_senders` senders."""
+        return int(torch.searchsorted(self.cols, n_senders))
+
+    def record(self, senders: list[int], values: Tensor) -> None:
+        """D_s of new outputs: values [k, len(senders), prompts, pos, d]."""
+        self.deltas[:, self.col_of[senders]] = values

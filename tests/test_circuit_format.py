@@ -36,8 +36,8 @@ edges:
 # (text, line of the problem, words the message must contain)
 BAD = [
     (GOOD.replace("L1H3", "L1X3"), 5, ["unknown node 'L1X3'", "L{layer}H{head}"]),
-    (GOOD.replace("to: movers", "to: mover"), 9, ["unknown group 'mover'"]),
-    (GOOD.replace("from: movers", "from: late"), 10, ["unknown group 'late'"]),
+    (GOOD.replace("to: movers", "to: mover"), 9, ["unknown group or node 'mover'"]),
+    (GOOD.replace("from: movers", "from: late"), 10, ["unknown group or node 'late'"]),
     (GOOD.replace("ablation: mean", "ablation: median"), 2, ["bad ablation 'median'"]),
     (GOOD.replace("input: v", "input: z"), 9, ["bad edge input 'z'"]),
     (GOOD.replace("    positions: [END]\n", "    position: [END]\n"), 6, ["unknown key"]),

@@ -129,7 +129,12 @@ def test_batched_and_resumed_runs_equal_single_runs(case, monkeypatch):
     sets = [_without(ev, full, Edge(Head(0, h), Head(1, h), "q")) for h in range(3)]
     sets += [ev.empty(), _without(ev, ev.empty(), Edge(EMBED, Mlp(1)))]
     ev.add_base(sets[3])
-    together = ev.metrics(sets)
+    sparse = ev.node_mask({Head(0, 1): None, Head(0, 3): ["S2"], Head(1, 2): ["END"]})
+    ev.add_base(sparse)  # resumed runs of its variants drop senders that no edge keeps
+    sets += [_without(ev, sparse, Edge(Head(0, 1), Head(1, 2), "v")),
+             _without(ev, sparse, Edge(Head(0, 1), LOGITS)),
+             _without(ev, sparse, Edge(Head(1, 2), LOGITS))]
+    together = torch.cat([ev.metrics(sets[:5]), ev.metrics(sets[5:])])  # apart: fewer live
     monkeypatch.setattr(EdgeAblation, "_chunk", lambda self: 1)
     alone = torch.cat([EdgeAblation(model, runs).metrics([_forced(ev, s)]) for s in sets])
     assert torch.allclose(together, alone, atol=1e-5)

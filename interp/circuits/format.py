@@ -9,8 +9,16 @@ A file (documented in circuits/README.md):
         nodes: [L9H9, L9H6, L10H0]
         positions: [END]           # optional; omitted = all positions
       s_inhibition: [L7H3, L7H9]   # shorthand: a list of nodes, all positions
-    edges:                         # optional: sender group -> receiver group (or logits)
-      - {from: s_inhibition, to: name_movers, input: q}
+    edges:                         # optional: sender -> receiver, evaluated edge by edge
+      - {from: s_inhibition, to: name_movers, input: q}        # group -> group: all pairs
+      - {from: L7H3, to: L9H9, input: q, positions: [END]}     # node -> node
+      - {from: embed, to: MLP0}                                # embeddings, MLPs, logits
+      - {from: name_movers, to: logits}
+
+An edge endpoint is a group, a node (L{layer}H{head}, MLP{layer}), `embed` (sender only)
+or `logits` (receiver only); `input` (q, k or v; omitted: all three) applies to head
+receivers. `CircuitSpec.edge_list` expands groups to node pairs; `kept_edges` adds the
+edges the file leaves implicit (embeddings and MLPs stay connected, see circuits/README.md).
 
 Every problem is reported as ONE line naming the file, the line number and the fix:
 `circuits/x.yaml:7: unknown node 'L9X9': use L{layer}H{head} (e.g. L9H9) or MLP{layer}`.
@@ -26,15 +34,14 @@ from pathlib import Path
 
 import yaml
 
+from interp.edges import EMBED, INPUTS, LOGITS, Edge
 from interp.errors import UserValueError
 from interp.nodes import Head, Mlp, Node, NodeError, check_node, parse_node
 
 ABLATIONS = ("mean", "resample", "zero")
-INPUTS = ("q", "k", "v")
-LOGITS = "logits"
 TOP_KEYS = ("name", "description", "model", "task", "ablation", "groups", "edges")
 GROUP_KEYS = ("nodes", "positions", "description")
-EDGE_KEYS = ("from", "to", "input")
+EDGE_KEYS = ("from", "to", "input", "positions")
 MAX_BYTES = 1_000_000  # ~80k node entries; the largest GPT-2 has 1,248 nodes
 MAX_DEPTH = 8  # a circuit file nests 4 deep (file > groups > group > nodes)
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 15x faster
@@ -60,10 +67,13 @@ class Group:
 
 @dataclass
 class GroupEdge:
-    sender: str
-    receiver: str  # a group name or "logits"
-    input: str | None = None  # q | k | v for head receivers; None: any / not applicable
+    """One `edges:` entry: each endpoint a group name, a node name, "embed" or "logits"."""
+
+    sender: str  # a group, a node or "embed"
+    receiver: str  # a group, a node or "logits"
+    input: str | None = None  # q | k | v for head receivers; None: all three / not applicable
     line: int = field(default=0, compare=False)
+    positions: list[str] | None = None  # None: the sender group's positions
 
 
 @dataclass
@@ -96,6 +106,68 @@ class CircuitSpec:
     def group_nodes(self) -> dict[str, list[Node]]:
         return {name: list(g.nodes) for name, g in self.groups.items()}
 
+    def endpoints(self, name: str) -> list[tuple[object, list[str] | None]]:
+        """(sender or receiver, its group's positions) for an edge endpoint's name."""
+        if name in self.groups:
+            group = self.groups[name]
+            return [(node, group.positions) for node in group.nodes]
+        if name in (EMBED, LOGITS):
+            return [(name, None)]
+        return [(parse_node(name), None)]
+
+    def edge_list(self, graph) -> list[Edge]:
+        """The file's edges between nodes: a group endpoint expands to all its nodes, a head
+        receiver without `input` to q, k and v; an edge keeps the sender group's positions
+        unless it names its own. Pairs where the sender comes after the receiver (within a
+        group, say) are skipped. `graph`: an `interp.edges.EdgeGraph`."""
+        out = []
+        for e in self.edges:
+            for sender, sender_positions in self.endpoints(e.sender):
+                positions = e.positions if e.positions is not None else sender_positions
+                where = None if positions is None else tuple(positions)
+                for receiver, _ in self.endpoints(e.receiver):
+                    inputs = ([e.input] if e.input else list(INPUTS)) \
+                        if isinstance(receiver, Head) else [None]
+                    for kind in inputs:
+                        edge = Edge(sender, receiver, kind, where)
+                        if _exists(graph, edge):
+                            out.append(edge)
+        return out
+
+    def implicit(self) -> tuple[bool, bool]:
+        """(embeddings implicit, MLPs implicit): the embeddings unless an edge starts at
+        `embed`; the MLPs unless the file names an MLP node (circuits/README.md)."""
+        named = [n for g in self.groups.values() for n in g.nodes]
+        for e in self.edges:
+            named += [n for name in (e.sender, e.receiver) for n, _ in self.endpoints(name)]
+        return (not any(e.sender == EMBED for e in self.edges),
+                not any(isinstance(n, Mlp) for n in named))
+
+    def kept_edges(self, graph) -> list[Edge]:
+        """The edges an edge-level evaluation keeps: `edge_list`, plus, while implicit, every
+        edge out of the embeddings and the MLPs, and every edge from a circuit node (a node
+        of a group or of an edge, at its group's positions) into an MLP."""
+        embed, mlps = self.implicit()
+        senders = ([EMBED] if embed else []) + \
+            ([Mlp(layer) for layer in range(graph.n_layers)] if mlps else [])
+        out = self.edge_list(graph)
+        for r in range(graph.n_receivers):
+            receiver, kind = graph.receiver(r)
+            out += [Edge(s, receiver, kind) for s in senders if _exists(graph, Edge(s, receiver,
+                                                                                     kind))]
+        if mlps:
+            nodes = dict(self.circuit())
+            for e in self.edges:
+                for name in (e.sender, e.receiver):
+                    for node, _ in self.endpoints(name):
+                        if isinstance(node, Head):
+                            nodes.setdefault(node, None)
+            for node, positions in nodes.items():
+                where = None if positions is None else tuple(positions)
+                out += [Edge(node, Mlp(layer), None, where) for layer in range(graph.n_layers)
+                        if _exists(graph, Edge(node, Mlp(layer)))]
+        return out
+
     def validate(self, model=None, positions=None) -> "CircuitSpec":
         """Check node indices against a model (`model.cfg`) and position names against a
         task's (`TaskBatch.positions`); raise CircuitFormatError with the line."""
@@ -112,10 +184,55 @@ class CircuitSpec:
                     if name not in positions:
                         raise self._error(group.line, f"group '{group.name}': unknown position "
                                           f"'{name}'; this task has {sorted(positions)}")
+        for edge in self.edges:
+            self._validate_edge(edge, model, positions)
         return self
+
+    def _validate_edge(self, edge: GroupEdge, model, positions) -> None:
+        nodes = [(name, node) for name in (edge.sender, edge.receiver)
+                 if name not in self.groups and name not in (EMBED, LOGITS)
+                 for node, _ in self.endpoints(name)]
+        if model is not None:
+            for _, node in nodes:
+                try:
+                    check_node(node, model.cfg.n_layers, model.cfg.n_heads)
+                except NodeError as err:
+                    raise self._error(edge.line, f"{err} (edge {edge.sender} -> "
+                                                 f"{edge.receiver})") from None
+            if edge.sender not in self.groups and edge.receiver not in self.groups:
+                from interp.edges import EdgeGraph
+
+                kind = edge.input or (INPUTS[0] if isinstance(
+                    self.endpoints(edge.receiver)[0][0], Head) else None)
+                pair = Edge(self.endpoints(edge.sender)[0][0],
+                            self.endpoints(edge.receiver)[0][0], kind)
+                if not _exists(EdgeGraph.of(model), pair):
+                    raise self._error(edge.line, f"no edge {edge.sender} -> {edge.receiver}: "
+                                      "the sender is computed after the receiver reads the "
+                                      "residual stream; send from an earlier layer")
+        if positions is not None and edge.positions is not None:
+            for name in edge.positions:
+                if name not in positions:
+                    raise self._error(edge.line, f"edge {edge.sender} -> {edge.receiver}: "
+                                      f"unknown position '{name}'; this task has "
+                                      f"{sorted(positions)}")
 
     def _error(self, line: int, problem: str) -> CircuitFormatError:
         return CircuitFormatError(f"{self.source}:{line}: {problem}")
+
+
+def _is_mlp(name: str) -> bool:
+    try:
+        return isinstance(parse_node(name), Mlp)
+    except NodeError:
+        return False
+
+
+def _exists(graph, edge: Edge) -> bool:
+    """Whether the graph has the edge (its sender is computed before the receiver reads)."""
+    return edge.sender == EMBED or edge.receiver == LOGITS or (
+        graph.sender_index(edge.sender) < graph.readable(
+            graph.receiver_index(edge.receiver, edge.input)))
 
 
 def _line(node) -> int:
@@ -185,20 +302,36 @@ class _Parser:
         fields = self.mapping(node, "an edge", EDGE_KEYS)
         for key in ("from", "to"):
             if key not in fields:
-                raise self.error(node, f"edge needs '{key}: <group>'")
+                raise self.error(node, f"edge needs '{key}: <group or node>'")
         sender, receiver = self.scalar(fields["from"], "from"), self.scalar(fields["to"], "to")
         for key, name in (("from", sender), ("to", receiver)):
-            if name not in groups and not (key == "to" and name == LOGITS):
-                raise self.error(fields[key], f"unknown group '{name}' in edge '{key}'; groups: "
-                                              f"{', '.join(groups)}" + (
-                                                  f" (or '{LOGITS}')" if key == "to" else ""))
+            self.endpoint(fields[key], key, name, groups)
         kind = None
         if "input" in fields:
             kind = self.scalar(fields["input"], "input")
-            if kind not in INPUTS or receiver == LOGITS:
+            if kind not in INPUTS or receiver == LOGITS or _is_mlp(receiver):
                 raise self.error(fields["input"], f"bad edge input '{kind}': use q, k or v "
-                                                  "(and none for an edge to logits)")
-        return GroupEdge(sender, receiver, kind, _line(node))
+                                                  "(and none for an edge to logits or an MLP)")
+        positions = None
+        if "positions" in fields:
+            names = [t for t, _ in self.strings(fields["positions"], "a position")]
+            positions = None if names == ["all"] else names
+        return GroupEdge(sender, receiver, kind, _line(node), positions)
+
+    def endpoint(self, node, key: str, name: str, groups: dict) -> None:
+        """A group, a node, `embed` (from) or `logits` (to); else a one-line error."""
+        special = EMBED if key == "from" else LOGITS
+        if name in groups or name == special:
+            return
+        if name in (EMBED, LOGITS):
+            raise self.error(node, f"'{name}' cannot be an edge's '{key}' ('{EMBED}' only "
+                                   f"sends, '{LOGITS}' only receives)")
+        try:
+            parse_node(name)
+        except NodeError:
+            raise self.error(node, f"unknown group or node '{name}' in edge '{key}'; groups: "
+                                   f"{', '.join(groups) or '(none)'}; or a node L{{layer}}H"
+                                   f"{{head}} / MLP{{layer}}, or '{special}'") from None
 
     def compose(self, text: str):
         """The YAML node tree (line numbers kept); one-line errors for bad or hostile YAML."""
@@ -227,7 +360,7 @@ class _Parser:
         groups = {}
         for key, value in groups_node.value:
             name = self.scalar(key, "a group name")
-            if name in groups or name == LOGITS:
+            if name in groups or name in (LOGITS, EMBED):
                 raise self.error(key, f"group name '{name}' is duplicate or reserved")
             groups[name] = self.group(name, key, value)
         edges = []
@@ -313,8 +446,9 @@ def to_yaml(spec: CircuitSpec) -> str:
             entry["description"] = group.description
         doc["groups"][name] = entry
     if spec.edges:
-        doc["edges"] = [{"from": e.sender, "to": e.receiver, **({"input": e.input}
-                                                                  if e.input else {})}
+        doc["edges"] = [{"from": e.sender, "to": e.receiver,
+                         **({"input": e.input} if e.input else {}),
+                         **({"positions": list(e.positions)} if e.positions else {})}
                         for e in spec.edges]
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
 
@@ -327,5 +461,6 @@ def write_circuit(spec: CircuitSpec, path: Path | str, header: str = "") -> Path
     return write_atomic(Path(path), comment + to_yaml(spec))
 
 
-__all__ = ["ABLATIONS", "CircuitFileNotFoundError", "CircuitFormatError", "CircuitSpec", "Group",
-           "GroupEdge", "Head", "Mlp", "load_circuit", "parse_circuit", "to_yaml", "write_circuit"]
+__all__ = ["ABLATIONS", "EMBED", "CircuitFileNotFoundError", "CircuitFormatError",
+           "CircuitSpec", "Group", "GroupEdge", "Head", "Mlp", "load_circuit", "parse_circuit",
+           "to_yaml", "write_circuit"]

@@ -2,7 +2,9 @@
 circuit hypothesis file, with the evaluation code of `interp.circuit` (the IOI paper's).
 
 Ablation of everything outside the circuit, as the file's `ablation:` says: mean, zero or
-resample (`interp.mean_ablation.MeanAblation`'s `kind`).
+resample (`interp.mean_ablation.MeanAblation`'s `kind`). A file that lists `edges:` is
+evaluated edge by edge (`interp.edge_circuit`, exact edge ablation); a file with groups only,
+node by node (`interp.circuit`). summary.json's `level` says which: "edges" or "nodes".
 
 Writes `<out>/<model>/evaluate-<task>-<circuit name>/`: summary.json, completeness.html,
 minimality.html.
@@ -27,6 +29,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.circuits.format import load_circuit
+    from interp.edge_circuit import edge_label
     from interp.plotting import save_figure
     from interp.plotting.circuit import completeness_figure, minimality_figure
     from interp.runner import ExperimentRun, RunOptions, check_memory
@@ -48,7 +51,8 @@ def run(args) -> int:
         save_figure(minimality_figure(result["minimality"], title),
                     run.folder / "minimality.html", root=run.out)
         circuit_text = {"groups": {k: [str(n) for n in v]
-                                   for k, v in spec.group_nodes().items()}}
+                                   for k, v in spec.group_nodes().items()},
+                        "edges": [edge_label(e) for e in spec.edges]}
         folder = run.finish({"model": run.spec, "task": task.name, "circuit": circuit_text,
                              **result})
     _print(spec, run.spec, task, batch, result, folder)
@@ -58,6 +62,7 @@ def run(args) -> int:
 def _run(run, task, args):
     from interp.circuit import evaluate
     from interp.circuits.format import load_circuit
+    from interp.edge_circuit import evaluate_edges
     from interp.patching.runs import prepare_runs
 
     with run.stage("dataset"):
@@ -66,21 +71,28 @@ def _run(run, task, args):
     with run.stage("runs"):
         runs = prepare_runs(run.model, batch)
     with run.stage("evaluate"):
-        result = evaluate(run.model, runs, spec.circuit(), spec.group_nodes(),
-                          args.minimality_threshold, spec.ablation, args.seed)
+        if spec.edges:
+            result = evaluate_edges(run.model, runs, spec, args.minimality_threshold,
+                                    spec.ablation, args.seed)
+        else:
+            result = {"level": "nodes", **evaluate(
+                run.model, runs, spec.circuit(), spec.group_nodes(), args.minimality_threshold,
+                spec.ablation, args.seed)}
     return spec, batch, result
 
 
 def _print(spec, model_name: str, task, batch, result: dict, folder) -> None:
     f = result["faithfulness"]
     print(f"{spec.name} on {model_name} ({task.name}, {len(batch)} prompts, {spec.ablation} "
-          f"ablation): F(C)={f['F_C']:.4f} F(M)={f['F_M']:.4f} faithfulness F(C)/F(M)="
-          f"{f['faithfulness']:.3f} normalised={f['normalised_faithfulness']:.3f}")
+          f"ablation, {result['level']}): F(C)={f['F_C']:.4f} F(M)={f['F_M']:.4f} "
+          f"faithfulness F(C)/F(M)={f['faithfulness']:.3f} "
+          f"normalised={f['normalised_faithfulness']:.3f}")
     for name, c in result["completeness"].items():
         print(f"  completeness {name}: F(C\\K)={c['F_C_minus_K']:.4f} "
               f"F(M\\K)={c['F_M_minus_K']:.4f} |diff|={c['incompleteness']:.4f}")
     mini = result["minimality"]
     small = [n for n, v in mini["per_node"].items() if not v["minimal"]]
-    print(f"  minimality: {len(mini['per_node']) - len(small)}/{len(mini['per_node'])} nodes "
+    unit = "edges" if result["level"] == "edges" else "nodes"
+    print(f"  minimality: {len(mini['per_node']) - len(small)}/{len(mini['per_node'])} {unit} "
           f"contribute >= {mini['threshold']} x F(M)" + (f"; below: {small}" if small else ""))
     print(f"wrote {folder}")
