@@ -165,3 +165,39 @@ def test_kl_metric_is_zero_for_the_full_model_and_grows_when_edges_go(tiny_case)
     result = acdc(model, runs, 1e6, metric="kl", progress=False)
     assert result.full == pytest.approx(0.0, abs=1e-6) and result.current > 1e-6
     assert result.edges == []
+
+
+def test_acdc_circuit_file_round_trips_through_evaluate_circuit(tmp_path, capsys):
+    """The acceptance command: ACDC on random:tiny writes an edge circuit.yaml whose
+    edge-level evaluation reproduces ACDC's own F(C) and normalised faithfulness to 1e-6."""
+    import json
+
+    from interp.circuits.format import load_circuit
+    from interp.cli import main
+
+    assert main(["discover", "--task", "ioi", "--method", "acdc", "--model", "random:tiny",
+                 "--n-prompts", "8", "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "random-tiny" / "discover-ioi-acdc"
+    found = json.loads((folder / "summary.json").read_text())
+    assert found["n_edges"] > 0 and found["threshold"] > 0 and found["n_forwards"] > 0
+    spec = load_circuit(folder / "circuit.yaml")
+    assert sorted(str(e) for e in spec.edge_list(EdgeGraph(2, 4, False))) == \
+        sorted(found["edges"])
+    assert "forward-equivalents" in capsys.readouterr().out
+    assert main(["evaluate-circuit", "--task", "ioi", "--model", "random:tiny", "--n-prompts",
+                 "8", "--circuit", str(folder / "circuit.yaml"), "--out", str(tmp_path)]) == 0
+    evaluated = json.loads(next((tmp_path / "random-tiny").glob("evaluate-ioi-*/summary.json"))
+                           .read_text())
+    assert evaluated["level"] == "edges"
+    faith = evaluated["faithfulness"]
+    assert abs(faith["F_C"] - found["F_C"]) <= 1e-6
+    assert abs(faith["normalised_faithfulness"] - found["normalised_faithfulness"]) <= 1e-6
+
+
+def test_bad_acdc_options_fail_in_one_line(tmp_path, capsys):
+    from interp.cli import main
+
+    assert main(["discover", "--task", "ioi", "--model", "random:tiny", "--threshold", "0.1",
+                 "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--method acdc" in err
