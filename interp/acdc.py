@@ -286,7 +286,8 @@ def acdc_walk(edges: Sequence[Edge], scorer: Scorer, n_layers: int, threshold: f
     kept = [e for e in edges if e in walk.kept]
     s = walk.stats
     return AcdcResult(kept, len(edges), threshold, metric, walk.current, walk.full,
-                      s["tested"], s["skipped"], s["forwards"], s["fe"], s["rows"], trace=walk.trace)
+                      s["tested"], s["skipped"], s["forwards"], s["fe"], s["rows"],
+                      trace=walk.trace)
 
 
 def acdc(model, runs, threshold: float | None, metric: str = "kl", kind: str = "mean",

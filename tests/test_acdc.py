@@ -180,6 +180,7 @@ def test_acdc_circuit_file_round_trips_through_evaluate_circuit(tmp_path, capsys
     folder = tmp_path / "random-tiny" / "discover-ioi-acdc"
     found = json.loads((folder / "summary.json").read_text())
     assert found["n_edges"] > 0 and found["threshold"] > 0 and found["n_forwards"] > 0
+    assert found["circuit_file_exact"] is True
     spec = load_circuit(folder / "circuit.yaml")
     assert sorted(str(e) for e in spec.edge_list(EdgeGraph(2, 4, False))) == \
         sorted(found["edges"])

@@ -83,9 +83,11 @@ def _eap(run, task, batch, args, method: str):
     label = f"{run.spec}, {task.name}, {method}"
     save_figure(faithfulness_curve(result, f"Faithfulness vs circuit size ({label})"),
                 run.folder / "faithfulness_curve.html", root=run.out)
-    _write_circuit(run, task, result.best.edges, f"{method}, {result.best.n_edges} edges")
+    exact = _write_circuit(run, task, result.best.edges,
+                           f"{method}, {result.best.n_edges} edges")
     summary = {"model": run.spec, "task": task.name, "method": method,
-               "n_prompts": args.n_prompts, **discover_summary(result, args.target)}
+               "n_prompts": args.n_prompts, **discover_summary(result, args.target),
+               "circuit_file_exact": exact}
     return summary, discover_lines(result, f"{task.name} on {run.spec} ({method})")
 
 
@@ -100,21 +102,28 @@ def _acdc(run, task, batch, args):
                       prescreen=args.prescreen)
     with run.stage("evaluate"):
         summary = acdc_summary(run.model, runs, result)
-    _write_circuit(run, task, result.edges,
-                   f"acdc, threshold {result.threshold:.4g} ({args.acdc_metric}), "
-                   f"{len(result.edges)} edges")
+    exact = _write_circuit(run, task, result.edges,
+                           f"acdc, threshold {result.threshold:.4g} ({args.acdc_metric}), "
+                           f"{len(result.edges)} edges")
     summary = {"model": run.spec, "task": task.name, "method": "acdc",
-               "n_prompts": args.n_prompts, **summary}
+               "n_prompts": args.n_prompts, **summary, "circuit_file_exact": exact}
     return summary, acdc_lines(summary, f"{task.name} on {run.spec} (acdc)")
 
 
-def _write_circuit(run, task, edges, how: str) -> None:
+def _write_circuit(run, task, edges, how: str) -> bool:
+    """Write circuit.yaml; True when the file's edges (with the format's implicit ones) are
+    exactly `edges`, so `evaluate-circuit` reproduces the figure."""
+    from interp.circuits.format import load_circuit, write_circuit
     from interp.discover import edge_circuit
+    from interp.edges import EdgeGraph
 
     spec = edge_circuit(edges, f"discover-{task.name}-{model_slug(run.spec)}", run.spec,
                         task.name, f"interp discover, {how}")
-    from interp.circuits.format import write_circuit
-
-    write_circuit(spec, run.folder / "circuit.yaml",
-                  f"Discovered by `interp discover` on {run.spec} ({task.name}); "
-                  "not a paper circuit.")
+    path = write_circuit(spec, run.folder / "circuit.yaml",
+                         f"Discovered by `interp discover` on {run.spec} ({task.name}); "
+                         "not a paper circuit.")
+    exact = set(load_circuit(path).kept_edges(EdgeGraph.of(run.model))) == set(edges)
+    if not exact:
+        print("note: circuit.yaml leaves the embeddings or the MLPs implicit (no edge from "
+              "them was kept), so evaluate-circuit keeps their edges and its figure differs")
+    return exact
