@@ -202,3 +202,18 @@ def test_bad_acdc_options_fail_in_one_line(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--method acdc" in err
+
+
+def test_prescreen_tests_only_the_top_eap_edges(tiny_case):
+    """--prescreen N: ACDC runs on the N top-|EAP| edges; the rest are ablated untested."""
+    from interp.acdc import acdc, acdc_summary
+    from interp.attribution import edge_attribution
+    from interp.discover import RECEIVERS, eap_edges
+
+    model, runs = tiny_case
+    top = {e for e, _ in eap_edges(edge_attribution(model, runs.batch,
+                                                    receivers=RECEIVERS))[:20]}
+    result = acdc(model, runs, 1e-6, metric="task", progress=False, prescreen=20)
+    assert set(result.edges) <= top and result.n_tested + result.n_skipped == 20
+    assert result.n_edges_total == len(GRAPH)
+    assert "APPROXIMATION" in acdc_summary(model, runs, result)["prescreen"]
