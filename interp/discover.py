@@ -1,52 +1,64 @@
-"""Automated circuit discovery from attribution-patching edge scores (EAP / EAP-IG).
+"""Automated circuit discovery at edge level: EAP / EAP-IG rankings, evaluated by edge ablation.
 
-1. Score every edge of the head graph with `edge_attribution` (senders: the input embeddings
-   and every head's output; receivers: every head's q, k, v input and the logits; direction
-   "noise"). MLPs are not nodes here: they stay in the model unablated (the convention of
-   `interp.circuit`), so paths through them count as part of the residual stream.
-2. For a series of sizes k, keep the k edges with the largest |score| and take the NODES on
-   them (the sender heads and the receiver heads; on GQA models a kept k/v edge enters a KV
-   head shared by several query heads, and keeps all of them). Evaluating edge-level circuits
-   exactly would need path-level ablation; we evaluate the node set the kept edges induce,
-   with every other head mean-ablated over the corrupted prompts (`interp.circuit`).
+1. Score every edge of the graph with `edge_attribution` (one backward; senders: the
+   embeddings, every head and every MLP; receivers: every head's q, k, v input, every MLP's
+   input and the logits; direction "noise"). On GQA models a k/v score belongs to a KV head
+   shared by `kv_groups` query heads; its edges into those query heads get an equal share
+   (`eap_edges`).
+2. For a series of sizes k, keep the k edges with the largest |score| and evaluate the
+   circuit by EDGE ablation (`interp.edge_ablation`): every receiver input sees the senders
+   connected to it by a kept edge, and the ablated (mean over the corrupted prompts of the
+   group) output of every other sender. All k are batched and resumed from shared base runs.
+   With `node_level=True` the nodes the kept edges touch are also evaluated by node ablation
+   (`interp.mean_ablation`, every other head and MLP ablated), reported beside it, labelled.
 3. Faithfulness of each circuit, normalised MIB-style: f(C) = (F(C) - F(0)) / (F(M) - F(0)),
-   F(0) the metric with every head ablated, F(M) the full model. Over the edge fraction
-   x = k / n_edges in [0, 1] (with the points (0, 0) and (1, 1), which hold by definition),
-   CPR = area under f and CMD = area under |1 - f| (trapezoids), the MIB circuit-track
-   metrics (Mueller et al. 2025): higher CPR and lower CMD are better.
+   F(0) the metric with no edge kept (every sender ablated), F(M) the full model. Over the
+   edge fraction x = k / n_edges in [0, 1] (with the points (0, 0) and (1, 1), which hold by
+   definition), CPR = area under f and CMD = area under |1 - f| (trapezoids), the MIB
+   circuit-track metrics (Mueller et al. 2025): higher CPR and lower CMD are better.
 4. The best circuit is the smallest evaluated one with f >= `target` (else the most
-   faithful); it is written as a circuit hypothesis file (groups = layers).
+   faithful); `circuit_spec` writes it as an edge-level circuit file.
 
 Example:
     >>> result = discover(model, batch, method="attribution")
-    >>> result.cpr, result.cmd, result.best.nodes
+    >>> result.cpr, result.cmd, len(result.best.edges)
 """
 
+import time
 from dataclasses import dataclass, field
 
 from interp.attribution import EdgeScores, edge_attribution
 from interp.circuit import normalised_faithfulness
-from interp.circuits.format import CircuitSpec, Group, GroupEdge
-from interp.mean_ablation import MeanAblation
-from interp.nodes import Head, Node, parse_node
+from interp.edges import EMBED, LOGITS, Edge
+from interp.nodes import Head, Mlp, Node, parse_node
 from interp.patching.runs import prepare_runs
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # as in MIB
 SMALL = (1, 2, 5, 10, 20, 50)  # absolute counts below MIB's 0.1%, where small circuits live
-RECEIVERS = ("q", "k", "v", "logits")
+RECEIVERS = ("q", "k", "v", "mlp", "logits")
+EAP_FORWARDS = {"attribution": 4}  # corrupted forward + clean forward and backward (x2)
 
 
 @dataclass
 class CurvePoint:
     n_edges: int
-    nodes: list[Node]
-    metric: float  # F(C), mean over prompts, raw units
+    edges: list[Edge] = field(repr=False)
+    metric: float  # F(C), mean over prompts, raw units, edge ablation
     normalised: float  # (F(C) - F(0)) / (F(M) - F(0))
-    edges: list[tuple[str, str, float]] = field(default_factory=list, repr=False)
+    node_metric: float | None = None  # the induced nodes, node ablation (node_level=True)
+    node_normalised: float | None = None
+
+    @property
+    def nodes(self) -> list[Node]:
+        return edge_nodes(self.edges)
 
     def row(self) -> dict:
-        return {"n_edges": self.n_edges, "n_nodes": len(self.nodes), "metric": self.metric,
-                "normalised_faithfulness": self.normalised}
+        out = {"n_edges": self.n_edges, "n_nodes": len(self.nodes), "metric": self.metric,
+               "normalised_faithfulness": self.normalised}
+        if self.node_metric is not None:
+            out["induced_nodes"] = {"metric": self.node_metric,
+                                    "normalised_faithfulness": self.node_normalised}
+        return out
 
 
 @dataclass
@@ -59,12 +71,14 @@ class Discovery:
     cmd: float
     best: CurvePoint
     edge_scores: EdgeScores
-    ranked: list[tuple[str, str, float]] = field(default_factory=list, repr=False)
+    ranked: list[tuple[Edge, float]] = field(default_factory=list, repr=False)
+    stages: dict = field(default_factory=dict)  # name -> {"seconds", "forward_equivalents"}
+    node_empty: float | None = None  # F(0) of node ablation (every head and MLP ablated)
 
 
 def receiver_heads(receiver: str, kv_groups: int) -> list[Head]:
     """Heads a receiver name belongs to: "L3H2.q" -> [L3H2]; GQA "L3KV1.k" -> its query heads."""
-    if receiver == "LOGITS":
+    if receiver in ("LOGITS", LOGITS) or receiver.startswith("MLP"):
         return []
     name = receiver.split(".")[0]
     if "KV" in name:
@@ -73,14 +87,44 @@ def receiver_heads(receiver: str, kv_groups: int) -> list[Head]:
     return [parse_node(name)]
 
 
-def edge_nodes(edges: list[tuple[str, str, float]], kv_groups: int) -> list[Node]:
-    """The heads on a list of (sender, receiver, score) edges, sorted."""
+def _sender(name: str):
+    return EMBED if name == "INPUT" else parse_node(name)
+
+
+def _receivers(name: str, kv_groups: int) -> list[tuple]:
+    """(receiver, input) pairs of an `EdgeScores` receiver name."""
+    if name == "LOGITS":
+        return [(LOGITS, None)]
+    if name.startswith("MLP"):
+        return [(parse_node(name), None)]
+    kind = name.split(".")[1]
+    return [(head, kind) for head in receiver_heads(name, kv_groups)]
+
+
+def eap_edges(scores: EdgeScores) -> list[tuple[Edge, float]]:
+    """Every edge of the graph with its EAP score, by |score| descending. A GQA k/v score
+    belongs to a KV head: each of its query heads' edges gets an equal share (the shares
+    sum to it), and they stay adjacent in the ranking."""
+    out = []
+    for sender, receiver, value in scores.edges():
+        targets = _receivers(receiver, scores.kv_groups)
+        out += [(Edge(_sender(sender), r, kind), value / len(targets)) for r, kind in targets]
+    return sorted(out, key=lambda e: -abs(e[1]))  # stable
+
+
+def edge_nodes(edges, kv_groups: int = 1) -> list[Node]:
+    """The heads and MLPs on a list of `Edge`s (or of EdgeScores (sender, receiver, score)
+    name triples, whose GQA k/v receivers belong to `kv_groups` query heads), sorted heads
+    first."""
     nodes: set[Node] = set()
-    for sender, receiver, _ in edges:
-        if sender != "INPUT":
-            nodes.add(parse_node(sender))
-        nodes.update(receiver_heads(receiver, kv_groups))
-    return sorted(nodes)
+    for edge in edges:
+        if isinstance(edge, Edge):
+            nodes.update(n for n in (edge.sender, edge.receiver) if isinstance(n, (Head, Mlp)))
+            continue
+        sender, receiver = edge[0], edge[1]
+        nodes.update([] if sender == "INPUT" else [parse_node(sender)])
+        nodes.update(r for r, _ in _receivers(receiver, kv_groups) if r != LOGITS)
+    return sorted(nodes, key=lambda n: (isinstance(n, Mlp), n.layer, getattr(n, "head", 0)))
 
 
 def sizes(n_edges: int, fractions=FRACTIONS, small=SMALL) -> list[int]:
@@ -100,47 +144,134 @@ def areas(points: list[tuple[float, float]]) -> tuple[float, float]:
     return cpr, cmd
 
 
+class _Stages:
+    """Wall time and forward-equivalents per stage (one forward of the prompt set = 1)."""
+
+    def __init__(self):
+        self.record: dict[str, dict] = {}
+
+    def __call__(self, name: str, forwards: float, started: float) -> None:
+        self.record[name] = {"seconds": round(time.perf_counter() - started, 3),
+                             "forward_equivalents": round(forwards, 3)}
+
+
 def discover(model, batch, method: str = "attribution", steps: int = 5, target: float = 0.8,
-             fractions=FRACTIONS, progress: bool = True) -> Discovery:
-    """Score edges, evaluate circuits of several sizes, pick the best (module docstring)."""
-    runs = prepare_runs(model, batch)  # checks the batch against the model first
+             fractions=FRACTIONS, progress: bool = True, node_level: bool = False,
+             runs=None) -> Discovery:
+    """Score edges, evaluate circuits of several sizes by edge ablation, pick the best
+    (module docstring)."""
+    from interp.edge_ablation import EdgeAblation
+
+    stages, t = _Stages(), time.perf_counter()
+    runs = runs or prepare_runs(model, batch)  # checks the batch against the model first
+    stages("clean and corrupted runs", 2, t)
+    t = time.perf_counter()
     f_model = runs.clean_metric.mean().item()
-    ev = MeanAblation(model, runs)
-    [f_empty] = ev.metrics([{}]).mean(-1).tolist()
+    ev = EdgeAblation(model, runs)
+    [f_empty] = ev.metrics([set()]).mean(-1).tolist()
     normalised_faithfulness(f_model, f_model, f_empty)  # refuses F(M) = F(0) before scoring
+    stages("F(0): every sender ablated", 1, t)
+    t = time.perf_counter()
     scores = edge_attribution(model, batch, receivers=RECEIVERS, method=method, steps=steps)
-    ranked = [e for e in scores.edges() if not e[0].startswith("MLP")]  # MLPs are never ablated
+    ranked = eap_edges(scores)
+    stages("edge scores", EAP_FORWARDS.get(method, 2 + 3 * steps), t)
+    t = time.perf_counter()
     ks = sizes(len(ranked), fractions)
-    node_sets = [edge_nodes(ranked[:k], scores.kv_groups) for k in ks]
-    values = ev.metrics([{n: None for n in nodes} for nodes in node_sets], progress).mean(-1)
-    points = [CurvePoint(k, nodes, value, normalised_faithfulness(value, f_model, f_empty),
-                         ranked[:k])
-              for k, nodes, value in zip(ks, node_sets, values.tolist(), strict=True)]
+    edge_sets = [{e for e, _ in ranked[:k]} for k in ks]
+    before = ev.n_forwards
+    values = ev.metrics(edge_sets, progress).mean(-1).tolist()
+    stages("faithfulness curve (edge ablation)", ev.n_forwards - before, t)
+    points = [CurvePoint(k, [e for e, _ in ranked[:k]], value,
+                         normalised_faithfulness(value, f_model, f_empty))
+              for k, value in zip(ks, values, strict=True)]
+    node_empty = _node_level(model, runs, points, f_model, stages, progress) if node_level \
+        else None
     cpr, cmd = areas([(p.n_edges / len(ranked), p.normalised) for p in points])
     good = [p for p in points if p.normalised >= target]
     best = good[0] if good else max(points, key=lambda p: p.normalised)
-    return Discovery(points, len(ranked), f_model, f_empty, cpr, cmd, best, scores, ranked)
+    return Discovery(points, len(ranked), f_model, f_empty, cpr, cmd, best, scores, ranked,
+                     stages.record, node_empty)
 
 
-def circuit_spec(point: CurvePoint, kv_groups: int, name: str, model: str, task: str,
-                 description: str = "") -> CircuitSpec:
-    """A circuit file for a discovered circuit: one group per layer, group-level edges."""
-    layer_of = {}
+def _node_level(model, runs, points, f_model, stages, progress) -> float:
+    """Fill each point's induced-node evaluation (node ablation); returns its F(0)."""
+    from interp.mean_ablation import MeanAblation
+
+    t = time.perf_counter()
+    ev = MeanAblation(model, runs)
+    empty = {Mlp(la): [] for la in range(model.cfg.n_layers)}  # every head and MLP ablated
+    circuits = [empty] + [{n: None for n in p.nodes} | {m: [] for m in empty if m not in
+                                                       p.nodes} for p in points]
+    values = ev.metrics(circuits, progress).mean(-1).tolist()
+    f_empty = values[0]
+    for point, value in zip(points, values[1:], strict=True):
+        point.node_metric = value
+        point.node_normalised = normalised_faithfulness(value, f_model, f_empty)
+    stages("induced nodes (node ablation)", len(circuits), t)
+    return f_empty
+
+
+def edge_rows(ranked: list[tuple[Edge, float]], n: int = 30) -> list[dict]:
+    """The first n (edge, score) pairs as JSON rows."""
+    return [{"edge": str(e), "score": s} for e, s in ranked[:n]]
+
+
+def discover_summary(result: Discovery, target: float) -> dict:
+    """The summary.json fields of an EAP discovery."""
+    out = {
+        "metric_full_model": result.f_model, "metric_no_edges": result.f_empty,
+        "n_edges_total": result.n_edges_total,
+        "evaluation": "edge ablation (each receiver sees the mean-ablated output of every "
+                      "sender not connected to it by a kept edge)",
+        "curve": [p.row() for p in result.points],
+        "CPR": result.cpr, "CMD": result.cmd,
+        "best": {**result.best.row(), "nodes": [str(n) for n in result.best.nodes],
+                 "target": target},
+        "top_edges": edge_rows(result.ranked),
+        "stages": result.stages,
+        "forward_equivalents": round(sum(s["forward_equivalents"]
+                                         for s in result.stages.values()), 3),
+        "notes": "top-|EAP score| edges; F(0) = no edge kept (every sender, the embeddings "
+                 "included, mean-ablated over the corrupted prompts); CPR/CMD over the edge "
+                 "fraction (MIB)",
+    }
+    if result.node_empty is not None:
+        out["induced_nodes"] = {
+            "metric_all_nodes_ablated": result.node_empty,
+            "notes": "node-level evaluation of the nodes the kept edges touch (every other "
+                     "head and MLP mean-ablated), shown beside the edge-level one"}
+    return out
+
+
+def discover_lines(result: Discovery, label: str) -> list[str]:
+    """The printed report of an EAP discovery."""
+    nodes = result.node_empty is not None
+    lines = [f"discover {label}: {result.n_edges_total} edges, F(model)={result.f_model:.4f}, "
+             f"F(no edges)={result.f_empty:.4f}",
+             "  edges  nodes  faithfulness (edge ablation)" + ("  [induced nodes, node "
+                                                               "ablation]" if nodes else "")]
+    for p in result.points:
+        extra = f"  [{p.node_normalised:.3f}]" if nodes else ""
+        lines.append(f"  {p.n_edges:>7} {len(p.nodes):>4}  {p.normalised:.3f}{extra}")
+    fe = sum(s["forward_equivalents"] for s in result.stages.values())
+    lines.append(f"CPR={result.cpr:.3f} CMD={result.cmd:.3f}; best: {result.best.n_edges} "
+                 f"edges, {len(result.best.nodes)} nodes, faithfulness "
+                 f"{result.best.normalised:.3f}; {fe:.1f} forward-equivalents")
+    return lines
+
+
+def edge_circuit(edges: list[Edge], name: str, model: str, task: str,
+                 description: str = ""):
+    """A circuit file for a discovered edge set: one group per layer (labels for the
+    completeness test) and every edge node to node (`{from: L20H0, to: L23H0, input: q}`).
+    The embeddings and MLPs are nodes of the graph here, so their edges are listed too."""
+    from interp.circuits.format import CircuitSpec, Group, GroupEdge
+
     groups: dict[str, Group] = {}
-    for node in point.nodes:
+    for node in edge_nodes(edges):
         key = f"layer{node.layer}"
         groups.setdefault(key, Group(key, []))
         groups[key].nodes.append(node)
-        layer_of[node] = key
-    edges: dict[tuple, GroupEdge] = {}
-    for sender, receiver, _ in point.edges:
-        if sender == "INPUT":
-            continue
-        src = layer_of[parse_node(sender)]
-        if receiver == "LOGITS":
-            edges.setdefault((src, "logits", None), GroupEdge(src, "logits"))
-            continue
-        dst = layer_of[receiver_heads(receiver, kv_groups)[0]]
-        kind = receiver.split(".")[1]
-        edges.setdefault((src, dst, kind), GroupEdge(src, dst, kind))
-    return CircuitSpec(name, groups, list(edges.values()), "mean", description, model, task)
+    listed = [GroupEdge(str(e.sender), str(e.receiver), e.input) for e in edges]
+    return CircuitSpec(name, dict(sorted(groups.items(), key=lambda kv: int(kv[0][5:]))),
+                       listed, "mean", description, model, task)
