@@ -68,6 +68,9 @@ from interp.patching.sparse import _attend_dense, _Scores, base_run
 MAX_BASES = 4  # cached base runs, the clean one included
 IDENTICAL = 1 << 30  # `first_difference` of two edge sets that agree on every receiver
 BUDGET_GB = {"cpu": 1.0, "cuda": 8.0}  # activation memory of one batched forward
+# hook-name endings EdgeAblation reads: pass them to `prepare_runs` / keep them in `release`
+CLEAN_HOOKS = ("hook_resid_pre", "attn.hook_z", "hook_mlp_out", "hook_resid_post")
+CORRUPTED_HOOKS = ("blocks.0.hook_resid_pre", "attn.hook_z", "hook_mlp_out")
 
 
 class EdgeAblationUnsupported(UserValueError):

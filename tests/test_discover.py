@@ -65,10 +65,9 @@ def test_discover_writes_a_circuit_that_evaluate_reads_back(tmp_path, capsys):
                  "--out", str(out)]) == 0
     evaluated = next((out / "random-tiny").glob("evaluate-induction-*/summary.json"))
     result = json.loads(evaluated.read_text())
-    # discover evaluates the nodes its edges touch; its file lists edges, so evaluate-circuit
-    # evaluates edges and reports that node-level figure beside them
-    faith = result["node_level_faithfulness"] if result["level"] == "edges" else \
-        result["faithfulness"]
+    # discover evaluates its kept edges; its file lists them, so evaluate-circuit does too
+    assert result["level"] == "edges"
+    faith = result["faithfulness"]
     # the same circuit, prompts and ablation: the same number discover reported
     assert faith["normalised_faithfulness"] == pytest.approx(
         summary["best"]["normalised_faithfulness"], abs=1e-5)

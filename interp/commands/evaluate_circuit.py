@@ -62,15 +62,17 @@ def run(args) -> int:
 def _run(run, task, args):
     from interp.circuit import evaluate
     from interp.circuits.format import load_circuit
+    from interp.edge_ablation import CLEAN_HOOKS, CORRUPTED_HOOKS
     from interp.edge_circuit import evaluate_edges
     from interp.patching.runs import prepare_runs
 
     with run.stage("dataset"):
         batch = task.build(run.model, args.n_prompts, args.seed)
     spec = load_circuit(args.circuit, model=run.model, positions=batch.positions)
-    with run.stage("runs"):  # mean ablation reads clean resid_pre, corrupted z and MLP outs
-        runs = prepare_runs(run.model, batch, clean_hooks=("hook_resid_pre",),
-                            corrupted_hooks=("attn.hook_z", "hook_mlp_out"))
+    with run.stage("runs"):  # node ablation reads clean resid_pre, corrupted z and MLP outs
+        clean, corrupted = ((CLEAN_HOOKS, CORRUPTED_HOOKS) if spec.edges else
+                            (("hook_resid_pre",), ("attn.hook_z", "hook_mlp_out")))
+        runs = prepare_runs(run.model, batch, clean_hooks=clean, corrupted_hooks=corrupted)
     with run.stage("evaluate"):
         if spec.edges:
             result = evaluate_edges(run.model, runs, spec, args.minimality_threshold,

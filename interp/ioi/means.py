@@ -30,8 +30,9 @@ CHUNK = 32
 
 
 def _hook_names(model) -> list[str]:
-    return [f"blocks.{la}.{name}" for la in range(model.cfg.n_layers)
-            for name in ("attn.hook_z", "hook_mlp_out")]
+    """What node and edge ablation average: head and MLP outputs, and the embeddings."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{la}.{name}" for la in range(model.cfg.n_layers)
+                                          for name in ("attn.hook_z", "hook_mlp_out")]
 
 
 def _weights(template_of_row: Tensor, n_resamples: int, seed: int) -> Tensor:

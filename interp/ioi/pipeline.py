@@ -62,9 +62,9 @@ def _grid(t: torch.Tensor) -> list[list[float]]:
     return [[round(float(v), 5) for v in row] for row in t]
 
 
-# what the circuit evaluation, the spread and the figures read from the runs' caches
-AFTER_CLASSIFICATION = ("hook_resid_pre", "attn.hook_z", "attn.hook_pattern",
-                        "blocks.0.hook_resid_post")
+# what the circuit evaluation (node and edge level), the spread and the figures read
+AFTER_CLASSIFICATION = ("hook_resid_pre", "attn.hook_z", "attn.hook_pattern", "hook_mlp_out",
+                        "hook_resid_post")
 
 CIRCUIT_FILE_HOLDS = ("the 7 classes only: the hypothesis the paper's procedure defines; "
                       "`faithfulness_with_unclassified` adds the strong unclassified heads "

@@ -36,13 +36,16 @@ def _keeper(model):
 
 def lean_clean_hooks(model) -> tuple[str, ...] | None:
     """Hook-name endings of the clean run that the fast engine's sweeps and IOI's scores
-    read: every cached hook, but `hook_resid_post` of layer 0 only on sequential blocks
-    (only parallel blocks' head step reads it). None off the fast engine (keep everything).
+    read: every cached hook, but `hook_resid_post` of the first and last layers only on
+    sequential blocks (only parallel blocks' head step reads the others). None off the
+    fast engine (keep everything).
     """
     family = family_of(model)
     if family is None:
         return None
-    resid_post = ("hook_resid_post",) if family.parallel else ("blocks.0.hook_resid_post",)
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"  # edge ablation's final resid
+    resid_post = (("hook_resid_post",) if family.parallel
+                  else ("blocks.0.hook_resid_post", last))
     kept = tuple(h for h in CACHED_HOOKS if h != "hook_resid_post")
     return kept + family.cached_hooks() + resid_post + (
         "ln_final.hook_scale", "ln_final.hook_normalized", "hook_embed", "hook_pos_embed")
