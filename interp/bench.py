@@ -437,6 +437,14 @@ def _head(report: dict) -> list[str]:
         f"{report['forward_cpu_s']:.3f} s cpu", ""]
 
 
+def _peer_row(fmt: str, label: str, reference: str, peer: dict, ours: dict, target: str,
+              peer_fraction: float) -> str:
+    """One "reference vs interp" row of the activation-patching sweep (TL or nnsight)."""
+    return fmt.format(label, reference, _s(ours["interp_s"]), f"{peer['ratio']:.1f}x", target,
+                      f"{peer['ratio_cpu']:.1f}x", f"{peer['max_abs_diff']:.1e}",
+                      _gf(ours["floor_gflop"]), f"{peer_fraction:.1%}/{ours['floor_fraction']:.1%}")
+
+
 def _exact_rows(report: dict) -> list[str]:
     a, p = report["act_patching"], report["path_patching"]
     fmt = "{:<34}{:>17}{:>10}{:>8}{:>8}{:>8}{:>10}{:>14}{:>13}"
@@ -444,11 +452,8 @@ def _exact_rows(report: dict) -> list[str]:
                         "FLOP floor", "floor frac")]
     lines.append(fmt.format("", "wall", "wall", "wall", "", "ratio", "", "", "ref/interp"))
     if "tl_s" in a:
-        lines.append(fmt.format("1 act patching, heads, all pos", f"TL {_s(a['tl_s'])}",
-                                _s(a["interp_s"]), f"{a['ratio']:.1f}x", ">=3x",
-                                f"{a['ratio_cpu']:.1f}x", f"{a['max_abs_diff']:.1e}",
-                                _gf(a['floor_gflop']),
-                                f"{a['tl_floor_fraction']:.1%}/{a['floor_fraction']:.1%}"))
+        lines.append(_peer_row(fmt, "1 act patching, heads, all pos", f"TL {_s(a['tl_s'])}",
+                               a, a, ">=3x", a["tl_floor_fraction"]))
         lines.append(fmt.format("  sweep only (caches given)", f"TL {_s(a['tl_sweep_s'])}",
                                 _s(a["interp_sweep_s"]), f"{a['ratio_sweep']:.1f}x", "", "",
                                 "", "", ""))
@@ -458,11 +463,8 @@ def _exact_rows(report: dict) -> list[str]:
                                 f"-/{a['floor_fraction']:.1%}"))
     n = report.get("nnsight", {})
     if "ratio" in n:
-        lines.append(fmt.format("1b act patching, nnsight", f"nns {_s(n['nnsight_s'])}",
-                                _s(a["interp_s"]), f"{n['ratio']:.1f}x", ">=4x",
-                                f"{n['ratio_cpu']:.1f}x", f"{n['max_abs_diff']:.1e}",
-                                _gf(a['floor_gflop']),
-                                f"{n['nnsight_floor_fraction']:.1%}/{a['floor_fraction']:.1%}"))
+        lines.append(_peer_row(fmt, "1b act patching, nnsight", f"nns {_s(n['nnsight_s'])}",
+                               n, a, ">=4x", n["nnsight_floor_fraction"]))
     elif n:
         lines.append(f"1b act patching, nnsight: {n['skipped']}")
     lines.append(fmt.format("2 path patching, heads -> logits", f"naive {_s(p['naive_s'])}",
