@@ -23,7 +23,7 @@ COMMANDS = {
     "analogies": "a - b + c word-vector analogies",
     "bench": "benchmark the patching sweeps (interp vs TransformerLens / naive)",
     "capitals": "logit lens on country -> capital prompts",
-    "discover": "automated circuit discovery (EAP / EAP-IG)",
+    "discover": "automated circuit discovery (EAP, EAP-IG, ACDC)",
     "evaluate-circuit": "faithfulness/completeness/minimality of a circuit file",
     "ffn-ablation": "MLP ablation, in-context restoration and o-vector transfer on the "
                     "capital task",
