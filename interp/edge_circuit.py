@@ -9,7 +9,9 @@ and MLPs); every other edge is ablated at its receiver.
   F(0): only the implicit edges kept (no head sends anything), the edge-level counterpart
   of the node-level "every head ablated".
 - Completeness per group K: F(C \\ K) and F(M \\ K), K's nodes sending nothing.
-- Minimality per file edge e: |F(C \\ e) - F(C)|, e's node pairs removed.
+- Minimality per file edge e: |F(C \\ e) - F(C)|, e's node pairs removed; one edge-ablated
+  run per file edge, so it is skipped (with the reason recorded) for files of more than
+  `MAX_MINIMALITY_EDGES` edges, such as the thousands `interp discover` writes.
 
 Beside them, labelled, the node-level faithfulness of the file's groups (edges ignored).
 
@@ -25,6 +27,7 @@ from interp.edge_ablation import EdgeAblation, EdgeMask
 from interp.nodes import Head, Mlp, Node
 from interp.patching.runs import Runs
 
+MAX_MINIMALITY_EDGES = 200
 NODE_NOTE = ("the same file's groups evaluated as a node circuit (edges ignored), for "
              "comparison")
 
@@ -72,7 +75,8 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
     explicit = spec.edge_list(graph)
     groups = {name: [graph.sender_index(n) for n in nodes]
               for name, nodes in spec.group_nodes().items() if nodes}
-    per_edge = {edge_label(e): [x for x in _one(spec, e).edge_list(graph)] for e in spec.edges}
+    per_edge = ({edge_label(e): list(_one(spec, e).edge_list(graph)) for e in spec.edges}
+                if len(spec.edges) <= MAX_MINIMALITY_EDGES else {})
     sets = [kept, implicit_only(ev, spec)]
     for senders in groups.values():
         sets += [without_senders(kept, senders), without_senders(ev.full(), senders)]
@@ -98,8 +102,15 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
     nodes_only = faithfulness(model, ev.runs, spec.circuit(), ev.nodes)
     return {"level": "edges", "faithfulness": faith, "completeness": complete,
             "node_level_faithfulness": {**nodes_only, "note": NODE_NOTE},
-            "minimality": {"threshold": threshold, "per_node": per,
-                           "all_minimal": all(v["minimal"] for v in per.values())}}
+            "minimality": _minimality(spec, threshold, per)}
+
+
+def _minimality(spec: CircuitSpec, threshold: float, per: dict) -> dict:
+    if len(spec.edges) > MAX_MINIMALITY_EDGES:
+        return {"skipped": f"{len(spec.edges)} file edges > {MAX_MINIMALITY_EDGES}: one "
+                           "edge-ablated run per edge; evaluate a smaller hypothesis"}
+    return {"threshold": threshold, "per_node": per,
+            "all_minimal": all(v["minimal"] for v in per.values())}
 
 
 def _one(spec: CircuitSpec, edge: GroupEdge) -> CircuitSpec:

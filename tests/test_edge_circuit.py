@@ -54,6 +54,21 @@ def test_minimality_per_file_edge(tiny, runs):
     assert all(torch.isfinite(torch.tensor(v["contribution"])) for v in mini.values())
 
 
+def test_minimality_is_skipped_for_files_with_many_edges(tiny, runs, monkeypatch):
+    """Above the cap no per-edge runs are made, and faithfulness is unchanged."""
+    import interp.edge_circuit as edge_circuit
+
+    spec = parse_circuit(GROUPS + "edges:\n  - {from: a, to: logits}\n"
+                         "  - {from: b, to: c, input: v}\n", model=tiny)
+    full = evaluate_edges(tiny, runs, spec)
+    monkeypatch.setattr(edge_circuit, "MAX_MINIMALITY_EDGES", 1)
+    capped = evaluate_edges(tiny, runs, spec)
+    assert "2 file edges > 1" in capped["minimality"]["skipped"]
+    assert capped["faithfulness"]["F_C"] == pytest.approx(full["faithfulness"]["F_C"], abs=1e-6)
+    assert capped["faithfulness"]["forward_equivalents"] < full["faithfulness"][
+        "forward_equivalents"]
+
+
 @pytest.mark.parametrize("edges,level", [(True, "edges"), (False, "nodes")])
 def test_evaluate_circuit_records_the_level(tmp_path, edges, level):
     path = tmp_path / "c.yaml"

@@ -48,8 +48,9 @@ def run(args) -> int:
         title = f"{spec.name} on {run.spec} ({task.name}, {spec.ablation} ablation)"
         save_figure(completeness_figure(result["completeness"], title),
                     run.folder / "completeness.html", root=run.out)
-        save_figure(minimality_figure(result["minimality"], title),
-                    run.folder / "minimality.html", root=run.out)
+        if "skipped" not in result["minimality"]:
+            save_figure(minimality_figure(result["minimality"], title),
+                        run.folder / "minimality.html", root=run.out)
         circuit_text = {"groups": {k: [str(n) for n in v]
                                    for k, v in spec.group_nodes().items()},
                         "edges": [edge_label(e) for e in spec.edges]}
@@ -98,6 +99,10 @@ def _print(spec, model_name: str, task, batch, result: dict, folder) -> None:
         print(f"  completeness {name}: F(C\\K)={c['F_C_minus_K']:.4f} "
               f"F(M\\K)={c['F_M_minus_K']:.4f} |diff|={c['incompleteness']:.4f}")
     mini = result["minimality"]
+    if "skipped" in mini:
+        print(f"  minimality: skipped ({mini['skipped']})")
+        print(f"wrote {folder}")
+        return
     small = [n for n, v in mini["per_node"].items() if not v["minimal"]]
     unit = "edges" if result["level"] == "edges" else "nodes"
     print(f"  minimality: {len(mini['per_node']) - len(small)}/{len(mini['per_node'])} {unit} "
