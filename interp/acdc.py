@@ -184,7 +184,8 @@ class AcdcResult:
         edges: the kept edges, in graph order.
         n_edges_total: edges of the full graph.
         metric: "kl" or "task"; `current`: its value for the kept circuit;
-            `full`: its value for the full model (KL: 0).
+            `full`: its value for the edge set the walk starts from: the full model (KL: 0),
+            or, with a prescreen, the prescreened edges.
         n_tested: edges tried; `n_skipped`: edges removed untested (receiver unreachable).
         n_forwards: batched forward calls; `forward_equivalents`: their work in full
             forwards of the prompt set (module docstring); `rows`: candidate runs evaluated.
@@ -350,7 +351,7 @@ def acdc_summary(model, runs, result: AcdcResult) -> dict:
         "n_edges_total": result.n_edges_total, "n_edges": len(result.edges),
         "nodes": [str(n) for n in edge_nodes(result.edges)],
         "edges": [str(e) for e in result.edges],
-        "acdc_metric_value": result.current, "acdc_metric_full": result.full,
+        "acdc_metric_value": result.current, "acdc_metric_at_start": result.full,
         "F_C": f_c, "F_M": f_m, "F_no_edges": f_empty,
         "normalised_faithfulness": normalised_faithfulness(f_c, f_m, f_empty),
         "n_tested": result.n_tested, "n_skipped": result.n_skipped,
@@ -374,8 +375,8 @@ def acdc_lines(summary: dict, label: str) -> list[str]:
     s = summary
     return [f"acdc {label}: threshold {s['threshold']} ({s['acdc_metric']}): kept "
             f"{s['n_edges']} of {s['n_edges_total']} edges, {len(s['nodes'])} nodes",
-            f"  {s['acdc_metric']} metric {s['acdc_metric_value']:.5f} (full model "
-            f"{s['acdc_metric_full']:.5f}); F(C)={s['F_C']:.4f} F(M)={s['F_M']:.4f} "
+            f"  {s['acdc_metric']} metric {s['acdc_metric_value']:.5f} (at the walk's start "
+            f"{s['acdc_metric_at_start']:.5f}); F(C)={s['F_C']:.4f} F(M)={s['F_M']:.4f} "
             f"F(no edges)={s['F_no_edges']:.4f} normalised faithfulness "
             f"{s['normalised_faithfulness']:.3f}",
             f"  {s['n_tested']} edges tested, {s['n_skipped']} removed untested; "
