@@ -38,7 +38,13 @@ def _start(out: Path, command: str, seed: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "interp.cli", *args, "--model", "random:tiny",
                              "--seed", str(seed), "--out", str(out), "--overwrite"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """Give the child the default SIGINT disposition: a suite started in the background
+    (`cmd &` in a script) ignores SIGINT, and children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
