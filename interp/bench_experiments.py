@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from interp.provenance import peak_rss_mb
+
 IOI_CIRCUIT = Path("results/smollm2-135m/ioi/circuit.yaml")
 
 
@@ -88,7 +90,7 @@ def child(spec: dict) -> dict:
     fwd_eq = counter.tokens / (n_layers * seen["unit"]) if seen.get("unit") else None
     result = {"rc": rc, "wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime
                                                                   + usage.ru_stime, 2),
-              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+              "peak_rss_mb": peak_rss_mb(),
               "forward_equivalents": None if fwd_eq is None else round(fwd_eq, 2)}
     costs = _ioi_costs(out)
     if costs:
