@@ -2,7 +2,7 @@
 
 from dataclasses import asdict, fields
 
-from interp.commands._args import add_run_arguments
+from interp.commands._args import add_run_arguments, positive_int
 from interp.errors import UserValueError
 from interp.ioi.sources import DATASETS, DEFAULT_DATASET  # light: no torch
 
@@ -27,17 +27,6 @@ def _thresholds(pairs: list[str]) -> dict:
             raise UserValueError(f"--threshold {pair!r}: {value!r} is not {kind}") from None
     Thresholds(**out)  # raises a one-line UserValueError naming --threshold when out of range
     return out
-
-
-def _check_counts(args) -> None:
-    for flag, value, what in (
-            ("--top-k", args.top_k, "how many senders each screened path-patching step "
-                                    "patches exactly"),
-            ("--n-prompts", args.n_prompts, "the number of IOI prompts"),
-            ("--n-mean-prompts", args.n_mean_prompts, "p_ABC prompts per template for the "
-                                                      "mean-ablation means")):
-        if value < 1:
-            raise UserValueError(f"{flag} must be >= 1 (got {value}); it is {what}")
 
 
 def _report(run) -> None:
@@ -70,7 +59,6 @@ def run(args) -> int:
     from interp.ioi.pipeline import IOIConfig, config_record, run_stages
     from interp.runner import ExperimentRun, RunOptions, check_memory
 
-    _check_counts(args)
     config = IOIConfig(n_prompts=args.n_prompts, seed=args.seed, exact=args.exact,
                        top_k=args.top_k, thresholds=_thresholds(args.threshold),
                        dataset=args.dataset, n_mean_prompts=args.n_mean_prompts)
@@ -87,12 +75,12 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("ioi", help="IOI circuit: dataset, patching, classification,"
                                                " circuit evaluation, plots")
     add_run_arguments(parser)
-    parser.add_argument("--n-prompts", type=int, default=100, help="prompts (default 100)")
+    parser.add_argument("--n-prompts", type=positive_int, default=100, help="prompts (default 100)")
     parser.add_argument("--dataset", choices=DATASETS, default=DEFAULT_DATASET,
                         help="prompt source: 'paper' (the IOI paper code's mixed set: 7 BABA + "
                              "7 ABBA templates, its names, places, objects; default) or "
                              "'extended' (15 + 15 templates, more names)")
-    parser.add_argument("--n-mean-prompts", type=int, default=20,
+    parser.add_argument("--n-mean-prompts", type=positive_int, default=20,
                         help="p_ABC prompts per template in the separate sample the "
                              "mean-ablation means come from (default 20)")
     mode = parser.add_mutually_exclusive_group()
@@ -104,7 +92,7 @@ def register(subparsers) -> None:
                       help="every sweep exact: activation patching of every head, path "
                            "patching of every sender (about 5x slower: 625 s vs 116 s for "
                            "SmolLM2 on 2 CPU cores)")
-    parser.add_argument("--top-k", type=int, default=10,
+    parser.add_argument("--top-k", type=positive_int, default=10,
                         help="senders patched exactly in each screened path-patching step "
                              "(default 10; more when more are near a threshold)")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",

@@ -140,9 +140,6 @@ def test_exact_mode_patches_every_head(tmp_path, tiny_run, tiny):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--top-k", "0"], "--top-k must be >= 1"),
-    (["--n-prompts", "0"], "--n-prompts must be >= 1"),
-    (["--n-mean-prompts", "0"], "--n-mean-prompts must be >= 1"),
     (["--threshold", "name_mover=abc"], "--threshold 'name_mover=abc'"),
     (["--threshold", "name_mover=-1"], "--threshold name_mover=-1.0"),
     (["--threshold", "name_mover=nan"], "--threshold name_mover=nan"),
