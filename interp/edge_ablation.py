@@ -78,8 +78,14 @@ MAX_BASES = 4  # cached base runs, the clean one included
 IDENTICAL = 1 << 30  # `first_difference` of two edge sets that agree on every receiver
 BUDGET_GB = {"cpu": 1.0, "cuda": 8.0}  # activation memory of one batched forward
 # hook-name endings EdgeAblation reads: pass them to `prepare_runs` / keep them in `release`
-CLEAN_HOOKS = ("hook_resid_pre", "attn.hook_z", "hook_mlp_out", "hook_resid_post")
 CORRUPTED_HOOKS = ("blocks.0.hook_resid_pre", "attn.hook_z", "hook_mlp_out")
+
+
+def clean_hooks(model) -> tuple[str, ...]:
+    """Hook-name endings of the clean run EdgeAblation reads: every layer's resid_pre, z and
+    MLP output, and the last layer's resid_post."""
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    return ("hook_resid_pre", "attn.hook_z", "hook_mlp_out", last)
 
 
 class EdgeAblationUnsupported(UserValueError):
@@ -122,9 +128,15 @@ class EdgeMask:
         out.at.pop((receiver, sender), None)
         return out
 
-    def differing_receivers(self, other: "EdgeMask") -> Bool[Tensor, " receivers"]:
-        rows = (self.keep != other.keep).any(1)
+    def differing_receivers(self, other: "EdgeMask", readable: Tensor | None = None
+                            ) -> Bool[Tensor, " receivers"]:
+        """Receivers whose kept edges differ; with `readable` ([receivers, senders], True
+        where the graph has the edge), entries for edges the graph lacks are ignored."""
+        diff = self.keep != other.keep
+        rows = (diff if readable is None else diff & readable).any(1)
         for key in set(self.at) | set(other.at):
+            if readable is not None and not readable[key]:
+                continue
             a, b = self.at.get(key), other.at.get(key)
             same = (a is b or (isinstance(a, tuple) and a == b)
                     or (isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)))
@@ -279,7 +291,7 @@ class EdgeAblation:
     def first_difference(self, a: EdgeMask, b: EdgeMask) -> int:
         """The first layer with a receiver whose edges differ (the logits count as layer
         n_layers; `IDENTICAL` when no receiver differs)."""
-        rows = a.differing_receivers(b).nonzero()
+        rows = a.differing_receivers(b, self._readable).nonzero()
         if len(rows) == 0:
             return IDENTICAL
         return min(int(rows[0]) // self.graph.per_layer, self.model.cfg.n_layers)

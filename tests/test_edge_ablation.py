@@ -47,10 +47,12 @@ def constant_mlp_case(request):
 
 
 def _forced(ev, mask):
-    """`mask` plus an entry for an edge the graph lacks (sender after the receiver), at
-    layer 0: ignored by the computation, but the run can no longer resume from a base."""
+    """`mask` with the edge embed -> first receiver kept through a positional entry at every
+    position: the same edge set, but the run can no longer resume from a base."""
     mask = mask.copy()
-    mask.keep[0, ev.graph.sender_index(Head(1, 0))] = not mask.keep[0, -1]
+    if mask.keep[0, 0]:
+        mask.keep[0, 0] = False
+        mask.at[(0, 0)] = torch.ones(len(ev.batch), ev.seq, dtype=torch.bool)
     return mask
 
 
@@ -226,3 +228,17 @@ def test_resuming_from_bases_that_dropped_or_lack_senders(case):
     fresh = EdgeAblation(model, runs)
     want = torch.cat([fresh.metrics([_forced(fresh, m)]) for m in (third, fourth)])
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_entries_for_edges_the_graph_lacks_do_not_stop_resuming(case):
+    """The full model minus a layer-1 head, written with its column cleared for every
+    receiver (earlier ones cannot read it), resumes from the clean run at layer 1."""
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    minus = ev.full()
+    minus.keep[:, ev.graph.sender_index(Head(1, 1))] = False
+    got = ev.metrics([minus])
+    assert ev.n_forwards == 0.5
+    fresh = EdgeAblation(model, runs)
+    assert torch.allclose(got, fresh.metrics([_forced(fresh, minus)]), atol=1e-5)
+    assert fresh.n_forwards == 1

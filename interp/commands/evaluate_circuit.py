@@ -67,7 +67,7 @@ def run(args) -> int:
 def _run(run, task, args):
     from interp.circuit import evaluate
     from interp.circuits.format import load_circuit
-    from interp.edge_ablation import CLEAN_HOOKS, CORRUPTED_HOOKS
+    from interp.edge_ablation import CORRUPTED_HOOKS, clean_hooks
     from interp.edge_circuit import evaluate_edges
     from interp.patching.runs import prepare_runs
 
@@ -75,7 +75,7 @@ def _run(run, task, args):
         batch = task.build(run.model, args.n_prompts, args.seed)
     spec = load_circuit(args.circuit, model=run.model, positions=batch.positions)
     with run.stage("runs"):  # node ablation reads clean resid_pre, corrupted z and MLP outs
-        clean, corrupted = ((CLEAN_HOOKS, CORRUPTED_HOOKS) if spec.edges else
+        clean, corrupted = ((clean_hooks(run.model), CORRUPTED_HOOKS) if spec.edges else
                             (("hook_resid_pre",), ("attn.hook_z", "hook_mlp_out")))
         runs = prepare_runs(run.model, batch, clean_hooks=clean, corrupted_hooks=corrupted)
     if spec.edges:

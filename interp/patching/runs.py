@@ -93,8 +93,19 @@ def _only(endings: tuple[str, ...]):
 
 
 def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch, keep):
-    logits, cache = model.run_with_cache(tokens, names_filter=keep)
-    metric = at_least_float32(batch.metric(logits_at(logits, batch.read_positions)))
+    """The run's cache and metric. Only the read positions are unembedded (the unembedding
+    is a row-wise linear map: the same logits there, without [batch, pos, vocab] of them)."""
+    read = batch.read_positions.to(tokens.device)
+    rows = torch.arange(len(read), device=tokens.device)
+
+    def at_read(resid, hook=None):
+        return resid[rows, read][:, None]
+
+    hooks = [("unembed.hook_in", at_read)] if "unembed.hook_in" in model.hook_dict else []
+    with model.hooks(fwd_hooks=hooks):
+        logits, cache = model.run_with_cache(tokens, names_filter=keep)
+    at = logits[:, 0] if hooks else logits_at(logits, batch.read_positions)
+    metric = at_least_float32(batch.metric(at))
     return {k: v for k, v in cache.items()}, metric
 
 
