@@ -315,26 +315,28 @@ class EdgeAblation:
 
     def _chunks(self, pending: list[tuple[int, int]], masks: list[EdgeMask],
                 lives: list[Tensor]) -> list[list[tuple[int, int]]]:
-        """`pending` (start, set index), sorted by start, cut into batches of one start
-        whose held D_s (the live senders any of them ablates) and activations fit the
-        memory budget."""
+        """`pending` (start, set index), sorted by start, cut into batches of one start and
+        one set of live senders (a batch computes the union of its items' live senders,
+        and holds D_s for those any item reads ablated) that fit the memory budget."""
         cfg = self.model.cfg
         row_bytes = 4 * len(self.batch) * self.seq * cfg.d_model
-        chunks, held = [], None
+        chunks, ablated = [], None
         for start, i in pending:
-            mine = lives[i] & self._ablated_from([masks[i]], start)
+            mine = self._ablated_from([masks[i]], start)
             fits = False
-            if chunks and chunks[-1][0][0] == start:
-                grown = held | mine
-                cost = (len(chunks[-1]) + 1) * row_bytes * (int(grown.sum()) + 6 * cfg.n_heads
-                                                            + 4)
-                fits = cost <= self.budget_gb * 2**30
+            if chunks:
+                s0, i0 = chunks[-1][0]
+                if s0 == start and torch.equal(lives[i0], lives[i]):
+                    grown = ablated | mine
+                    held = int((lives[i] & grown).sum())
+                    cost = (len(chunks[-1]) + 1) * row_bytes * (held + 6 * cfg.n_heads + 4)
+                    fits = cost <= self.budget_gb * 2**30
             if fits:
                 chunks[-1].append((start, i))
-                held = grown
+                ablated = grown
             else:
                 chunks.append([(start, i)])
-                held = mine
+                ablated = mine
         return chunks
 
     # -- the forward --------------------------------------------------------------------------
