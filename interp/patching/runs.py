@@ -139,11 +139,15 @@ def prepare_runs(model, batch: TaskBatch, clean_hooks: tuple[str, ...] | None = 
                 block_kwargs(model, clean_tokens), block_kwargs(model, corrupted_tokens))
 
 
-def release(runs: Runs, keep: tuple[str, ...]) -> None:
+def release(runs: Runs, keep: tuple[str, ...],
+            corrupted_keep: tuple[str, ...] | None = None) -> None:
     """Free what later stages do not read: clean-cache hooks whose names end with none of
-    `keep`, the corrupted cache's likewise, the gradients and the sparse engine's bases."""
-    for cache in (runs.clean_cache, runs.corrupted_cache):
-        for name in [n for n in cache if not n.endswith(keep)]:
+    `keep`, the corrupted cache's likewise (with `corrupted_keep` when given: () frees it
+    all), the gradients and the sparse engine's bases."""
+    for cache, ends in ((runs.clean_cache, keep), (runs.corrupted_cache,
+                                                  keep if corrupted_keep is None
+                                                  else corrupted_keep)):
+        for name in [n for n in cache if not n.endswith(ends)]:
             del cache[name]
     runs.grads = None
     runs.bases.clear()

@@ -75,3 +75,10 @@ def test_metrics_from_the_read_positions_equal_full_logits():
                                 (batch.corrupted_tokens, runs.corrupted_metric)):
                 want = batch.metric(logits_at(model(tokens), batch.read_positions))
                 torch.testing.assert_close(got, want.float(), rtol=0, atol=1e-6)
+
+
+def test_release_can_free_the_whole_corrupted_cache(tiny):
+    runs = prepare_runs(tiny, build_ioi(tiny, 4, seed=7).batch)
+    release(runs, ("hook_resid_pre",), corrupted_keep=())
+    assert not runs.corrupted_cache
+    assert runs.clean_cache and all(n.endswith("hook_resid_pre") for n in runs.clean_cache)
