@@ -18,12 +18,18 @@ a_s its ablated value: its mean over the corrupted prompts of the same group (te
 position by position; its output on one corrupted prompt of the group ("resample"); or zero
 ("zero"), from `interp.mean_ablation` (`MeanAblation`'s group means and `ablation_runs`).
 
-So one forward computes every receiver's input at once: keep D_s = o_s - a_s for every
-sender computed so far ([senders, prompts, pos, d_model]), and for the receivers of layer L
+So one forward computes every receiver's input at once: keep D_s = o_s - a_s for the
+senders computed so far ([senders, prompts, pos, d_model]), and for the receivers of layer L
 take R_L minus a masked matmul A_L @ D, A_L[r, s] = 1 where s -> r is ablated (an edge kept
 only at some positions adds back D_s there). The receiver's norm, projection, rotary,
 attention and MLP are then recomputed from x_r, the new outputs update D and R, and the
 logits read R_final - A_logits @ D at the metric's read positions. No forward per edge.
+
+Memory: a run holds D_s only for the senders it needs them for: live senders (some receiver
+keeps an edge from them; the others send a_s everywhere, so they enter R as a_s and are not
+computed) that some receiver reads ablated. A sparse circuit holds its own heads' D_s; the
+full model minus a few senders holds none. The clean run's D_s are computed from its cache
+when a run resuming from it needs them, never stored for all senders.
 
 Identities (tests/test_edge_ablation.py): every edge kept = the clean model (all D_s terms
 drop); no edge kept = every sender ablated; one edge ablated with corrupted activations =
@@ -33,9 +39,11 @@ circuit as the full set of its edges (with embeddings and MLPs connected to ever
 
 Batching and resuming: several edge sets run in one forward (items x prompts rows) under a
 memory budget. An edge set that agrees with a cached base run on every receiver of layers
-< L shares that run's senders and residual stream up to layer L and resumes there (the clean
-run is the first base; `add_base` caches another, e.g. ACDC's current circuit, whose
-candidates differ from it at one receiver).
+< L, and keeps no sender before L that the base did not compute, shares that run's senders
+and residual stream up to layer L and resumes there (the clean run is the first base;
+`add_base` caches another, e.g. ACDC's current circuit, whose candidates differ from it at
+one receiver; `metrics` caches an edge set as a base when another set of the same call
+resumes later from it, e.g. a circuit C before its variants C minus an edge).
 
 Families: the fast engine's (`interp.arch.FAMILIES`), except Gemma 2, whose post-attention
 norm mixes the heads before they reach the residual stream (a head has no additive output
@@ -62,6 +70,7 @@ from interp.edges import Edge, EdgeGraph
 from interp.errors import UserValueError
 from interp.mean_ablation import Circuit, MeanAblation, group_means, keep_mask
 from interp.nodes import Head, Mlp
+from interp.patching import counter
 from interp.patching.runs import Runs, metric_from_resid
 from interp.patching.sparse import _attend_dense, _Scores, base_run
 
@@ -69,8 +78,14 @@ MAX_BASES = 4  # cached base runs, the clean one included
 IDENTICAL = 1 << 30  # `first_difference` of two edge sets that agree on every receiver
 BUDGET_GB = {"cpu": 1.0, "cuda": 8.0}  # activation memory of one batched forward
 # hook-name endings EdgeAblation reads: pass them to `prepare_runs` / keep them in `release`
-CLEAN_HOOKS = ("hook_resid_pre", "attn.hook_z", "hook_mlp_out", "hook_resid_post")
 CORRUPTED_HOOKS = ("blocks.0.hook_resid_pre", "attn.hook_z", "hook_mlp_out")
+
+
+def clean_hooks(model) -> tuple[str, ...]:
+    """Hook-name endings of the clean run EdgeAblation reads: every layer's resid_pre, z and
+    MLP output, and the last layer's resid_post."""
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    return ("hook_resid_pre", "attn.hook_z", "hook_mlp_out", last)
 
 
 class EdgeAblationUnsupported(UserValueError):
@@ -113,9 +128,15 @@ class EdgeMask:
         out.at.pop((receiver, sender), None)
         return out
 
-    def differing_receivers(self, other: "EdgeMask") -> Bool[Tensor, " receivers"]:
-        rows = (self.keep != other.keep).any(1)
+    def differing_receivers(self, other: "EdgeMask", readable: Tensor | None = None
+                            ) -> Bool[Tensor, " receivers"]:
+        """Receivers whose kept edges differ; with `readable` ([receivers, senders], True
+        where the graph has the edge), entries for edges the graph lacks are ignored."""
+        diff = self.keep != other.keep
+        rows = (diff if readable is None else diff & readable).any(1)
         for key in set(self.at) | set(other.at):
+            if readable is not None and not readable[key]:
+                continue
             a, b = self.at.get(key), other.at.get(key)
             same = (a is b or (isinstance(a, tuple) and a == b)
                     or (isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)))
@@ -126,9 +147,14 @@ class EdgeMask:
 
 @dataclass
 class _Base:
+    """A run that edge sets resume from: its edge set, the senders it computed (`live`),
+    their D_s in sender order (None for the clean run: computed on demand from its cache),
+    R_L at the start of every layer and the final one [prompts, pos, d], and its metric."""
+
     mask: EdgeMask
-    deltas: Float[Tensor, "senders prompts pos d_model"]  # D_s = o_s - a_s
-    resid: list[Tensor]  # R_L at the start of every layer and the final one [prompts, pos, d]
+    live: Bool[Tensor, " senders"]
+    deltas: Float[Tensor, "live prompts pos d_model"] | None
+    resid: list[Tensor]
     metric: Float[Tensor, " prompts"]
 
 
@@ -155,6 +181,9 @@ class EdgeAblation:
         self.budget_gb = BUDGET_GB[device] if budget_gb is None else budget_gb
         self._positions: dict[tuple[str, ...], Tensor] = {}
         self.n_forwards = 0.0  # forward-pass equivalents run so far (resumed runs: fractions)
+        self._readable = torch.arange(self.graph.n_senders)[None] < torch.tensor(
+            [self.graph.readable(r) for r in range(self.graph.n_receivers)])[:, None]
+        self._embed_mean: Tensor | None = None
         self.bases = [self._clean_base()]
 
     # -- edge sets ----------------------------------------------------------------------------
@@ -219,14 +248,12 @@ class EdgeAblation:
         if not edge_sets:
             return torch.empty(0, len(self.batch))
         masks = [m if isinstance(m, EdgeMask) else self.mask(m) for m in edge_sets]
-        for m in masks:
-            if self._best_base(m)[1] == 0 and len(self.bases) < MAX_BASES:
-                self.add_base(m)
-        placed = [self._best_base(m) for m in masks]
+        lives = [self._live([m]) for m in masks]
+        self._add_useful_bases(masks, lives)
+        placed = [self._best_base(m, live) for m, live in zip(masks, lives, strict=True)]
         out = [base.metric if start == IDENTICAL else None for base, start in placed]
         pending = sorted((start, i) for i, (_, start) in enumerate(placed) if start != IDENTICAL)
-        step = self._chunk()
-        chunks = [pending[lo:lo + step] for lo in range(0, len(pending), step)]
+        chunks = self._chunks(pending, masks, lives)
         for chunk in tqdm(chunks, desc="edge-ablated runs", disable=not progress):
             items = [(masks[i], placed[i][0]) for _, i in chunk]
             values = self._run(items, chunk[0][0])[0]
@@ -237,80 +264,183 @@ class EdgeAblation:
     @torch.inference_mode()
     def add_base(self, edge_set: EdgeMask | Iterable[Edge]) -> None:
         """Run `edge_set` and cache it as a base run (the oldest non-clean base goes when
-        there are `MAX_BASES`): edge sets that differ from it only at receivers of layer >= L
-        then resume at L."""
+        there are `MAX_BASES`): edge sets that differ from it only at receivers of layer >= L,
+        and keep no sender it did not compute before L, then resume at L."""
         mask = edge_set if isinstance(edge_set, EdgeMask) else self.mask(edge_set)
-        base, start = self._best_base(mask)
+        live = self._live([mask])
+        base, start = self._best_base(mask, live)
         metric, deltas, resid = self._run([(mask, base)], start, keep=True)
         if len(self.bases) >= MAX_BASES:
             self.bases.pop(1)
-        self.bases.append(_Base(mask.copy(), deltas[0], resid, metric[0]))
+        self.bases.append(_Base(mask.copy(), live, deltas[0], resid, metric[0]))
+
+    def _add_useful_bases(self, masks: list[EdgeMask], lives: list[Tensor]) -> None:
+        """Cache as a base each edge set that shares no layer with the bases but from which
+        another of `masks` would resume later than from any base (while there is room)."""
+        for i, (mask, live) in enumerate(zip(masks, lives, strict=True)):
+            if len(self.bases) >= MAX_BASES:
+                return
+            if self._best_base(mask, live)[1] != 0:
+                continue
+            candidate = _Base(mask, live, None, [], None)
+            if any(self._start(masks[j], lives[j], candidate)
+                   > self._best_base(masks[j], lives[j])[1]
+                   for j in range(len(masks)) if j != i):
+                self.add_base(mask)
 
     def first_difference(self, a: EdgeMask, b: EdgeMask) -> int:
         """The first layer with a receiver whose edges differ (the logits count as layer
         n_layers; `IDENTICAL` when no receiver differs)."""
-        rows = a.differing_receivers(b).nonzero()
+        rows = a.differing_receivers(b, self._readable).nonzero()
         if len(rows) == 0:
             return IDENTICAL
         return min(int(rows[0]) // self.graph.per_layer, self.model.cfg.n_layers)
 
-    def _best_base(self, mask: EdgeMask) -> tuple[_Base, int]:
-        starts = [self.first_difference(mask, b.mask) for b in self.bases]
-        best = max(range(len(starts)), key=lambda i: starts[i])
+    def _start(self, mask: EdgeMask, live: Tensor, base: _Base) -> int:
+        """The layer an edge set resumes at from `base`: its first differing receiver's,
+        or earlier, the layer of the first sender it keeps that the base did not compute."""
+        start = self.first_difference(mask, base.mask)
+        missing = (live & ~base.live).nonzero()
+        if len(missing):
+            start = min(start, self._layer_of(int(missing[0])))
+        return start
+
+    def _layer_of(self, sender: int) -> int:
+        return 0 if sender == 0 else (sender - 1) // (self.graph.n_heads + 1)
+
+    def _best_base(self, mask: EdgeMask, live: Tensor) -> tuple[_Base, int]:
+        starts = [self._start(mask, live, b) for b in self.bases]
+        best = max(reversed(range(len(starts))), key=lambda i: starts[i])  # ties: the newest
         return self.bases[best], starts[best]
 
-    def _chunk(self) -> int:
-        cfg, g = self.model.cfg, self.graph
-        per_item = 4 * len(self.batch) * self.seq * cfg.d_model * (g.n_senders + 6 * cfg.n_heads)
-        return max(1, int(self.budget_gb * 2**30 // per_item))
+    def _chunks(self, pending: list[tuple[int, int]], masks: list[EdgeMask],
+                lives: list[Tensor]) -> list[list[tuple[int, int]]]:
+        """`pending` (start, set index), sorted by start, cut into batches of one start and
+        one set of live senders (a batch computes the union of its items' live senders,
+        and holds D_s for those any item reads ablated) that fit the memory budget."""
+        cfg = self.model.cfg
+        row_bytes = 4 * len(self.batch) * self.seq * cfg.d_model
+        chunks, ablated = [], None
+        for start, i in pending:
+            mine = self._ablated_from([masks[i]], start)
+            fits = False
+            if chunks:
+                s0, i0 = chunks[-1][0]
+                if s0 == start and torch.equal(lives[i0], lives[i]):
+                    grown = ablated | mine
+                    held = int((lives[i] & grown).sum())
+                    cost = (len(chunks[-1]) + 1) * row_bytes * (held + 6 * cfg.n_heads + 4)
+                    fits = cost <= self.budget_gb * 2**30
+            if fits:
+                chunks[-1].append((start, i))
+                ablated = grown
+            else:
+                chunks.append([(start, i)])
+                ablated = mine
+        return chunks
 
     # -- the forward --------------------------------------------------------------------------
     def _clean_base(self) -> _Base:
-        """The clean run as a base: D_s = clean output - ablated value."""
+        """The clean run as a base; its D_s = clean output - ablated value are computed
+        from the clean cache when a run needs them (`_deltas`)."""
         cache, g = self.runs.clean_cache, self.graph
-        d = [cache["blocks.0.hook_resid_pre"] - self._ablated_embed()]
-        for layer in range(g.n_layers):
-            z = cache[f"blocks.{layer}.attn.hook_z"]
-            d.extend(self._head_outputs(layer, z[None])[0] - self._ablated_heads(layer))
-            d.append(cache[f"blocks.{layer}.hook_mlp_out"] - self.nodes.mlp_means()[layer])
         resid = [cache[f"blocks.{la}.hook_resid_pre"] for la in range(g.n_layers)]
         resid.append(cache[f"blocks.{g.n_layers - 1}.hook_resid_post"])
-        return _Base(self.full(), torch.stack(d), resid, self.runs.clean_metric)
+        return _Base(self.full(), torch.ones(g.n_senders, dtype=torch.bool), None, resid,
+                     self.runs.clean_metric)
+
+    def _deltas(self, base: _Base, senders: Tensor) -> Float[Tensor, "n prompts pos d_model"]:
+        """D_s of `base`'s run for the given senders (each computed by that run)."""
+        if base.deltas is not None:
+            return base.deltas[torch.cumsum(base.live, 0)[senders] - 1]
+        cache, g, nodes = self.runs.clean_cache, self.graph, self.nodes
+        out = []
+        for layer, group in _by_layer(senders.tolist(), g.n_heads):
+            if layer < 0:
+                out.append((cache["blocks.0.hook_resid_pre"] - self._ablated_embed())[None])
+                continue
+            heads = [s for s in group if s < g.n_heads]
+            if heads:
+                z = cache[f"blocks.{layer}.attn.hook_z"][None, ..., heads, :]
+                mean = nodes.z_means[layer][None, ..., heads, :]
+                out.append(self._head_outputs(layer, z, heads)[0]
+                           - self._head_outputs(layer, mean, heads)[0])
+            if len(heads) < len(group):
+                mlp = cache[f"blocks.{layer}.hook_mlp_out"] - nodes.mlp_means()[layer]
+                out.append(mlp[None])
+        return torch.cat(out)
+
+    def _delta_sum(self, base: _Base, senders: Tensor) -> Float[Tensor, "prompts pos d_model"]:
+        """The sum of `base`'s D_s over `senders` (0 for none), a few layers at a time."""
+        total = torch.zeros_like(base.resid[0])
+        for lo in range(0, len(senders), 4 * (self.graph.n_heads + 1)):
+            total += self._deltas(base, senders[lo:lo + 4 * (self.graph.n_heads + 1)]).sum(0)
+        return total
+
+    def _resumed_resid(self, base: _Base, live: Tensor, start: int, every: bool
+                       ) -> list[Float[Tensor, "prompts pos d_model"]]:
+        """`base`'s R_L with the senders it computed but `live` lacks sending their ablated
+        values (o_s -> a_s): at `start` ([R_start]), or with `every` at each layer <= start."""
+        g = self.graph
+        dead = base.live & ~live
+        if not every:
+            return [base.resid[start] - self._delta_sum(base, dead[:g.senders_before(start)]
+                                                        .nonzero().flatten())]
+        out, total = [], torch.zeros_like(base.resid[0])
+        for layer in range(start + 1):
+            lo = 0 if layer == 0 else g.senders_before(layer - 1)
+            senders = dead[:g.senders_before(layer)].nonzero().flatten()
+            total = total + self._delta_sum(base, senders[senders >= lo])
+            out.append(base.resid[layer] - total)
+        return out
 
     def _ablated_embed(self) -> Tensor:
-        return group_means(self.runs.corrupted_cache["blocks.0.hook_resid_pre"],
-                           self.batch.groups)
+        if self._embed_mean is None:
+            self._embed_mean = group_means(self.runs.corrupted_cache["blocks.0.hook_resid_pre"],
+                                           self.batch.groups)
+        return self._embed_mean
 
     def _ablated_heads(self, layer: int) -> Float[Tensor, "heads prompts pos d_model"]:
         return self._head_outputs(layer, self.nodes.z_means[layer][None])[0]
 
     def _head_outputs(self, layer: int, z: Float[Tensor, "k prompts pos heads d_head"],
                       heads: list[int] | None = None) -> Float[Tensor, "k heads prompts pos d"]:
+        """Outputs z W_O of the heads z holds: every head, or the given `heads` in order."""
         w_o = self.model.W_O[layer] if heads is None else self.model.W_O[layer][heads]
         return torch.einsum("knphe,hed->khnpd", z, w_o)
 
     def _run(self, items: list[tuple[EdgeMask, _Base]], start: int, keep: bool = False):
         """Metrics [k, prompts] of edge sets resumed at `start` from their bases; with
-        `keep`, also the deltas and the residual at every layer (for a new base).
+        `keep`, also the D_s of every sender computed and the residual at every layer (for
+        a new base).
 
         Only live senders are computed: a sender no item keeps any edge from sends its
         ablated value to every receiver, so its own output cancels in (*) (D_s = 0) and
-        its inputs need not be computed. A base keeps every sender live."""
+        its inputs need not be computed. Only the D_s that some receiver from `start` on
+        subtracts are held: a live sender every such receiver keeps needs none."""
         g, n_layers = self.graph, self.model.cfg.n_layers
         masks = [m for m, _ in items]
-        live = torch.ones(g.n_senders, dtype=torch.bool) if keep else self._live(masks)
-        state = _State(live, items, start, self._kept_at(masks), g)
-        dead = (~live[:g.senders_before(start)]).nonzero().flatten()  # computed in the bases:
-        resid = torch.stack([base.resid[start] - base.deltas[dead].sum(0)  # o_s -> a_s
-                             for _, base in items])
-        kept = [items[0][1].resid[la] for la in range(start)] if keep else None
+        live = self._live(masks)
+        held = live if keep else live & self._ablated_from(masks, start)
+        state = _State(live, held, masks, self._kept_at(masks), g)
+        state.allocate(items[0][1].resid[start])
+        done = state.n_cols(g.senders_before(start))
+        resid, kept = [], None
+        for i, (_, base) in enumerate(items):
+            have = base.live[state.cols[:done]]
+            if have.any():
+                state.deltas[i, have.nonzero().flatten()] = self._deltas(
+                    base, state.cols[:done][have])
+            resid.append(self._resumed_resid(base, live, start, keep))
+        if keep:
+            kept = resid[0]
+        resid = torch.stack([r[-1] for r in resid])
         for layer in range(start, n_layers):
+            resid = self._layer(layer, resid, state)
             if keep:
                 kept.append(resid[0])
-            resid = self._layer(layer, resid, state)
-        if keep:
-            kept.append(resid[0])
         self.n_forwards += len(items) * (n_layers - start) / n_layers
+        counter.add(len(items) * resid[0].shape[:-1].numel() * (n_layers - start))
         read = self.batch.read_positions
         rows = torch.arange(len(read))
         final = resid[:, rows, read] - self._mix_read(state, read)
@@ -320,11 +450,22 @@ class EdgeAblation:
     def _live(self, masks: list[EdgeMask]) -> Bool[Tensor, " senders"]:
         live = torch.zeros(self.graph.n_senders, dtype=torch.bool)
         for m in masks:
-            live |= m.keep.any(0)
-            for _, s in m.at:
-                live[s] = True
+            live |= (m.keep & self._readable).any(0)
+            for (r, s) in m.at:
+                if s < self.graph.readable(r):
+                    live[s] = True
         live[0] = True  # the embeddings cost nothing
         return live
+
+    def _ablated_from(self, masks: list[EdgeMask], start: int) -> Bool[Tensor, " senders"]:
+        """Senders that some receiver of layer >= `start` (or the logits) reads ablated
+        somewhere: at every position, or outside the positions of a positional edge."""
+        g = self.graph
+        first = min(start, self.model.cfg.n_layers) * g.per_layer
+        out = torch.zeros(g.n_senders, dtype=torch.bool)
+        for m in masks:
+            out |= (~m.keep[first:] & self._readable[first:]).any(0)
+        return out
 
     def _kept_at(self, masks: list[EdgeMask]) -> list[tuple[Tensor, Tensor]]:
         """Positional edges grouped by their positions: [(position mask [prompts, pos, 1],
@@ -459,21 +600,21 @@ class EdgeAblation:
 
 
 class _State:
-    """The live senders' D_s of one batched run (compact columns) and its edge masks."""
+    """The D_s a batched run holds (the `held` senders, in compact columns, zero until
+    filled), its live senders and its edge masks over the held columns."""
 
-    def __init__(self, live: Tensor, items: list, start: int, kept_at: list,
+    def __init__(self, live: Tensor, held: Tensor, masks: list[EdgeMask], kept_at: list,
                  graph: EdgeGraph):
         self.live = live
-        self.cols = live.nonzero().flatten()  # sender index of each compact column
+        self.cols = held.nonzero().flatten()  # sender index of each compact column
         self.col_of = torch.full((graph.n_senders,), -1, dtype=torch.long)
         self.col_of[self.cols] = torch.arange(len(self.cols))
-        base = items[0][1].deltas
-        self.deltas = torch.empty(len(items), len(self.cols), *base.shape[1:], dtype=base.dtype)
-        done = self.n_cols(graph.senders_before(start))
-        for i, (_, b) in enumerate(items):
-            self.deltas[i, :done] = b.deltas[self.cols[:done]]
-        self.ablated = torch.stack([~m.keep[:, self.cols] for m, _ in items])
+        self.deltas: Tensor | None = None
+        self.ablated = torch.stack([~m.keep[:, self.cols] for m in masks])
         self.kept_at = [(pos, kept[:, :, self.cols]) for pos, kept in kept_at]
+
+    def allocate(self, like: Float[Tensor, "prompts pos d_model"]) -> None:
+        self.deltas = like.new_zeros(len(self.ablated), len(self.cols), *like.shape)
 
     def distinct(self, rows: list[int], n_senders: int) -> tuple[list[int], list[int]]:
         """Receivers with distinct mixes over the first `n_senders` senders (their masks
@@ -483,6 +624,8 @@ class _State:
         parts = [self.ablated[:, rows, :cols]] + [kept[:, rows, :cols]
                                                   for _, kept in self.kept_at]
         key = torch.cat(parts, -1).transpose(0, 1).flatten(1)  # [rows, ...]
+        if key.shape[1] == 0:  # no held sender before them: one mix (R itself)
+            return rows[:1], [0] * len(rows)
         _, inverse = torch.unique(key, dim=0, return_inverse=True)
         first: dict[int, int] = {}
         order = [first.setdefault(int(u), len(first)) for u in inverse]
@@ -497,5 +640,22 @@ class _State:
         return int(torch.searchsorted(self.cols, n_senders))
 
     def record(self, senders: list[int], values: Tensor) -> None:
-        """D_s of new outputs: values [k, len(senders), prompts, pos, d]."""
-        self.deltas[:, self.col_of[senders]] = values
+        """D_s of new outputs (values [k, len(senders), prompts, pos, d]) of held senders."""
+        cols = self.col_of[senders]
+        held = (cols >= 0).nonzero().flatten()
+        if len(held) == len(senders):
+            self.deltas[:, cols] = values
+        elif len(held):
+            self.deltas[:, cols[held]] = values[:, held]
+
+
+def _by_layer(senders: list[int], n_heads: int) -> list[tuple[int, list[int]]]:
+    """Sender indices (ascending) grouped by layer: [(layer, [slot, ...])], slot n_heads
+    the MLP; the embeddings as layer -1."""
+    out: list[tuple[int, list[int]]] = []
+    for s in senders:
+        layer, slot = (-1, 0) if s == 0 else divmod(s - 1, n_heads + 1)
+        if not out or out[-1][0] != layer:
+            out.append((layer, []))
+        out[-1][1].append(slot)
+    return out

@@ -21,6 +21,8 @@ Example:
     >>> result["faithfulness"]["normalised_faithfulness"]
 """
 
+from contextlib import nullcontext
+
 from interp.circuit import faithfulness, normalised_faithfulness
 from interp.circuits.format import CircuitSpec, GroupEdge
 from interp.edge_ablation import EdgeAblation, EdgeMask
@@ -66,49 +68,66 @@ def edge_label(edge: GroupEdge) -> str:
 
 
 def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01,
-                   kind: str = "mean", seed: int = 0, progress: bool = False) -> dict:
+                   kind: str = "mean", seed: int = 0, progress: bool = False,
+                   stage=None) -> dict:
     """Edge-level faithfulness, completeness per group and minimality per file edge, with
-    every edge outside the circuit ablated the `kind` way ("mean", "zero", "resample")."""
-    ev = EdgeAblation(model, runs, kind, seed)
-    graph = ev.graph
-    kept = ev.mask(spec.kept_edges(graph))
+    every edge outside the circuit ablated the `kind` way ("mean", "zero", "resample").
+
+    `stage(name)`: a context manager timing each part (e.g. `ExperimentRun.stage`); the
+    circuit's own run is cached as a base that the other edge sets resume from.
+    """
+    stage = stage or (lambda name: nullcontext())
+    with stage("edge_faithfulness"):
+        ev = EdgeAblation(model, runs, kind, seed)
+        graph = ev.graph
+        kept = ev.mask(spec.kept_edges(graph))
+        f_c, f_empty = ev.metrics([kept, implicit_only(ev, spec)], progress).mean(-1).tolist()
     explicit = spec.edge_list(graph)
-    groups = {name: [graph.sender_index(n) for n in nodes]
-              for name, nodes in spec.group_nodes().items() if nodes}
-    per_edge = ({edge_label(e): list(_one(spec, e).edge_list(graph)) for e in spec.edges}
-                if len(spec.edges) <= MAX_MINIMALITY_EDGES else {})
-    sets = [kept, implicit_only(ev, spec)]
-    for senders in groups.values():
-        sets += [without_senders(kept, senders), without_senders(ev.full(), senders)]
-    sets += [without_edges(ev, kept, edges) for edges in per_edge.values()]
-    values = ev.metrics(sets, progress).mean(-1).tolist()
-    f_c, f_empty = values[:2]
     f_m = runs.clean_metric.mean().item()
     nodes = _nodes(spec, explicit)
     faith = {"F_C": f_c, "F_M": f_m, "faithfulness": f_c / f_m, "F_all_heads_ablated": f_empty,
              "normalised_faithfulness": normalised_faithfulness(f_c, f_m, f_empty),
              "n_edges": len(explicit), "n_kept_edges": int(kept.keep.sum()) + len(kept.at),
              "n_heads": sum(isinstance(n, Head) for n in nodes),
-             "n_mlps": sum(isinstance(n, Mlp) for n in nodes),
-             "forward_equivalents": ev.n_forwards}
-    pairs = values[2:2 + 2 * len(groups)]
-    complete = {name: {"F_C_minus_K": c, "F_M_minus_K": m, "incompleteness": abs(c - m)}
-                for name, c, m in zip(groups, pairs[::2], pairs[1::2], strict=True)}
-    knocked = values[2 + 2 * len(groups):]
+             "n_mlps": sum(isinstance(n, Mlp) for n in nodes)}
+    with stage("edge_completeness"):
+        complete = _completeness(ev, spec, kept, progress)
+    with stage("edge_minimality"):
+        minimal = _minimality(ev, spec, kept, f_c, f_m, threshold, progress)
+    faith["forward_equivalents"] = ev.n_forwards
+    with stage("node_level_faithfulness"):
+        nodes_only = faithfulness(model, ev.runs, spec.circuit(), ev.nodes)
+    return {"level": "edges", "faithfulness": faith, "completeness": complete,
+            "node_level_faithfulness": {**nodes_only, "note": NODE_NOTE},
+            "minimality": minimal}
+
+
+def _completeness(ev: EdgeAblation, spec: CircuitSpec, kept: EdgeMask,
+                  progress: bool) -> dict:
+    """Per group K: F(C \\ K) and F(M \\ K), K's nodes sending nothing."""
+    groups = {name: [ev.graph.sender_index(n) for n in nodes]
+              for name, nodes in spec.group_nodes().items() if nodes}
+    sets = [s for senders in groups.values()
+            for s in (without_senders(kept, senders), without_senders(ev.full(), senders))]
+    pairs = ev.metrics(sets, progress).mean(-1).tolist()
+    return {name: {"F_C_minus_K": c, "F_M_minus_K": m, "incompleteness": abs(c - m)}
+            for name, c, m in zip(groups, pairs[::2], pairs[1::2], strict=True)}
+
+
+def _minimality(ev: EdgeAblation, spec: CircuitSpec, kept: EdgeMask, f_c: float, f_m: float,
+                threshold: float, progress: bool) -> dict:
+    """Per file edge e: |F(C \\ e) - F(C)|, e's node pairs removed (skipped, with the
+    reason, above `MAX_MINIMALITY_EDGES` file edges)."""
+    if len(spec.edges) > MAX_MINIMALITY_EDGES:
+        return {"skipped": f"{len(spec.edges)} file edges > {MAX_MINIMALITY_EDGES}: one "
+                           "edge-ablated run per edge; evaluate a smaller hypothesis"}
+    per_edge = {edge_label(e): list(_one(spec, e).edge_list(ev.graph)) for e in spec.edges}
+    knocked = ev.metrics([without_edges(ev, kept, edges) for edges in per_edge.values()],
+                         progress).mean(-1).tolist()
     per = {label: {"contribution": abs(v - f_c), "K": "{}",
                    "relative_to_F_M": abs(v - f_c) / abs(f_m),
                    "minimal": abs(v - f_c) >= threshold * abs(f_m)}
            for label, v in zip(per_edge, knocked, strict=True)}
-    nodes_only = faithfulness(model, ev.runs, spec.circuit(), ev.nodes)
-    return {"level": "edges", "faithfulness": faith, "completeness": complete,
-            "node_level_faithfulness": {**nodes_only, "note": NODE_NOTE},
-            "minimality": _minimality(spec, threshold, per)}
-
-
-def _minimality(spec: CircuitSpec, threshold: float, per: dict) -> dict:
-    if len(spec.edges) > MAX_MINIMALITY_EDGES:
-        return {"skipped": f"{len(spec.edges)} file edges > {MAX_MINIMALITY_EDGES}: one "
-                           "edge-ablated run per edge; evaluate a smaller hypothesis"}
     return {"threshold": threshold, "per_node": per,
             "all_minimal": all(v["minimal"] for v in per.values())}
 
@@ -121,3 +140,15 @@ def _nodes(spec: CircuitSpec, explicit) -> set[Node]:
     nodes = set(spec.circuit())
     nodes |= {n for e in explicit for n in (e.sender, e.receiver) if isinstance(n, (Head, Mlp))}
     return nodes
+
+
+def minimum_forwards(result: dict) -> dict[str, float]:
+    """The least forward-equivalents each stage of `interp evaluate-circuit` needs (one
+    forward of its prompt batch = 1): the clean and corrupted cached runs (2); the circuit
+    C and the empty circuit, which share no layer with the clean run (2; every other edge
+    set resumes from C's run or the clean run); at edge level, the node-level circuit (1:
+    its empty circuit is the edge level's F(0) when embeddings and MLPs are implicit)."""
+    if result["level"] != "edges":
+        return {"dataset": 0.0, "runs": 2.0, "evaluate": 2.0}
+    return {"dataset": 0.0, "runs": 2.0, "edge_faithfulness": 2.0, "edge_completeness": 0.0,
+            "edge_minimality": 0.0, "node_level_faithfulness": 1.0}

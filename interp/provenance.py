@@ -85,6 +85,22 @@ class Provenance:
                                 "rss_high_water_mb": peak_rss_mb(),
                                 "block_tokens": COUNTER.tokens - n0}
 
+    def cost_table(self, n_layers: int, batch_tokens: int,
+                   minimums: dict[str, float] | None = None) -> dict[str, dict]:
+        """Per stage: wall and CPU seconds, RSS high-water, forward-equivalents (counted
+        block-tokens over one forward of `batch_tokens` tokens through `n_layers` blocks)
+        and, where `minimums` names the stage, the least forward-equivalents it needs."""
+        from interp.patching.counter import forward_equivalents
+
+        least = minimums or {}
+        return {name: {"wall_s": self.stages[name], "cpu_s": cost["cpu_s"],
+                       "rss_high_water_mb": cost["rss_high_water_mb"],
+                       "forward_equivalents": round(forward_equivalents(
+                           cost["block_tokens"], n_layers, batch_tokens), 3),
+                       "minimum_forward_equivalents": (None if name not in least
+                                                       else round(least[name], 3))}
+                for name, cost in self.costs.items()}
+
     def record(self) -> dict:
         return {
             "command": command_line(),

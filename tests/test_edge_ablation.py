@@ -47,10 +47,12 @@ def constant_mlp_case(request):
 
 
 def _forced(ev, mask):
-    """`mask` plus an entry for an edge the graph lacks (sender after the receiver), at
-    layer 0: ignored by the computation, but the run can no longer resume from a base."""
+    """`mask` with the edge embed -> first receiver kept through a positional entry at every
+    position: the same edge set, but the run can no longer resume from a base."""
     mask = mask.copy()
-    mask.keep[0, ev.graph.sender_index(Head(1, 0))] = not mask.keep[0, -1]
+    if mask.keep[0, 0]:
+        mask.keep[0, 0] = False
+        mask.at[(0, 0)] = torch.ones(len(ev.batch), ev.seq, dtype=torch.bool)
     return mask
 
 
@@ -122,7 +124,7 @@ def test_gqa_kv_edge_is_seen_by_its_query_head_only(case):
     assert not torch.allclose(into[0], into[1], atol=1e-5)  # heads 0, 1 share a KV head on GQA
 
 
-def test_batched_and_resumed_runs_equal_single_runs(case, monkeypatch):
+def test_batched_and_resumed_runs_equal_single_runs(case):
     model, runs = case
     ev = EdgeAblation(model, runs)
     full = ev.full()
@@ -135,8 +137,8 @@ def test_batched_and_resumed_runs_equal_single_runs(case, monkeypatch):
              _without(ev, sparse, Edge(Head(0, 1), LOGITS)),
              _without(ev, sparse, Edge(Head(1, 2), LOGITS))]
     together = torch.cat([ev.metrics(sets[:5]), ev.metrics(sets[5:])])  # apart: fewer live
-    monkeypatch.setattr(EdgeAblation, "_chunk", lambda self: 1)
-    alone = torch.cat([EdgeAblation(model, runs).metrics([_forced(ev, s)]) for s in sets])
+    alone = torch.cat([EdgeAblation(model, runs, budget_gb=1e-9).metrics([_forced(ev, s)])
+                       for s in sets])
     assert torch.allclose(together, alone, atol=1e-5)
 
 
@@ -165,3 +167,78 @@ def test_unsupported_family_is_refused_in_one_line():
     olmo = tiny_model("olmo2")
     with pytest.raises(EdgeAblationUnsupported, match="Olmo2ForCausalLM"):
         check_edges_supported(olmo)
+
+
+def _sparse_mask(ev):
+    """Embeddings and MLPs into everything, plus L0H1 -> L1H2.q: L0H1 feeds one receiver."""
+    g = ev.graph
+    mask = ev.empty()
+    mask.keep[:, 0] = True
+    for layer in range(g.n_layers):
+        mask.keep[:, g.sender_index(Mlp(layer))] = True
+    mask.keep[g.index(Edge(Head(0, 1), Head(1, 2), "q"))] = True
+    return mask
+
+
+def test_held_deltas_only_equal_every_live_sender_held(case, monkeypatch):
+    """A run holds D_s only for the live senders some receiver reads ablated (the full
+    model minus a sender holds none); its metrics equal runs that hold every live sender
+    (a base run) and, for the full model minus a sender, the node-level ablation."""
+    import interp.edge_ablation as engine
+
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    g = ev.graph
+    held = []
+    allocate = engine._State.allocate
+    monkeypatch.setattr(engine._State, "allocate",
+                        lambda self, like: (held.append(len(self.cols)), allocate(self, like)))
+    sparse = _sparse_mask(ev)
+    minus = ev.full()
+    minus.keep[:, g.sender_index(Head(0, 2))] = False
+    got = torch.cat([ev.metrics([sparse]), ev.metrics([minus])])
+    assert ev.bases[0].deltas is None  # the clean base's D_s are computed on demand
+    assert held == [1, 0]  # sparse: L0H1 (ablated except into L1H2.q); minus: none
+    dense = EdgeAblation(model, runs)
+    for mask, value in zip((sparse, minus), got, strict=True):
+        dense.add_base(mask)  # holds the D_s of every live sender
+        assert torch.allclose(value, dense.bases[-1].metric, atol=1e-5)
+    nodes = MeanAblation(model, runs).metrics([{Head(la, h): None for la in range(2)
+                                                for h in range(4) if (la, h) != (0, 2)}])
+    assert torch.allclose(got[1], nodes[0], atol=1e-4)
+
+
+def test_resuming_from_bases_that_dropped_or_lack_senders(case):
+    """Bases compute only their live senders: a set keeping a sender its base lacks starts
+    at that sender's layer, and a base resumed from another base without one of its
+    senders subtracts that sender at every later layer; all equal fresh single runs."""
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    g = ev.graph
+    first = _sparse_mask(ev)
+    ev.add_base(first)
+    second = first.without(*g.index(Edge(Head(0, 1), Head(1, 2), "q")))  # L0H1 now dead
+    ev.add_base(second)
+    assert ev._best_base(second, ev._live([second]))[1] != 0
+    third = second.without(*g.index(Edge(EMBED, Head(1, 0), "v")))
+    fourth = second.copy()
+    fourth.keep[g.index(Edge(Head(0, 3), LOGITS))] = True  # L0H3: computed by no base
+    assert ev._best_base(fourth, ev._live([fourth]))[1] == 0
+    got = ev.metrics([third, fourth])
+    fresh = EdgeAblation(model, runs)
+    want = torch.cat([fresh.metrics([_forced(fresh, m)]) for m in (third, fourth)])
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_entries_for_edges_the_graph_lacks_do_not_stop_resuming(case):
+    """The full model minus a layer-1 head, written with its column cleared for every
+    receiver (earlier ones cannot read it), resumes from the clean run at layer 1."""
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    minus = ev.full()
+    minus.keep[:, ev.graph.sender_index(Head(1, 1))] = False
+    got = ev.metrics([minus])
+    assert ev.n_forwards == 0.5
+    fresh = EdgeAblation(model, runs)
+    assert torch.allclose(got, fresh.metrics([_forced(fresh, minus)]), atol=1e-5)
+    assert fresh.n_forwards == 1

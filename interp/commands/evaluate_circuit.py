@@ -29,7 +29,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.circuits.format import load_circuit
-    from interp.edge_circuit import edge_label
+    from interp.edge_circuit import edge_label, minimum_forwards
+    from interp.patching.counter import counting
     from interp.plotting import save_figure
     from interp.plotting.circuit import completeness_figure, minimality_figure
     from interp.runner import ExperimentRun, RunOptions, check_memory
@@ -44,7 +45,8 @@ def run(args) -> int:
     with ExperimentRun(RunOptions.from_args(args), experiment, config) as run:
         model = run.load_model()
         check_memory(model, args.n_prompts)
-        spec, batch, result = _run(run, task, args)
+        with counting():
+            spec, batch, result = _run(run, task, args)
         title = f"{spec.name} on {run.spec} ({task.name}, {spec.ablation} ablation)"
         save_figure(completeness_figure(result["completeness"], title),
                     run.folder / "completeness.html", root=run.out)
@@ -54,8 +56,10 @@ def run(args) -> int:
         circuit_text = {"groups": {k: [str(n) for n in v]
                                    for k, v in spec.group_nodes().items()},
                         "edges": [edge_label(e) for e in spec.edges]}
+        costs = run.prov.cost_table(run.model.cfg.n_layers, batch.clean_tokens.numel(),
+                                    minimum_forwards(result))
         folder = run.finish({"model": run.spec, "task": task.name, "circuit": circuit_text,
-                             **result})
+                             **result, "costs": costs})
     _print(spec, run.spec, task, batch, result, folder)
     return 0
 
@@ -63,7 +67,7 @@ def run(args) -> int:
 def _run(run, task, args):
     from interp.circuit import evaluate
     from interp.circuits.format import load_circuit
-    from interp.edge_ablation import CLEAN_HOOKS, CORRUPTED_HOOKS
+    from interp.edge_ablation import CORRUPTED_HOOKS, clean_hooks
     from interp.edge_circuit import evaluate_edges
     from interp.patching.runs import prepare_runs
 
@@ -71,14 +75,14 @@ def _run(run, task, args):
         batch = task.build(run.model, args.n_prompts, args.seed)
     spec = load_circuit(args.circuit, model=run.model, positions=batch.positions)
     with run.stage("runs"):  # node ablation reads clean resid_pre, corrupted z and MLP outs
-        clean, corrupted = ((CLEAN_HOOKS, CORRUPTED_HOOKS) if spec.edges else
+        clean, corrupted = ((clean_hooks(run.model), CORRUPTED_HOOKS) if spec.edges else
                             (("hook_resid_pre",), ("attn.hook_z", "hook_mlp_out")))
         runs = prepare_runs(run.model, batch, clean_hooks=clean, corrupted_hooks=corrupted)
-    with run.stage("evaluate"):
-        if spec.edges:
-            result = evaluate_edges(run.model, runs, spec, args.minimality_threshold,
-                                    spec.ablation, args.seed)
-        else:
+    if spec.edges:
+        result = evaluate_edges(run.model, runs, spec, args.minimality_threshold,
+                                spec.ablation, args.seed, stage=run.stage)
+    else:
+        with run.stage("evaluate"):
             result = {"level": "nodes", **evaluate(
                 run.model, runs, spec.circuit(), spec.group_nodes(), args.minimality_threshold,
                 spec.ablation, args.seed)}

@@ -21,8 +21,6 @@ Example:
     >>> costs = stage_costs(ioi)  # {"classification": {"wall_s": .., "forward_equivalents": ..}}
 """
 
-from interp.patching.counter import forward_equivalents
-
 
 def _forward_flops(cfg, lengths: list[int]) -> int:
     from interp.bench import block_flops
@@ -53,14 +51,5 @@ def minimums(ioi) -> dict[str, float]:
 
 def stage_costs(ioi) -> dict[str, dict]:
     """Wall, CPU, RSS high-water, forward-equivalents and their minimum, per stage."""
-    n_layers, batch_tokens = ioi.model.cfg.n_layers, ioi.ds.batch.clean_tokens.numel()
-    least = minimums(ioi)
-    out = {}
-    for name, cost in ioi.prov.costs.items():
-        out[name] = {"wall_s": ioi.prov.stages[name], "cpu_s": cost["cpu_s"],
-                     "rss_high_water_mb": cost["rss_high_water_mb"],
-                     "forward_equivalents": round(forward_equivalents(
-                         cost["block_tokens"], n_layers, batch_tokens), 3),
-                     "minimum_forward_equivalents": (None if name not in least
-                                                     else round(least[name], 3))}
-    return out
+    return ioi.prov.cost_table(ioi.model.cfg.n_layers, ioi.ds.batch.clean_tokens.numel(),
+                               minimums(ioi))

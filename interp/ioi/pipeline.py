@@ -191,7 +191,7 @@ class IOIRun:
         wider = {**circuit, **{parse_node(h): ["END"] for h in self.unclassified}}
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
         model, runs, progress = self.model, self.mean_runs, self.progress
-        release(self.runs, AFTER_CLASSIFICATION)
+        release(self.runs, AFTER_CLASSIFICATION, corrupted_keep=())  # means: mean_runs
         with self.prov.stage("circuit_evaluation"):
             ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
             self.circuit_eval = {
@@ -204,6 +204,7 @@ class IOIRun:
             }
         with self.prov.stage("faithfulness_spread"):
             self.circuit_eval["faithfulness_spread"] = self._spread(circuit, wider)
+        self.means.means.clear()  # the resamples' means: read by the spread only
         with self.prov.stage("edge_faithfulness"):
             self.circuit_eval["edge_faithfulness"] = self._edge_level()
         self.summary["circuit"] = self.circuit_eval

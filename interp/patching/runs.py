@@ -93,8 +93,19 @@ def _only(endings: tuple[str, ...]):
 
 
 def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch, keep):
-    logits, cache = model.run_with_cache(tokens, names_filter=keep)
-    metric = at_least_float32(batch.metric(logits_at(logits, batch.read_positions)))
+    """The run's cache and metric. Only the read positions are unembedded (the unembedding
+    is a row-wise linear map: the same logits there, without [batch, pos, vocab] of them)."""
+    read = batch.read_positions.to(tokens.device)
+    rows = torch.arange(len(read), device=tokens.device)
+
+    def at_read(resid, hook=None):
+        return resid[rows, read][:, None]
+
+    hooks = [("unembed.hook_in", at_read)] if "unembed.hook_in" in model.hook_dict else []
+    with model.hooks(fwd_hooks=hooks):
+        logits, cache = model.run_with_cache(tokens, names_filter=keep)
+    at = logits[:, 0] if hooks else logits_at(logits, batch.read_positions)
+    metric = at_least_float32(batch.metric(at))
     return {k: v for k, v in cache.items()}, metric
 
 
@@ -128,11 +139,15 @@ def prepare_runs(model, batch: TaskBatch, clean_hooks: tuple[str, ...] | None = 
                 block_kwargs(model, clean_tokens), block_kwargs(model, corrupted_tokens))
 
 
-def release(runs: Runs, keep: tuple[str, ...]) -> None:
+def release(runs: Runs, keep: tuple[str, ...],
+            corrupted_keep: tuple[str, ...] | None = None) -> None:
     """Free what later stages do not read: clean-cache hooks whose names end with none of
-    `keep`, the corrupted cache's likewise, the gradients and the sparse engine's bases."""
-    for cache in (runs.clean_cache, runs.corrupted_cache):
-        for name in [n for n in cache if not n.endswith(keep)]:
+    `keep`, the corrupted cache's likewise (with `corrupted_keep` when given: () frees it
+    all), the gradients and the sparse engine's bases."""
+    for cache, ends in ((runs.clean_cache, keep), (runs.corrupted_cache,
+                                                  keep if corrupted_keep is None
+                                                  else corrupted_keep)):
+        for name in [n for n in cache if not n.endswith(ends)]:
             del cache[name]
     runs.grads = None
     runs.bases.clear()

@@ -57,3 +57,28 @@ def test_lean_clean_cache_gives_the_same_ioi_run(tiny):
         return clf.run(), clf.step_effects, clf.backup_effects
 
     assert classify(lean) == classify(full)
+
+
+def test_metrics_from_the_read_positions_equal_full_logits():
+    """prepare_runs unembeds only the read positions: its metrics equal those of plain
+    forwards' full logits (GPT-2, a GQA Llama and Gemma 2's soft-capped logits)."""
+    import interp
+    from interp.metrics import logits_at
+    from tests.tiny_families import tiny_model
+
+    for model in (interp.load_model("random:tiny", device="cpu"), tiny_model("llama"),
+                  tiny_model("gemma2")):
+        batch = build_ioi(model, 8, seed=6).batch
+        runs = prepare_runs(model, batch, ("hook_resid_pre",), ("attn.hook_z",))
+        with torch.inference_mode():
+            for tokens, got in ((batch.clean_tokens, runs.clean_metric),
+                                (batch.corrupted_tokens, runs.corrupted_metric)):
+                want = batch.metric(logits_at(model(tokens), batch.read_positions))
+                torch.testing.assert_close(got, want.float(), rtol=0, atol=1e-6)
+
+
+def test_release_can_free_the_whole_corrupted_cache(tiny):
+    runs = prepare_runs(tiny, build_ioi(tiny, 4, seed=7).batch)
+    release(runs, ("hook_resid_pre",), corrupted_keep=())
+    assert not runs.corrupted_cache
+    assert runs.clean_cache and all(n.endswith("hook_resid_pre") for n in runs.clean_cache)
