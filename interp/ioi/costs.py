@@ -8,7 +8,9 @@ forwards the stage's definition requires:
 - dataset: the clean and the corrupted cached runs (2);
 - mean_sample: one forward of the separate p_ABC mean sample;
 - activation_patching: the clean run with gradients (1) by default; with `--exact`, the FLOP
-  floor of activation patching every head (all positions and END, `interp.bench`);
+  floor of activation patching every head at all positions (`interp.bench`, over the tokens
+  from the first one the corruption changes: earlier ones are the same in both runs) plus
+  at END (one token per later layer);
 - classification: the FLOP floor of path patching every head to the logits, plus the
   name-mover-ablated run of the backup step from the first name mover's layer on (the
   layers before it are the clean run's), unless classification is skipped (the q/k/v
@@ -26,6 +28,7 @@ Example:
 
 from interp.nodes import parse_node
 from interp.patching.counter import forward_equivalents
+from interp.patching.sparse import first_differing_token
 
 
 def _forward_flops(cfg, lengths: list[int]) -> int:
@@ -43,7 +46,7 @@ def _later_layers(cfg, heads) -> float:
 
 def minimums(ioi) -> dict[str, float]:
     """The least forward-equivalents each stage needs (module docstring)."""
-    from interp.bench import act_patch_floor, lengths, metric_columns, path_patch_floor
+    from interp.bench import act_patch_floor, block_flops, metric_columns, path_patch_floor
 
     cfg, batch, config = ioi.model.cfg, ioi.ds.batch, ioi.config
     columns = metric_columns(cfg, batch.metric)
@@ -51,8 +54,11 @@ def minimums(ioi) -> dict[str, float]:
     unit = _forward_flops(cfg, padded)
     mean_tokens = getattr(ioi.means, "n_tokens", 0)
     act = 1.0
-    if config.exact:
-        act = 2 * act_patch_floor(cfg, lengths(batch), columns) / unit
+    if config.exact:  # all positions (from the first token that differs) and END
+        changed = (batch.read_positions - first_differing_token(batch) + 1).tolist()
+        end = sum(cfg.n_heads * len(batch) * (cfg.n_layers - layer) * block_flops(cfg, 1)
+                  for layer in range(cfg.n_layers))
+        act = (act_patch_floor(cfg, changed, columns) + end) / unit
     classes = {} if ioi.skipped else ioi.classes
     backup = _later_layers(cfg, classes.get("name_movers", []))
     evaluation = 0.0
