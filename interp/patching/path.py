@@ -303,17 +303,17 @@ class QueryScreen:
         self._directions: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _direction(self, layer: int) -> tuple[Tensor, Tensor]:
-        """(LN1 input of the clean run [batch, d_model], W_Q[h] dM/dq_h [batch, heads, d_model])
-        at the read position."""
+        """(LN1 input of the clean run [batch, d_model], W_Q[h] dM/dq_h as [batch x d_model,
+        heads]) at the read position."""
         if layer not in self._directions:
             runs, model = self.runs, self.model
             rows, read = torch.arange(len(runs.batch)), runs.batch.read_positions
             resid = runs.clean_cache[f"blocks.{layer}.hook_resid_pre"][rows, read]
             clean = family_of(model).attn_input(model, layer, resid)
             grad = self._grads[f"blocks.{layer}.attn.hook_q"][rows, read]  # [batch, heads, e]
-            direction = torch.einsum("bhe,hde->bhd", at_least_float32(grad),
+            direction = torch.einsum("bhe,hde->bdh", at_least_float32(grad),
                                      at_least_float32(model.W_Q[layer]))
-            self._directions[layer] = (clean, direction)
+            self._directions[layer] = (clean, direction.reshape(-1, direction.shape[-1]))
         return self._directions[layer]
 
     def add(self, index: list[int], layer: int, pre: dict) -> None:
@@ -322,9 +322,8 @@ class QueryScreen:
         for later in range(layer + 1, self.model.cfg.n_layers):
             clean, direction = self._direction(later)
             change = family_of(self.model).attn_input(self.model, later, pre[later][:, :, 0])
-            self.grid[index, later] = torch.einsum(
-                "kbd,bhd->kh", at_least_float32(change - clean), direction).cpu().to(
-                self.grid.dtype)
+            change = at_least_float32(change - clean).reshape(len(index), -1)  # [k, b x d]
+            self.grid[index, later] = (change @ direction).cpu().to(self.grid.dtype)
 
     def release(self) -> None:
         """Drop the per-layer gradient directions (the estimates stay)."""
