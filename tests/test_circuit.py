@@ -60,6 +60,17 @@ def test_all_heads_ablated_at_the_reads_equals_the_full_run(tiny, runs, kind):
     assert abs(f["F_all_heads_ablated"] - fast.mean().item()) < 1e-6
 
 
+@pytest.mark.parametrize("family", ["llama", "neox", "gemma2"])
+def test_all_heads_ablated_on_other_families(family):
+    """GQA + rotary, parallel blocks, post-norms with soft-capped logits."""
+    from tiny_families import tiny_model
+
+    model = tiny_model(family)
+    fam_runs = prepare_runs(model, build_ioi(model, n_prompts=6, seed=0).batch)
+    fast = all_heads_ablated(MeanAblation(model, fam_runs))
+    assert torch.allclose(fast, circuit_metric(model, fam_runs, {}), atol=1e-5)
+
+
 def test_positions_restrict_what_is_kept(tiny, runs):
     everywhere = circuit_metric(tiny, runs, {Head(1, 0): None})
     at_end = circuit_metric(tiny, runs, {Head(1, 0): ["END"]})
