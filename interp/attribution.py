@@ -57,13 +57,24 @@ def _check(method: str, direction: str, steps: int) -> None:
         raise ValueError(f"EAP-IG needs steps >= 1, got {steps}")
 
 
+FINAL = "ln_final.hook_in"  # the final residual stream, before the final norm
+
+
+class _Final(Exception):
+    """Stops a forward at the final norm: the metric needs only its read positions."""
+
+
 def _run(model, tokens, names: list[str], resid0: Tensor | None = None, grad: bool = False):
-    """Forward `tokens`; return logits and the activations at `names` (in the graph if grad).
+    """Forward `tokens`; return the output and the activations at `names` (in the graph if
+    grad). The output is {"resid": final residual [batch, pos, d_model]}: the forward stops
+    at the final norm, since the metric unembeds only the columns it reads at the read
+    positions (`_metric_sum`); {"logits": ...} on a model without that hook.
 
     `resid0` replaces the input embedding (block 0's residual input); with `grad` it becomes a
     leaf that requires grad, so gradients reach every activation without parameter grads.
     """
     store: dict[str, Tensor] = {}
+    out: dict[str, Tensor] = {}
 
     def set_input(act, hook):
         x = (act if resid0 is None else resid0.to(act.dtype)).detach()
@@ -76,14 +87,29 @@ def _run(model, tokens, names: list[str], resid0: Tensor | None = None, grad: bo
             return act  # returning it keeps this tensor (not a pre-conversion view) in the graph
         return save
 
+    def stop(act, hook):
+        out["resid"] = act
+        raise _Final
+
     hooks = [(INPUT, set_input)] + [(n, saver(n)) for n in names if n != INPUT]
-    with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens.to(model.cfg.device))
-    return logits, store
+    if FINAL in model.hook_dict:
+        hooks.append((FINAL, stop))  # after the savers: ln_final.hook_in may be one of them
+    try:
+        with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
+            out["logits"] = model(tokens.to(model.cfg.device))
+    except _Final:
+        pass
+    return out, store
 
 
-def _metric_sum(batch: TaskBatch, logits: Tensor) -> Tensor:
-    return batch.metric(logits_at(logits, batch.read_positions)).sum()
+def _metric_sum(model, batch: TaskBatch, out: dict) -> Tensor:
+    """Sum over prompts of the metric, from `_run`'s output."""
+    from interp.patching.runs import metric_from_resid  # (interp.patching imports this module)
+
+    if "resid" in out:
+        return metric_from_resid(model, batch, logits_at(out["resid"],
+                                                         batch.read_positions)).sum()
+    return batch.metric(logits_at(out["logits"], batch.read_positions)).sum()
 
 
 def _chunks(n: int, size: int):
@@ -94,8 +120,8 @@ def _chunks(n: int, size: int):
 def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total):
     """Gradients of sum(metric)/n_total w.r.t. the activations `names`, and the activations,
     on `tokens` (input embedding replaced by `resid0` unless None)."""
-    logits, store = _run(model, tokens, names, resid0=resid0, grad=True)
-    metric = _metric_sum(batch, logits) / n_total
+    out, store = _run(model, tokens, names, resid0=resid0, grad=True)
+    metric = _metric_sum(model, batch, out) / n_total
     grads = torch.autograd.grad(metric, [store[n] for n in names], allow_unused=True)
     acts = {n: store[n].detach() for n in names}
     grads = [torch.zeros_like(acts[n]) if g is None else g

@@ -21,11 +21,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.arch import family_of
 from interp.errors import UserValueError
 from interp.mean_ablation import Circuit, MeanAblation
 from interp.metrics import logits_at
 from interp.nodes import Head, Mlp, Node
-from interp.patching.runs import Runs
+from interp.patching import counter
+from interp.patching.runs import Runs, metric_from_resid
 
 
 @torch.inference_mode()
@@ -78,10 +80,41 @@ def normalised_faithfulness(f_c: float, f_model: float, f_empty: float) -> float
     return (f_c - f_empty) / (f_model - f_empty)
 
 
+@torch.inference_mode()
+def all_heads_ablated(ev: MeanAblation) -> Float[Tensor, " batch"] | None:
+    """Per-prompt metric with every head ablated (F(0); MLPs kept), at the read positions only.
+
+    With every head replaced by its mean, a layer's attention output at a position no longer
+    reads any other position, so each read position's residual stream is computed alone: one
+    token per prompt per layer instead of a full forward. None off the fast engine
+    (`interp.arch`); `ev.metrics([{}])` is the plain computation.
+    """
+    model, batch = ev.model, ev.batch
+    family = family_of(model)
+    if family is None:
+        return None
+    rows, read = torch.arange(len(batch)), batch.read_positions
+    x = ev.runs.clean_cache["blocks.0.hook_resid_pre"][rows, read]
+    w_o, b_o = model.W_O, getattr(model, "b_O", None)
+    for layer in range(model.cfg.n_layers):
+        attn = torch.einsum("bhe,hed->bd", ev.z_means[layer][rows, read].to(x.dtype), w_o[layer])
+        if b_o is not None:
+            attn = attn + b_o[layer]
+        x = family.block_step(model, layer, x, attn)
+        counter.add(len(batch))
+    return metric_from_resid(model, batch, x)
+
+
 def faithfulness(model, runs: Runs, circuit: Circuit, ev: MeanAblation | None = None) -> dict:
     """F(C), F(M), F(0) (every head ablated), F(C)/F(M), the normalised faithfulness and
     the circuit's head and MLP counts (mean metric; F(M) is the unablated clean metric)."""
-    f_c, f_empty = _mean(ev or MeanAblation(model, runs), [circuit, {}])
+    ev = ev or MeanAblation(model, runs)
+    plain = type(ev).metrics is MeanAblation.metrics  # (a subclass may define F differently)
+    empty = all_heads_ablated(ev) if plain else None
+    if empty is None:
+        f_c, f_empty = _mean(ev, [circuit, {}])
+    else:
+        (f_c,), f_empty = _mean(ev, [circuit]), empty.mean().item()
     f_m = runs.clean_metric.mean().item()
     return {"F_C": f_c, "F_M": f_m, "faithfulness": f_c / f_m, "F_all_heads_ablated": f_empty,
             "normalised_faithfulness": normalised_faithfulness(f_c, f_m, f_empty),

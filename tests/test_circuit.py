@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from interp.circuit import (
+    all_heads_ablated,
     circuit_metric,
     completeness,
     faithfulness,
@@ -46,6 +47,28 @@ def test_empty_circuit_equals_hand_mean_ablation(tiny, runs):
     ref = b.metric(logits_at(tiny.run_with_hooks(b.clean_tokens, fwd_hooks=hooks),
                              b.read_positions))
     assert torch.allclose(circuit_metric(tiny, runs, {}), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mean", "resample"])
+def test_all_heads_ablated_at_the_reads_equals_the_full_run(tiny, runs, kind):
+    """F(0) from one token per prompt equals the plain hooked forward of the empty circuit."""
+    ev = MeanAblation(tiny, runs, kind=kind, seed=1)
+    fast = all_heads_ablated(ev)
+    assert fast is not None and not torch.allclose(fast, ev.runs.clean_metric, atol=1e-3)
+    assert torch.allclose(fast, circuit_metric(tiny, ev.runs, {}), atol=1e-5)
+    f = faithfulness(tiny, runs, {Head(1, 0): None}, MeanAblation(tiny, runs, kind=kind, seed=1))
+    assert abs(f["F_all_heads_ablated"] - fast.mean().item()) < 1e-6
+
+
+@pytest.mark.parametrize("family", ["llama", "neox", "gemma2"])
+def test_all_heads_ablated_on_other_families(family):
+    """GQA + rotary, parallel blocks, post-norms with soft-capped logits."""
+    from tiny_families import tiny_model
+
+    model = tiny_model(family)
+    fam_runs = prepare_runs(model, build_ioi(model, n_prompts=6, seed=0).batch)
+    fast = all_heads_ablated(MeanAblation(model, fam_runs))
+    assert torch.allclose(fast, circuit_metric(model, fam_runs, {}), atol=1e-5)
 
 
 def test_positions_restrict_what_is_kept(tiny, runs):

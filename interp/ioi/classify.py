@@ -24,13 +24,15 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from interp.arch import family_of
 from interp.circuit import ablation_hooks, full_circuit, without
 from interp.dla import direct_logit_attribution
 from interp.errors import UserValueError
+from interp.forward import run_blocks
 from interp.ioi.scores import attention_scores, copying_scores
 from interp.nodes import Head, all_heads
 from interp.patching import Receiver, path_patch
-from interp.patching.path import screened
+from interp.patching.path import QueryScreen, ScreenedPaths, screened
 from interp.patching.runs import Runs
 
 CLASSES = ("name_movers", "backup_name_movers", "negative_name_movers", "s_inhibition",
@@ -141,11 +143,13 @@ class Classifier:
     Args:
         mean_runs: the runs whose corrupted cache holds the mean-ablation means (see
             `interp.ioi.means`); default `runs` (means over the batch's own p_ABC prompts).
+        dla: the clean run's mean direct logit attribution per head [layer, head], when the
+            caller has it (default: computed here).
     """
 
     def __init__(self, model, runs: Runs, attention: dict, thresholds: Thresholds,
                  progress: bool = True, paths: str = "screen", top_k: int = 10,
-                 mean_runs: Runs | None = None):
+                 mean_runs: Runs | None = None, dla: torch.Tensor | None = None):
         if paths not in ("exact", "screen"):
             raise ValueError(f"paths must be 'exact' or 'screen', got '{paths}'")
         self.model, self.runs, self.att, self.t = model, runs, attention, thresholds
@@ -154,11 +158,14 @@ class Classifier:
         self.estimated: dict[str, list[str]] = {}
         self.step_effects: dict[str, dict[Head, float]] = {}
         self._exact: set[Head] = set()
+        self._queries: QueryScreen | None = None
         self.clean = runs.clean_metric.mean().item()
         self.heads = all_heads(model.cfg.n_layers, model.cfg.n_heads)
         self.scores: dict[str, dict[str, dict[str, float]]] = {}
         self.path_to_logits: torch.Tensor | None = None
-        self.dla = direct_logit_attribution(model, runs.clean_cache, runs.batch)["heads"].mean(-1)
+        if dla is None:
+            dla = direct_logit_attribution(model, runs.clean_cache, runs.batch)["heads"].mean(-1)
+        self.dla = dla
         self.copying: dict[str, dict[str, float]] = {"copying": {}, "negative_copying": {}}
         self.backup_effects: dict[str, list] = {}
         self.unclassified: dict[str, dict] = {}
@@ -185,7 +192,9 @@ class Classifier:
         With paths="screen", q/k/v receivers are first scored for all senders by attribution
         (exact path to the receiver inputs x gradient); the `top_k` largest, and any whose
         estimate reaches half the smallest class threshold, are then patched exactly. Only
-        exactly patched heads can be classified; the others are listed in `estimated`.
+        exactly patched heads can be classified; the others are listed in `estimated`. The
+        attribution of paths to queries at END comes from the logits step's propagation
+        (`QueryScreen`); the exact step reuses the screen's receiver inputs.
         """
         senders = self.heads
         if receivers != "logits":
@@ -194,17 +203,22 @@ class Classifier:
             self.step_effects[step] = {}
             return {}
         if receivers == "logits" or self.paths == "exact":
+            queries = self._query_screen(senders) if receivers == "logits" else None
             values = path_patch(self.model, self.runs, senders, receivers,
-                                progress=self.progress)
+                                progress=self.progress, queries=queries)
+            self._queries = queries or self._queries
             out = {h: v / self.clean for h, v in zip(senders, values.tolist(), strict=True)}
             self.step_effects[step] = out
             return out
-        estimate = path_patch(self.model, self.runs, senders, receivers, method="attribution",
-                              progress=self.progress) / self.clean
+        estimate = None
+        if self._queries is not None and self._queries.covers(self.runs, receivers):
+            estimate = self._queries.estimate(senders, receivers)
+        paths = ScreenedPaths(self.model, self.runs, senders, receivers, progress=self.progress,
+                              estimate=estimate)
+        estimate = paths.estimate / self.clean
         floor = 0.5 * min(self.t.s_inhibition, self.t.induction_duplicate, self.t.previous_token)
         chosen = screened(estimate, self.top_k, floor)
-        exact = path_patch(self.model, self.runs, [senders[i] for i in chosen], receivers,
-                           progress=self.progress) / self.clean
+        exact = paths.exact(chosen) / self.clean
         values = dict(zip(senders, estimate.tolist(), strict=True))
         values.update({senders[i]: v for i, v in zip(chosen, exact.tolist(), strict=True)})
         exact_heads = {senders[i] for i in chosen}
@@ -212,6 +226,13 @@ class Classifier:
         self._exact = exact_heads
         self.step_effects[step] = values
         return values
+
+    def _query_screen(self, senders: list[Head]) -> QueryScreen | None:
+        """A `QueryScreen` for the logits step to fill, when the later steps screen and the
+        fast engine runs this model (None otherwise)."""
+        if self.paths != "screen" or family_of(self.model) is None:
+            return None
+        return QueryScreen(self.model, self.runs, senders)
 
     def _confirmed(self, h: Head) -> bool:
         return self.paths == "exact" or h in self._exact
@@ -287,8 +308,9 @@ class Classifier:
         END->S2; copying >= `copying`). The unfrozen-scale growth is recorded too."""
         if not name_movers:
             return self._record("backup_name_movers", [])
-        ablated = _ablated_run(self.model, self.mean_runs,
-                               without(full_circuit(self.model), name_movers))
+        ablated = _ablated_run(self.model, self.runs, self.mean_runs,
+                               without(full_circuit(self.model), name_movers),
+                               min(h.layer for h in name_movers))
         frozen, unfrozen, att = ablated_direct_effects(self.model, self.runs, ablated)
         grow = {h: float(frozen[h.layer, h.head] - self.dla[h.layer, h.head]) / self.clean
                 for h in self.heads}
@@ -345,16 +367,36 @@ def _rows(values: dict[Head, float], heads: list[Head], model) -> list[list[floa
     return [flat[i:i + n] for i in range(0, len(flat), n)]
 
 
+ABLATED_READS = ("attn.hook_z", "attn.hook_pattern", "hook_mlp_out")  # per layer
+
+
 @torch.inference_mode()
-def _ablated_run(model, mean_runs: Runs, circuit) -> dict:
-    """Cache of the clean prompts with everything outside `circuit` mean-ablated."""
-    batch = mean_runs.batch
-    with model.hooks(fwd_hooks=ablation_hooks(model, mean_runs, circuit)):
-        _, cache = model.run_with_cache(batch.clean_tokens.to(model.cfg.device),
-                                        names_filter=lambda n: "hook_z" in n
-                                        or n.startswith("ln_final") or "hook_mlp_out" in n
-                                        or "embed" in n or "hook_pattern" in n)
-    return dict(cache.items())
+def _ablated_run(model, runs: Runs, mean_runs: Runs, circuit, start: int = 0) -> dict:
+    """What the backup step reads of the clean prompts' run with everything outside `circuit`
+    mean-ablated (`ABLATED_READS` per layer, the embeddings, the final norm's scale).
+
+    `circuit` must keep every head of the layers before `start` at all positions: those
+    layers are then the clean run's, read from `runs.clean_cache`, and the ablated run
+    resumes at layer `start` from the clean residual stream.
+    """
+    clean = runs.clean_cache
+    cache = {name: clean[name] for name in ("hook_embed", "hook_pos_embed") if name in clean}
+    cache |= {f"blocks.{layer}.{hook}": clean[f"blocks.{layer}.{hook}"]
+              for layer in range(start) for hook in ABLATED_READS}
+    names = [f"blocks.{layer}.{hook}" for layer in range(start, model.cfg.n_layers)
+             for hook in ABLATED_READS] + ["ln_final.hook_scale"]
+
+    def keeper(name: str):
+        def keep(act, hook):
+            cache[name] = act
+            return act
+        return keep
+
+    hooks = ablation_hooks(model, mean_runs, circuit) + [(name, keeper(name)) for name in names]
+    with model.hooks(fwd_hooks=hooks):  # after the ablation hooks: they see ablated values
+        x = run_blocks(model, clean[f"blocks.{start}.hook_resid_pre"], start, runs.clean_kwargs)
+        model.ln_final(x)
+    return cache
 
 
 def ablated_direct_effects(model, runs: Runs, ablated: dict):

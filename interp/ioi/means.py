@@ -29,6 +29,17 @@ MEAN_SEED_OFFSET = 1_000_003  # the mean sample's seed, apart from the explained
 CHUNK = 32
 
 
+FINAL_NORM_INPUT = "ln_final.hook_in"  # every block has run when the final norm starts
+
+
+class _Stopped(Exception):
+    """Raised at the final norm's input: the blocks (all the means need) have run."""
+
+
+def _stop(act, hook=None):
+    raise _Stopped
+
+
 def _hook_names(model) -> list[str]:
     """What node and edge ablation average: head and MLP outputs, and the embeddings."""
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{la}.{name}" for la in range(model.cfg.n_layers)
@@ -81,10 +92,15 @@ class MeanSample:
 
         tokens = ds.batch.corrupted_tokens
         hooks = [(name, partial(accumulate, name=name)) for name in _hook_names(model)]
+        if FINAL_NORM_INPUT in model.hook_dict:  # the logits are not needed: stop before them
+            hooks.append((FINAL_NORM_INPUT, _stop))
         with model.hooks(fwd_hooks=hooks):
             for lo in range(0, len(tokens), CHUNK):
                 rows[:] = range(lo, min(lo + CHUNK, len(tokens)))
-                model(tokens[lo:lo + CHUNK].to(model.cfg.device))
+                try:
+                    model(tokens[lo:lo + CHUNK].to(model.cfg.device))
+                except _Stopped:
+                    pass
         count = mix.sum(-1)  # [draw, template]
         means = {k: v / count.view(*count.shape, *[1] * (v.dim() - 2)) for k, v in sums.items()}
         return cls(means, n_per_template, n_resamples, seed, tokens.numel())

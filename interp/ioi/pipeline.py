@@ -156,7 +156,7 @@ class IOIRun:
         s = self.summary
         self.skipped = skip_reason(s["clean_logit_diff"], s["clean_accuracy"], thresholds)
         clf = Classifier(self.model, self.runs, self.att, thresholds, self.progress,
-                         self.config.paths, self.config.top_k, self.mean_runs)
+                         self.config.paths, self.config.top_k, self.mean_runs, self.dla)
         with self.prov.stage("classification"):
             if self.skipped:
                 print(f"[interp ioi] no heads labelled: {self.skipped}", file=sys.stderr)

@@ -21,7 +21,13 @@ from interp.attribution import METHODS as ATTRIBUTION_METHODS
 from interp.attribution import head_attribution
 from interp.errors import UserValueError
 from interp.patching.runs import Runs, chunk_size, head_out, metric_from_resid
-from interp.patching.sparse import BaseRun, ChangedTokens, base_run, forward_changed
+from interp.patching.sparse import (
+    BaseRun,
+    ChangedTokens,
+    base_run,
+    first_differing_token,
+    forward_changed,
+)
 
 METHODS = ("exact", *ATTRIBUTION_METHODS)
 DIRECTIONS = {"noise": ("clean", "corrupted"), "denoise": ("corrupted", "clean")}
@@ -40,7 +46,7 @@ def _layer_effects(model, runs: Runs, engine: BaseRun, layer: int, direction: st
     batch = runs.batch
     z_base = runs.cache(base)[f"blocks.{layer}.attn.hook_z"]
     diff = runs.cache(source)[f"blocks.{layer}.attn.hook_z"] - z_base  # [batch, pos, h, d]
-    first = torch.zeros_like(batch.read_positions)
+    first = first_differing_token(batch)  # earlier tokens: the same in both runs
     if positions is not None:
         first = batch.positions[positions]
         mask = torch.zeros(diff.shape[:2], dtype=diff.dtype, device=diff.device)

@@ -12,8 +12,13 @@ at the positions the receivers read, `resid_mid[L] + delta_s` through MLP L, the
   the first receiver layer, with those inputs patched, gives the metric. It runs only the
   tokens from the earliest receiver position on (`interp.patching.sparse`).
 
-Senders of one layer are batched (senders x prompts) under a memory budget. The naive
-reference (one full forward per sender and step) is `interp.patching.naive`.
+Senders of one layer share one propagation (senders x prompts); the final runs of senders
+that reach the same receivers are batched together, whatever their layer, under a memory
+budget. A screen (attribution for every sender, then exact for the strongest) computes the
+receivers' patched inputs once for both (`ScreenedPaths`); the logits sweep can record, on
+the way, the attribution estimate of every path to a later query at the read position
+(`QueryScreen`), so a screen of query receivers there needs no propagation of its own. The
+naive reference (one full forward per sender and step) is `interp.patching.naive`.
 """
 
 from dataclasses import dataclass
@@ -106,9 +111,12 @@ def _sender_delta(model, runs: Runs, layer: int, heads, pos_names: list[str]):
     return head_out(model, diff, layer, heads)  # [k, batch, n_pos, d]
 
 
-def _to_logits(model, runs: Runs, layer: int, heads) -> Float[Tensor, " k"]:
+def _to_logits(model, runs: Runs, layer: int, heads,
+               queries: "QueryScreen | None" = None, index=None) -> Float[Tensor, " k"]:
     delta = _sender_delta(model, runs, layer, heads, ["_read"])
     final = _propagate(model, runs, layer, delta, ["_read"], model.cfg.n_layers)
+    if queries is not None:
+        queries.add(index, layer, final)
     resid = final[model.cfg.n_layers][:, :, 0]  # [k, batch, d]
     return (metric_from_resid(model, runs.batch, resid) - runs.clean_metric).mean(-1)
 
@@ -123,17 +131,44 @@ def _receiver_values(model, runs: Runs, layer: int, heads, receivers: list[Recei
             for r in receivers}
 
 
-def _to_receivers(model, runs: Runs, layer: int, heads, receivers: list[Receiver],
-                  budget: float | None, grads: dict | None) -> Float[Tensor, " k"]:
-    reachable = [r for r in receivers if r.head.layer > layer]
-    if not reachable:
-        return torch.zeros(len(heads), dtype=runs.clean_metric.dtype)
-    values = _receiver_values(model, runs, layer, heads, reachable)
-    if grads is not None:  # first-order estimate: change of each receiver input . gradient
-        return sum((at_least_float32(v - _clean_value(model, runs, r))
-                    * at_least_float32(grads[r])).sum((-1, -2)) for r, v in values.items())
-    start = min(r.head.layer for r in reachable)
-    return _final_run(model, runs, start, values, len(heads), budget)
+def _all_receiver_values(model, runs: Runs, senders: list[Head], receivers: list[Receiver],
+                         progress: bool) -> dict:
+    """{receiver: [n_senders, batch, d_head]}: each receiver's input under each sender's
+    patched path; the clean input where the sender cannot reach the receiver (its layer is
+    not earlier). Senders of one layer share one propagation."""
+    n = len(senders)
+    out = {r: _clean_value(model, runs, r).expand(n, -1, -1).clone() for r in receivers}
+    for layer, idx in tqdm(_by_layer(senders), desc="path patching", disable=not progress):
+        reachable = [r for r in receivers if r.head.layer > layer]
+        if reachable:
+            heads = torch.tensor([senders[i].head for i in idx])
+            for r, v in _receiver_values(model, runs, layer, heads, reachable).items():
+                out[r][idx] = v.to(out[r].dtype)
+    return out
+
+
+def _estimates(model, runs: Runs, values: dict, grads: dict) -> Float[Tensor, " n_senders"]:
+    """First-order estimate per sender: sum over receivers of (input change . gradient)."""
+    return sum((at_least_float32(v - _clean_value(model, runs, r))
+                * at_least_float32(grads[r])).sum((-1, -2)) for r, v in values.items()).cpu()
+
+
+def _exact_from_values(model, runs: Runs, senders: list[Head], receivers: list[Receiver],
+                       values: dict, budget: float | None) -> Float[Tensor, " n_senders"]:
+    """The paper's final runs for every sender, from its receivers' patched inputs.
+
+    Senders that reach the same receivers (those in later layers) share one start layer, so
+    their final runs are batched together whatever their own layer."""
+    result = torch.zeros(len(senders), dtype=runs.clean_metric.dtype)
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(senders):
+        later = [r.head.layer for r in receivers if r.head.layer > s.layer]
+        if later:
+            groups.setdefault(min(later), []).append(i)
+    for start, idx in sorted(groups.items()):
+        reached = {r: values[r][idx] for r in receivers if r.head.layer >= start}
+        result[idx] = _final_run(model, runs, start, reached, len(idx), budget).cpu()
+    return result
 
 
 def _clean_value(model, runs: Runs, r: Receiver) -> Float[Tensor, "batch d_head"]:
@@ -194,10 +229,129 @@ def screened(estimate: Float[Tensor, " n"], top_k: int,
     return sorted(set(order[:top_k]) | {i for i in order if estimate[i].abs() >= at_least})
 
 
+class ScreenedPaths:
+    """Attribution estimates of every sender's path to q/k/v receivers, then exact patching of
+    the senders the caller picks, sharing the receivers' patched inputs between both.
+
+    The estimate needs each receiver's input under each sender's patched path (the costly
+    part); the exact figure needs the same inputs plus the paper's final run. They are
+    computed once. `estimate` may be given instead (e.g. `QueryScreen.estimate`): then
+    only the picked senders' inputs are computed, in `exact`.
+
+    Example:
+        >>> paths = ScreenedPaths(model, runs, senders, receivers)
+        >>> chosen = screened(paths.estimate, top_k=10)
+        >>> exact = paths.exact(chosen)  # [len(chosen)], raw units
+    """
+
+    def __init__(self, model, runs: Runs, senders: list[Head], receivers: list[Receiver],
+                 steps: int | None = None, budget_gb: float | None = None,
+                 progress: bool = True, estimate: Tensor | None = None):
+        self.model, self.runs, self.senders, self.receivers = model, runs, senders, receivers
+        self.budget, self.progress = budget_gb, progress
+        self.fast = family_of(model) is not None
+        self.values: dict | None = None
+        if estimate is not None:
+            self.estimate = estimate
+            return
+        grads = receiver_gradients(model, runs, receivers, steps)
+        if not self.fast:
+            self.estimate = _general_estimate(model, runs, senders, receivers, grads)
+            return
+        with torch.inference_mode():
+            self.values = _all_receiver_values(model, runs, senders, receivers, progress)
+            self.estimate = _estimates(model, runs, self.values, grads)
+
+    def exact(self, chosen: list[int]) -> Float[Tensor, " n_chosen"]:
+        """Exact path patching of the senders at indices `chosen` (raw metric units)."""
+        senders = [self.senders[i] for i in chosen]
+        if not self.fast:
+            return _general_exact(self.model, self.runs, senders, self.receivers)
+        with torch.inference_mode():
+            if self.values is None:
+                values = _all_receiver_values(self.model, self.runs, senders, self.receivers,
+                                              self.progress)
+            else:
+                values = {r: v[chosen] for r, v in self.values.items()}
+            return _exact_from_values(self.model, self.runs, senders, self.receivers, values,
+                                      self.budget)
+
+
+class QueryScreen:
+    """Attribution estimates of every sender's path to the query, at the read position, of
+    every later head, read off the propagation that path patching to the logits runs anyway.
+
+    For sender s and receiver head h of layer L (query at the read position) the estimate is
+    `path_patch(method="attribution")`'s: (q_h under s's patched path - clean q_h) . dM/dq_h,
+    summed over prompts; computed as (LN1(x_s) - LN1(x)) . (W_Q[h] dM/dq_h), with x_s the
+    residual the logits propagation reaches layer L with and x the clean one. Pass it to
+    `path_patch(..., "logits", queries=...)`; `estimate` then replaces a screen's first pass.
+
+    Example:
+        >>> queries = QueryScreen(model, runs, senders)
+        >>> to_logits = path_patch(model, runs, senders, queries=queries)
+        >>> est = queries.estimate(senders, [Receiver(Head(9, 9), "q", "END")])
+    """
+
+    def __init__(self, model, runs: Runs, senders: list[Head]):
+        self.model, self.runs = model, runs
+        self.row = {s: i for i, s in enumerate(senders)}
+        cfg = model.cfg
+        self.grid = torch.zeros(len(senders), cfg.n_layers, cfg.n_heads,
+                                dtype=runs.clean_metric.dtype)
+        self._grads = clean_gradients(model, runs)
+        self._directions: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def _direction(self, layer: int) -> tuple[Tensor, Tensor]:
+        """(LN1 input of the clean run [batch, d_model], W_Q[h] dM/dq_h as [batch x d_model,
+        heads]) at the read position."""
+        if layer not in self._directions:
+            runs, model = self.runs, self.model
+            rows, read = torch.arange(len(runs.batch)), runs.batch.read_positions
+            resid = runs.clean_cache[f"blocks.{layer}.hook_resid_pre"][rows, read]
+            clean = family_of(model).attn_input(model, layer, resid)
+            grad = self._grads[f"blocks.{layer}.attn.hook_q"][rows, read]  # [batch, heads, e]
+            direction = torch.einsum("bhe,hde->bdh", at_least_float32(grad),
+                                     at_least_float32(model.W_Q[layer]))
+            self._directions[layer] = (clean, direction.reshape(-1, direction.shape[-1]))
+        return self._directions[layer]
+
+    def add(self, index: list[int], layer: int, pre: dict) -> None:
+        """Record the estimates of senders `index` (of layer `layer`) from their propagated
+        residuals `pre` ({L: [k, batch, 1, d_model]} at the read position)."""
+        for later in range(layer + 1, self.model.cfg.n_layers):
+            clean, direction = self._direction(later)
+            change = family_of(self.model).attn_input(self.model, later, pre[later][:, :, 0])
+            change = at_least_float32(change - clean).reshape(len(index), -1)  # [k, b x d]
+            self.grid[index, later] = (change @ direction).cpu().to(self.grid.dtype)
+
+    def release(self) -> None:
+        """Drop the per-layer gradient directions (the estimates stay)."""
+        self._directions.clear()
+
+    def covers(self, runs: Runs, receivers: list[Receiver]) -> bool:
+        """True when every receiver is a query read at the metric's read position."""
+        table = runs.batch.positions
+        return all(r.input == "q" and torch.equal(table[r.position], runs.batch.read_positions)
+                   for r in receivers)
+
+    def estimate(self, senders: list[Head], receivers: list[Receiver]) -> Float[Tensor, " n"]:
+        """Each sender's estimate summed over the receivers in later layers (raw units)."""
+        if not self.covers(self.runs, receivers):
+            raise ValueError("QueryScreen only estimates paths to queries read at the metric's "
+                             "read position")
+        out = torch.zeros(len(senders), dtype=self.grid.dtype)
+        for i, s in enumerate(senders):
+            for r in receivers:
+                if r.head.layer > s.layer:
+                    out[i] += self.grid[self.row[s], r.head.layer, r.head.head]
+        return out
+
+
 def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
                method: str = "exact", top_k: int = 20, steps: int = 5,
-               budget_gb: float | None = None,
-               progress: bool = True) -> Float[Tensor, " n_senders"]:
+               budget_gb: float | None = None, progress: bool = True,
+               queries: QueryScreen | None = None) -> Float[Tensor, " n_senders"]:
     """Mean change of the metric when each sender's path to the receivers is patched.
 
     Args:
@@ -208,9 +362,11 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
             change under the sender's path, times the metric's gradient w.r.t. that input:
             one backward pass replaces the final runs); "attribution-ig" (the same with the
             gradient averaged over `steps` EAP-IG points); or "screen" (attribution for all,
-            then exact for the `top_k` senders with the largest |estimate|). Paths to the
-            logits are always exact (they are cheap).
+            then exact for the `top_k` senders with the largest |estimate|, `ScreenedPaths`).
+            Paths to the logits are always exact (they are cheap).
         budget_gb: activation memory budget of one batched forward (None: device default).
+        queries: with receivers="logits" on the fast engine, a `QueryScreen` of these
+            senders to fill on the way (attribution estimates of paths to later queries).
 
     Receivers are the paper's: only the receiving head sees the patched input. On GQA models
     (e.g. SmolLM2: 3 query heads per key/value head) a k or v receiver's patched key/value is
@@ -236,24 +392,28 @@ def path_patch(model, runs: Runs, senders: list[Head], receivers="logits",
     fast = family_of(model) is not None
     if not fast:
         notify_slow(model, "path patching")
-    exact = _sweep if fast else _general_exact
-    if receivers == "logits" or method == "exact":
-        return exact(model, runs, senders, receivers, None, budget_gb, progress)
-    grads = receiver_gradients(model, runs, receivers,
-                               steps if method == "attribution-ig" else None)
-    estimate = (_sweep if fast else _general_estimate)(model, runs, senders, receivers, grads,
-                                                       budget_gb, progress)
+    if receivers == "logits":
+        if not fast:
+            return _general_exact(model, runs, senders, receivers)
+        return _logits_sweep(model, runs, senders, queries, progress)
+    if method == "exact":
+        if not fast:
+            return _general_exact(model, runs, senders, receivers)
+        with torch.inference_mode():
+            values = _all_receiver_values(model, runs, senders, receivers, progress)
+            return _exact_from_values(model, runs, senders, receivers, values, budget_gb)
+    paths = ScreenedPaths(model, runs, senders, receivers,
+                          steps if method == "attribution-ig" else None, budget_gb, progress)
     if method != "screen":
-        return estimate
-    chosen = screened(estimate, top_k)
-    result = estimate.clone()
-    result[chosen] = exact(model, runs, [senders[i] for i in chosen], receivers, None,
-                           budget_gb, progress)
+        return paths.estimate
+    chosen = screened(paths.estimate, top_k)
+    result = paths.estimate.clone()
+    result[chosen] = paths.exact(chosen)
     return result
 
 
-def _general_exact(model, runs: Runs, senders: list[Head], receivers, grads, budget_gb,
-                   progress: bool) -> Float[Tensor, " n_senders"]:
+def _general_exact(model, runs: Runs, senders: list[Head],
+                   receivers) -> Float[Tensor, " n_senders"]:
     """The general path: the paper's two hooked forwards per sender (`naive`)."""
     from interp.patching.naive import path_patch_naive
 
@@ -261,7 +421,7 @@ def _general_exact(model, runs: Runs, senders: list[Head], receivers, grads, bud
 
 
 def _general_estimate(model, runs: Runs, senders: list[Head], receivers: list[Receiver],
-                      grads: dict, budget_gb, progress: bool) -> Float[Tensor, " n_senders"]:
+                      grads: dict) -> Float[Tensor, " n_senders"]:
     """The general path's attribution estimate: each receiver input's exact change under
     the sender's frozen-attention run (one hooked forward per sender), times the gradient."""
     from interp.patching.naive import receiver_values_naive
@@ -276,19 +436,22 @@ def _general_estimate(model, runs: Runs, senders: list[Head], receivers: list[Re
     return out
 
 
-@torch.inference_mode()
-def _sweep(model, runs: Runs, senders: list[Head], receivers, grads, budget_gb: float | None,
-           progress: bool) -> Float[Tensor, " n_senders"]:
-    result = torch.zeros(len(senders), dtype=runs.clean_metric.dtype)
-    by_layer: dict[int, list[int]] = {}
+def _by_layer(senders: list[Head]) -> list[tuple[int, list[int]]]:
+    """[(layer, indices of the senders in it)], layers ascending."""
+    out: dict[int, list[int]] = {}
     for i, s in enumerate(senders):
-        by_layer.setdefault(s.layer, []).append(i)
-    for layer in tqdm(sorted(by_layer), desc="path patching", disable=not progress):
-        idx = by_layer[layer]
+        out.setdefault(s.layer, []).append(i)
+    return sorted(out.items())
+
+
+@torch.inference_mode()
+def _logits_sweep(model, runs: Runs, senders: list[Head], queries: QueryScreen | None,
+                  progress: bool) -> Float[Tensor, " n_senders"]:
+    result = torch.zeros(len(senders), dtype=runs.clean_metric.dtype)
+    for layer, idx in tqdm(_by_layer(senders), desc="path patching", disable=not progress):
         heads = torch.tensor([senders[i].head for i in idx])
-        if receivers == "logits":
-            result[idx] = _to_logits(model, runs, layer, heads).cpu()
-        else:
-            result[idx] = _to_receivers(model, runs, layer, heads, receivers,
-                                        budget_gb, grads).cpu()
+        rows = None if queries is None else [queries.row[senders[i]] for i in idx]
+        result[idx] = _to_logits(model, runs, layer, heads, queries, rows).cpu()
+    if queries is not None:
+        queries.release()
     return result

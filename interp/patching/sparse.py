@@ -62,6 +62,21 @@ class ChangedTokens:
         return self.first + positions - self.pos[self.first]
 
 
+def first_differing_token(batch) -> Int[Tensor, " prompts"]:
+    """Per prompt, the first position whose clean and corrupted tokens differ (its read
+    position when none before it does). Every activation before it is the same in both runs
+    (attention is causal), so a patch of one run's activations into the other changes
+    nothing there.
+
+    Example:
+        >>> first_differing_token(batch)  # e.g. tensor([3, 3, 2, ...]) for IOI: the first name
+    """
+    differs = batch.clean_tokens != batch.corrupted_tokens
+    at = torch.arange(differs.shape[1])
+    first = torch.where(differs, at, differs.shape[1]).amin(-1)
+    return torch.minimum(first, batch.read_positions)
+
+
 def check_supported(model) -> None:
     """Refuse a model the fast engine does not reproduce (`interp.arch`)."""
     reason = slow_reason(model)

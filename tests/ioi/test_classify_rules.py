@@ -18,8 +18,9 @@ import json
 import pytest
 import torch
 
+from interp.circuit import ablation_hooks, full_circuit, without
 from interp.errors import UserValueError
-from interp.ioi.classify import Classifier, Thresholds, unclassified_label
+from interp.ioi.classify import Classifier, Thresholds, _ablated_run, unclassified_label
 from interp.ioi.dataset import build_ioi
 from interp.ioi.means import MeanSample
 from interp.ioi.pipeline import IOIConfig, run_ioi
@@ -151,6 +152,23 @@ def test_s_suppression_head_is_unclassified(built):
     assert list(clf.unclassified)[0] == "L1H1"  # strongest first
 
 
+def test_backup_run_resumed_equals_the_full_ablated_forward(built):
+    """The backup step's ablated run resumes at the first ablated layer from the clean run:
+    it must equal one full hooked forward with everything outside the circuit ablated."""
+    model, runs, clf, _ = built
+    circuit = without(full_circuit(model), [Head(1, 0)])  # layer 0 kept whole
+    resumed = _ablated_run(model, runs, clf.mean_runs, circuit, start=1)
+    with model.hooks(fwd_hooks=ablation_hooks(model, clf.mean_runs, circuit)):
+        _, full = model.run_with_cache(runs.batch.clean_tokens)
+    reads = {f"blocks.{la}.{h}" for la in range(2) for h in ("attn.hook_z", "attn.hook_pattern",
+                                                             "hook_mlp_out")}
+    assert reads | {"hook_embed", "ln_final.hook_scale"} <= set(resumed)
+    for name, value in resumed.items():
+        assert torch.allclose(value, full[name], atol=1e-5), name
+    z, clean = resumed["blocks.1.attn.hook_z"], runs.clean_cache["blocks.1.attn.hook_z"]
+    assert (z[:, :, 0] - clean[:, :, 0]).abs().max() > 1e-3  # the ablation did act
+
+
 def test_label_rules_on_hand_signatures():
     t = Thresholds()
     sig = {"attn_end_to_io": 0.7, "attn_end_to_s1": 0.1, "attn_end_to_s2": 0.1,
@@ -166,6 +184,8 @@ def test_mean_sample_equals_plain_template_means(built):
     means = MeanSample.build(model, source, 5, 3, n_resamples=1)
     ds = build_ioi(model, 5, 3 + 1_000_003, source=source)
     _, cache = model.run_with_cache(ds.batch.corrupted_tokens)
+    for name in ("blocks.0.hook_resid_pre", "blocks.1.hook_mlp_out"):  # the first and last
+        assert torch.allclose(means.means[name][0, 0], cache[name].mean(0), atol=1e-5)
     ref = cache["blocks.1.attn.hook_z"].mean(0)
     assert torch.allclose(means.means["blocks.1.attn.hook_z"][0, 0], ref, atol=1e-5)
     assert not torch.allclose(means.means["blocks.1.attn.hook_z"][1, 0], ref, atol=1e-5)

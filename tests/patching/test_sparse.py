@@ -1,12 +1,19 @@
 """The changed-tokens forward against the bridge's own blocks."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from interp.ioi.dataset import build_ioi
 from interp.patching import act_patch_heads, prepare_runs
 from interp.patching.naive import act_patch_heads_naive
-from interp.patching.sparse import ChangedTokens, base_run, forward_changed
+from interp.patching.sparse import (
+    ChangedTokens,
+    base_run,
+    first_differing_token,
+    forward_changed,
+)
 
 
 def _unpatched_final(model, runs, start: int, first, n_items: int = 2):
@@ -44,6 +51,29 @@ def test_token_sets():
         t.index_of(torch.tensor([0, 4, 1, 3]))
     with pytest.raises(ValueError, match="after the read position"):
         ChangedTokens.span(torch.tensor([5]), torch.tensor([4]), 1)
+
+
+def test_first_differing_token_by_hand():
+    batch = SimpleNamespace(clean_tokens=torch.tensor([[1, 2, 3, 4], [1, 5, 3, 4], [1, 2, 3, 4]]),
+                            corrupted_tokens=torch.tensor([[1, 2, 9, 4], [1, 2, 3, 4],
+                                                           [1, 2, 3, 4]]),
+                            read_positions=torch.tensor([3, 3, 2]))
+    assert first_differing_token(batch).tolist() == [2, 1, 2]  # none differ: the read
+
+
+def test_act_patching_skips_only_identical_tokens(tiny):
+    """Every IOI prompt starts with tokens its corruption shares; patching from the first
+    differing one gives what a span from position 0 gives."""
+    runs = prepare_runs(tiny, build_ioi(tiny, n_prompts=6, seed=0).batch)
+    assert (first_differing_token(runs.batch) > 0).all()
+    with torch.inference_mode():
+        skipped = act_patch_heads(tiny, runs, progress=False)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("interp.patching.activation.first_differing_token",
+                       lambda batch: torch.zeros_like(batch.read_positions))
+            whole = act_patch_heads(tiny, runs, progress=False)
+    assert whole.abs().max() > 1e-3
+    assert torch.allclose(skipped, whole, atol=1e-6)
 
 
 @pytest.mark.offline_model
