@@ -21,7 +21,7 @@ from interp.capitals import (
     sample,
 )
 from interp.commands._args import add_run_arguments
-from interp.lens import LensStats, layer_metrics, lens_at, padded_work, trajectory
+from interp.lens import LensStats, layer_metrics, lens_at, trajectory
 from interp.plotting import save_figure
 from interp.plotting.lens import layer_curves, trajectory_heatmap
 from interp.tokens import encode
@@ -100,9 +100,10 @@ def run(args) -> int:
                    "layers": list(range(model.cfg.n_layers)), **metrics,
                    "single_token_subset": single_metrics, "example": trace,
                    "prompts": _per_prompt(model, prompts, stats),
-                   "work_fpe": {"done": padded_work(prompts.read_positions, args.batch_size),
-                                "minimum": 1.0, "note": "forward passes of the prompt set "
-                                "(padding included), plus one forward of the example prompt"}}
+                   "work_fpe": {"done": stats.work_fpe, "minimum": 1.0,
+                                "note": "forward passes of the prompt set (their shared "
+                                "prefix computed once, padding included if any), plus one "
+                                "forward of the example prompt"}}
         _figures(run.folder, name, metrics, traj, args.country, run.out)
         folder = run.finish(summary)
     _print(summary, trace, folder)
