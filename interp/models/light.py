@@ -74,6 +74,21 @@ def normalise_tokenizer(tokenizer):
     return tokenizer
 
 
+def _tokenizer(folder: Path):
+    """The folder's tokenizer, as `AutoTokenizer` loads it. A fast tokenizer class named in
+    tokenizer_config.json is imported directly: AutoTokenizer's resolution imports
+    torch.distributed and accelerate (~2 s) to read the same files."""
+    import transformers
+
+    try:
+        name = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+        fast = isinstance(name, str) and (name.endswith("Fast") or name == "TokenizersBackend")
+        cls = getattr(transformers, name) if fast else None  # AutoTokenizer prefers fast
+    except (OSError, ValueError, AttributeError):
+        cls = None
+    return (cls or transformers.AutoTokenizer).from_pretrained(str(folder))
+
+
 def _tensor_file(folder: Path, key: str) -> Path | None:
     """The safetensors file of `folder` that holds `key` (None: not in any)."""
     index = folder / "model.safetensors.index.json"
@@ -170,10 +185,6 @@ def load_embeddings(spec: str = "auto", seed: int = 0, bos: str = "auto"):
 
         return load_model(resolved, device="cpu", seed=seed, bos=bos)
     arch, embed, unembed = found
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    tokenizer = normalise_tokenizer(tokenizer)
+    tokenizer = normalise_tokenizer(tokenizer or _tokenizer(folder))
     return Embeddings(tokenizer, embed, unembed, resolved,
                       choose_bos(tokenizer, bos, bos_family(arch)))
