@@ -170,6 +170,20 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
+# Tensor names of the input embedding and the unembedding in a HF checkpoint, per HF class:
+# `interp.models.light` reads them from the safetensors without building the model. A base-
+# model prefix ("transformer.") may be absent in the file (GPT-2's hub checkpoint).
+_EMBED_TOKENS = ("model.embed_tokens.weight", "lm_head.weight")
+EMBEDDING_KEYS: dict[str, tuple[str, str]] = {
+    "GPT2LMHeadModel": ("transformer.wte.weight", "lm_head.weight"),
+    "GPTJForCausalLM": ("transformer.wte.weight", "lm_head.weight"),
+    "GPTNeoXForCausalLM": ("gpt_neox.embed_in.weight", "embed_out.weight"),
+    **{name: _EMBED_TOKENS for name in ("LlamaForCausalLM", "MistralForCausalLM",
+                                        "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                                        "GemmaForCausalLM", "Gemma2ForCausalLM")},
+}
+
+
 def family_table() -> list[tuple[str, str, str]]:
     """(family, HF classes, path) for `interp models`: every fast family, then the rest."""
     rows = [(f.name, ", ".join(f.hf_classes), "fast") for f in FAMILIES]

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from interp.capitals import CapitalPrompts
 from interp.ffn_clean import CleanBatch, CleanRun, Ledger
+from interp.ffn_sparse import MlpEdit, SparseEdit, run_edits, supported
 from interp.forward import repeat_kwargs, run_blocks, unembed
 from interp.interventions import (
     Intervention,
@@ -54,10 +55,15 @@ MakeIvs = Callable[[CleanBatch], list[Intervention]]
 
 @dataclass
 class Condition:
-    """A named set of interventions, built per clean batch (its rows, read positions, width)."""
+    """A named set of interventions, built per clean batch (its rows, read positions, width).
+
+    `sparse`, when given, builds the same run as a `SparseEdit`, which `evaluate` runs on the
+    changed tokens only where the sparse engine applies (`interp.ffn_sparse`).
+    """
 
     name: str
     make: MakeIvs
+    sparse: Callable[[CleanBatch], SparseEdit] | None = None
 
 
 def _device(model):
@@ -146,6 +152,29 @@ def ablation(layers: list[int], kind: str, means: MlpMeans | None = None,
     return make
 
 
+def sparse_ablation(layers: list[int], kind: str, means: MlpMeans | None = None,
+                    positions: str = "all") -> Callable[[CleanBatch], SparseEdit]:
+    """`ablation(layers, kind, means, positions)` as a `SparseEdit`: from the first ablated
+    block, at the first ablated position of each prompt on."""
+    def edit(batch) -> SparseEdit:
+        width, read = batch.width, batch.read.cpu()
+        at = torch.arange(width)
+        first = {"all": torch.zeros_like(read), "no-first": torch.ones_like(read).minimum(read),
+                 "last": read}[positions]
+        where = at[None, :] >= first[:, None] if positions != "last" else at[None, :] == \
+            read[:, None]
+        return SparseEdit(min(layers), first, mlp={
+            la: MlpEdit(where, None if kind == "zero" else means.value(la, batch.rows, width))
+            for la in layers})
+    return edit
+
+
+def ablation_condition(name: str, layers: list[int], kind: str, means: MlpMeans | None,
+                        positions: str) -> Condition:
+    return Condition(name, ablation(layers, kind, means, positions),
+                     sparse_ablation(layers, kind, means, positions))
+
+
 def window(n_layers: int, fraction: float) -> list[int]:
     """The top `fraction` of the layers (at least one): the last round(fraction * n)."""
     n = max(1, round(fraction * n_layers))
@@ -154,14 +183,14 @@ def window(n_layers: int, fraction: float) -> list[int]:
 
 def single_layer_conditions(model, kind: str, means: MlpMeans | None = None,
                             positions: str = "all") -> list[Condition]:
-    return [Condition(f"{kind}:L{layer}", ablation([layer], kind, means, positions))
+    return [ablation_condition(f"{kind}:L{layer}", [layer], kind, means, positions)
             for layer in range(model.cfg.n_layers)]
 
 
 def window_conditions(model, kind: str, means: MlpMeans | None = None,
                       fractions=FRACTIONS, positions: str = "all") -> list[Condition]:
-    return [Condition(f"{kind}:top{f:.3f}", ablation(window(model.cfg.n_layers, f), kind, means,
-                                                     positions))
+    return [ablation_condition(f"{kind}:top{f:.3f}", window(model.cfg.n_layers, f), kind,
+                                means, positions)
             for f in fractions]
 
 
@@ -193,7 +222,8 @@ def evaluate(model, prompts: CapitalPrompts, conditions: list[Condition],
     """Run every condition on every prompt; "clean" is always included.
 
     Each condition resumes at its first intervened block from the clean run (built here
-    unless `clean`, a `CleanRun` of the same prompts, is given).
+    unless `clean`, a `CleanRun` of the same prompts, is given). A condition that changes the
+    `Condition.sparse` edit runs on the changed tokens only (`interp.ffn_sparse`).
 
     Args:
         answer: token scored at the read position (default: the prompts' capitals).
@@ -201,32 +231,47 @@ def evaluate(model, prompts: CapitalPrompts, conditions: list[Condition],
     answer = prompts.capital_ids if answer is None else answer
     if clean is None:
         clean = CleanRun(model, prompts.tokens, prompts.lengths, batch_size, ledger=ledger)
-    n_layers = model.cfg.n_layers
+    sparse = supported(model)
+    reads = [c for c in conditions if sparse and c.sparse is not None]
+    hooked = [c for c in conditions if c not in reads]
     parts: dict[str, list] = {c.name: [] for c in conditions}
     bar = tqdm(total=len(conditions) * len(prompts), desc=desc, unit="run", leave=False,
                disable=not conditions)
     for batch in clean.batches:
-        rows = torch.arange(len(batch.rows), device=batch.tokens.device)
-        with torch.inference_mode():
-            for cond in conditions:
-                ivs = cond.make(batch)
-                start = _first_layer(ivs, n_layers)
-                with applied(model, ivs):
-                    resid = run_blocks(model, batch.resid[start], start, batch.kwargs)
-                if ledger is not None:
-                    ledger.add(batch.width, clean.lengths[batch.rows], n_layers - start)
-                parts[cond.name].append(unembed(model, resid[rows, batch.read]))
-                bar.update(len(batch.rows))
+        for cond in hooked:
+            parts[cond.name].append(_hooked_run(model, batch, cond, clean.lengths, ledger))
+            bar.update(len(batch.rows))
+        if reads:
+            logits = run_edits(model, batch, [c.sparse(batch) for c in reads], ledger)
+            for cond, lg in zip(reads, logits, strict=True):
+                parts[cond.name].append(lg)
+            bar.update(len(reads) * len(batch.rows))
     bar.close()
     out = {"clean": _score(clean.read_logits(), answer)}
     return out | {name: _score(clean.gather(ps), answer) for name, ps in parts.items()}
+
+
+def _hooked_run(model, batch: CleanBatch, cond: Condition, lengths,
+                ledger: Ledger | None) -> Float[Tensor, "b vocab"]:
+    """One condition on one clean batch: hooked blocks from its first intervened block."""
+    n_layers = model.cfg.n_layers
+    rows = torch.arange(len(batch.rows), device=batch.tokens.device)
+    with torch.inference_mode():
+        ivs = cond.make(batch)
+        start = _first_layer(ivs, n_layers)
+        with applied(model, ivs):
+            resid = run_blocks(model, batch.resid[start], start, batch.kwargs)
+        if ledger is not None:
+            ledger.add(batch.width, lengths[batch.rows], n_layers - start)
+        return unembed(model, resid[rows, batch.read])
 
 
 def add_variants(model, clean: CleanRun, layer: int, vectors: Float[Tensor, "n d"],
                  answer: Int[Tensor, " batch"], ledger: Ledger | None = None,
                  max_rows: int = 256) -> list[Outcome]:
     """Each vector added to the residual stream after block `layer` at every prompt's read
-    position: all vectors in tiled batches (no hooks; the run resumes at block `layer + 1`).
+    position: one token per block from block `layer + 1` where the sparse engine applies
+    (`interp.ffn_sparse`), else all vectors in tiled batches of hook-free blocks.
 
     Equals `evaluate` with `transfer(layer, vector, "add", n_layers)` per vector.
     """
@@ -234,8 +279,12 @@ def add_variants(model, clean: CleanRun, layer: int, vectors: Float[Tensor, "n d
     chunk = max(1, max_rows // max(len(b.rows) for b in clean.batches))
     with torch.inference_mode():
         for batch in clean.batches:
-            per.append(_add_batch(model, batch, layer, vectors, chunk, ledger, n_layers,
-                                  clean.lengths[batch.rows]))
+            if supported(model):
+                per.append(run_edits(model, batch, [SparseEdit(layer + 1, batch.read, add=v)
+                                                    for v in vectors], ledger))
+            else:
+                per.append(_add_batch(model, batch, layer, vectors, chunk, ledger, n_layers,
+                                      clean.lengths[batch.rows]))
     logits = clean.gather([p.transpose(0, 1) for p in per]).transpose(0, 1)
     return [_score(lg, answer) for lg in logits]
 
@@ -301,11 +350,25 @@ def transfer(layer: int, vector: Float[Tensor, " d"], mode: str, n_layers: int) 
     raise ValueError(f"transfer mode must be 'add' or 'replace', got '{mode}'")
 
 
+def transfer_edit(layer: int, vector: Float[Tensor, " d"], mode: str,
+                  n_layers: int) -> Callable[[CleanBatch], SparseEdit]:
+    """`transfer(layer, vector, mode, n_layers)` as a `SparseEdit` (the read tokens only)."""
+    def edit(batch) -> SparseEdit:
+        if mode == "add":
+            return SparseEdit(layer + 1, batch.read, add=vector)
+        b, width, read = len(batch.rows), batch.width, batch.read.cpu()
+        put = MlpEdit(torch.arange(width)[None, :] == read[:, None],
+                      vector.expand(b, width, -1))
+        return SparseEdit(layer, batch.read, mlp={la: put for la in range(layer, n_layers)})
+    return edit
+
+
 def transfer_conditions(model, layer: int, vector: Float[Tensor, " d"],
                         seed: int) -> list[Condition]:
     """o-vector and same-norm random vector, in both modes."""
     rand = random_like(vector, seed)
     n = model.cfg.n_layers
-    return [Condition(f"{mode}:{name}", transfer(layer, vec, mode, n))
+    return [Condition(f"{mode}:{name}", transfer(layer, vec, mode, n),
+                      transfer_edit(layer, vec, mode, n))
             for mode in ("add", "replace") for name, vec in (("o_vector", vector),
                                                             ("random", rand))]

@@ -31,16 +31,17 @@ class _LastBlockDone(Exception):
     pass
 
 
-def block_activations(model, tokens: Int[Tensor, "batch pos"],
-                      names: list[str]) -> dict[str, Tensor]:
-    """The named hook activations of a forward on `tokens`, stopping after the last block:
-    the final norm and the unembedding (every position times the whole vocabulary, often the
-    largest matrix product of the forward) are skipped.
+def block_activations(model, tokens: Int[Tensor, "batch pos"], names: list[str],
+                      stop_at: str | None = None) -> dict[str, Tensor]:
+    """The named hook activations of a forward on `tokens`, stopping after hook `stop_at`
+    (default: the last block's output): the final norm and the unembedding (every position
+    times the whole vocabulary, often the largest matrix product of the forward) are skipped.
 
     Example:
-        >>> acts = block_activations(model, tokens, ["blocks.0.hook_resid_pre"])
+        >>> acts = block_activations(model, tokens, ["blocks.0.hook_resid_pre"],
+        ...                          stop_at="blocks.0.hook_resid_pre")  # the embeddings
     """
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    last = stop_at or f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     kept: dict[str, Tensor] = {}
 
     def keep(name):
@@ -75,6 +76,11 @@ class Ledger:
         self.padded += n_blocks * width * len(lengths)
         self.real += n_blocks * int(lengths.clamp(max=width).sum())
 
+    def add_packed(self, n_tokens: int, n_blocks: int) -> None:
+        """Record `n_blocks` blocks run on `n_tokens` packed real tokens (no padding)."""
+        self.padded += n_blocks * n_tokens
+        self.real += n_blocks * n_tokens
+
     def fpe(self, lengths: Int[Tensor, " batch"] | None = None) -> dict:
         """The work in forward passes of a prompt set with these lengths (default: the prompt
         set of the first `CleanRun` recorded here)."""
@@ -105,6 +111,7 @@ class CleanBatch:
     read_logits: Float[Tensor, "b vocab"]
     mlp_out: Float[Tensor, "layer b width d"] | None = None
     mlp_read: Float[Tensor, "layer b d"] | None = field(default=None)
+    engine: object = None  # the sparse engine's base run of this batch (`interp.ffn_sparse`)
 
     @property
     def width(self) -> int:

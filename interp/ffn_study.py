@@ -35,7 +35,7 @@ from interp.ffn import (
     Condition,
     MlpMeans,
     Outcome,
-    ablation,
+    ablation_condition,
     critical_layers,
     evaluate,
     single_layer_conditions,
@@ -154,9 +154,9 @@ def sweep(model, prompts, config: FfnConfig, ledger: Ledger | None = None
                     config.positions:
                 aliases |= {_name(mode, c.name): _name("all", c.name) for c in made}
                 continue
-            conds += [Condition(_name(mode, c.name), c.make) for c in made]
+            conds += [Condition(_name(mode, c.name), c.make, c.sparse) for c in made]
     for mode in (p for p in POSITIONS if p not in config.positions):
-        conds += [Condition(_name(mode, c.name), c.make)
+        conds += [Condition(_name(mode, c.name), c.make, c.sparse)
                   for c in window_conditions(model, "zero", positions=mode)]
     res = evaluate(model, prompts, conds, clean=clean, ledger=ledger,
                    desc=f"{prompts.kind} ablations")
@@ -188,9 +188,9 @@ def named_demo(model, items, config: FfnConfig, layers: list[int],
            "critical_layers": layers, "window_layers": window_layers, "positions": where}
     for kind in PROMPT_KINDS:
         p = build_prompts(model, [item], kind, demos=[demo])
-        res = evaluate(model, p, [Condition("critical", ablation(layers, "zero", None, where)),
-                                  Condition("window", ablation(window_layers, "zero", None,
-                                                               where))], desc="demo")
+        res = evaluate(model, p, [ablation_condition("critical", layers, "zero", None, where),
+                                  ablation_condition("window", window_layers, "zero", None,
+                                                      where)], desc="demo")
         out[f"prompt_{kind}"] = p.texts[0]
         for cond, r in res.items():
             label = "clean" if cond == "clean" else f"ablated_{cond}"

@@ -6,6 +6,10 @@ applied to THAT residual: the norm computes its own scale per layer and position
 Llama, LayerNorm with centring and bias for GPT-2). Re-using the final layer's cached scale for
 earlier layers (TransformerLens issue #1076) would mis-scale them.
 
+The residual streams at the read positions come from one sparse forward on the fast families
+(`read_layer_resids`: the prompts' shared prefix, e.g. "Q: What is the capital of", runs once);
+the statistics are read from each layer's logits and their log-normaliser.
+
 Example:
     >>> stats = lens_at(model, prompts.tokens, prompts.read_positions,
     ...                 {"capital": prompts.capital_ids, "country": prompts.country_ids})
@@ -55,6 +59,7 @@ class LensStats:
         top_ids / top_probs: `[layer, batch, k]` top-k tokens and their probabilities.
         probs / ranks: target name -> `[layer, batch]` probability and 1-based rank.
         kl_to_final: `[layer, batch]` KL(final || layer) in nats.
+        work_fpe: the forward work that produced them, in forward passes of the prompts.
     """
 
     top_ids: Int[Tensor, "layer batch k"]
@@ -62,17 +67,17 @@ class LensStats:
     probs: dict[str, Float[Tensor, "layer batch"]]
     ranks: dict[str, Int[Tensor, "layer batch"]]
     kl_to_final: Float[Tensor, "layer batch"]
+    work_fpe: float | None = None
 
 
-def _lens_batch(model, tokens, read, targets, k):
-    """Lens statistics at `read` of one batch, from the logits and their log-normaliser
-    (no `[layer, batch, vocab]` log-softmax is materialised):
-    log p = logit - lse, and KL(final || layer) = sum p_final * (logit_final - logit) -
-    lse_final + lse."""
-    resid = layer_resids(model, tokens)  # [L, b, pos, d]
-    rows = torch.arange(tokens.shape[0])
+def _lens_stats(model, resid: Float[Tensor, "layer b d"], targets: dict[str, Tensor],
+                k: int):
+    """Lens statistics of residual vectors `[layer, b, d]` (one per prompt and layer), from
+    the logits and their log-normaliser (no `[layer, batch, vocab]` log-softmax is
+    materialised): log p = logit - lse, and KL(final || layer) =
+    sum p_final * (logit_final - logit) - lse_final + lse."""
     with torch.inference_mode():
-        logits = lens_logits(model, resid[:, rows, read]).float()  # [L, b, vocab]
+        logits = lens_logits(model, resid).float()  # [L, b, vocab]
         lse = logits.logsumexp(-1)  # [L, b]
         top = logits.topk(k, -1)
         p_final = (logits[-1] - lse[-1, :, None]).exp()  # [b, vocab]
@@ -88,35 +93,58 @@ def _lens_batch(model, tokens, read, targets, k):
             kl.clamp(min=0).cpu())
 
 
+def read_layer_resids(model, tokens: Int[Tensor, "batch pos"],
+                      read_positions: Int[Tensor, " batch"], batch_size: int = 32
+                      ) -> tuple[Float[Tensor, "layer batch d"], float]:
+    """The residual stream after every block at each prompt's read position, and the work in
+    forward passes of the prompt set.
+
+    On the fast families one sparse forward computes the prompts' shared prefix once
+    (`interp.ffn_sparse.read_resids`); else hooked forwards in batches of similar length (each
+    cut at its longest prompt, so little compute goes to padding).
+    """
+    from interp.ffn_sparse import read_resids, supported
+
+    lengths = read_positions + 1
+    if supported(model):
+        resid, prefix = read_resids(model, tokens, read_positions)
+        return resid, round((prefix + int((lengths - prefix).sum())) / int(lengths.sum()), 3)
+    parts, rows_done = [], []
+    dev = next(model.parameters()).device
+    for rows in length_batches(lengths, batch_size):
+        width = int(read_positions[rows].max()) + 1
+        resid = layer_resids(model, tokens[rows, :width].to(dev))
+        parts.append(resid[:, torch.arange(len(rows)), read_positions[rows].to(dev)])
+        rows_done.append(rows)
+    order = torch.argsort(torch.cat(rows_done))
+    return torch.cat(parts, 1)[:, order], padded_work(read_positions, batch_size)
+
+
 def lens_at(model, tokens: Int[Tensor, "batch pos"], read_positions: Int[Tensor, " batch"],
             targets: dict[str, Int[Tensor, " batch"]], k: int = 5,
             batch_size: int = 32) -> LensStats:
-    """Run the lens at each prompt's read position, in batches of similar length (each cut
-    at its longest prompt, so little compute goes to padding); results in prompt order."""
-    parts, rows_done = [], []
-    dev = next(model.parameters()).device
-    for rows in tqdm(length_batches(read_positions + 1, batch_size), desc="logit lens",
-                     unit="batch", leave=False):
-        width = int(read_positions[rows].max()) + 1
-        parts.append(_lens_batch(model, tokens[rows, :width].to(dev),
-                                 read_positions[rows].to(dev),
-                                 {n: t[rows] for n, t in targets.items()}, k))
-        rows_done.append(rows)
-    order = torch.argsort(torch.cat(rows_done))
+    """Run the lens at each prompt's read position (`read_layer_resids`); the statistics are
+    computed `batch_size` prompts at a time (the logits are `[layer, batch, vocab]`)."""
+    resid, work = read_layer_resids(model, tokens, read_positions, batch_size)
+    parts = [_lens_stats(model, resid[:, s: s + batch_size],
+                         {n: t[s: s + batch_size] for n, t in targets.items()}, k)
+             for s in tqdm(range(0, resid.shape[1], batch_size), desc="logit lens",
+                           unit="batch", leave=False)]
 
     def cat(tensors):
-        return torch.cat(tensors, 1)[:, order]
+        return torch.cat(tensors, 1)
 
-    return LensStats(
+    stats = LensStats(
         cat([p[0] for p in parts]), cat([p[1] for p in parts]),
         {n: cat([p[2][n] for p in parts]) for n in targets},
         {n: cat([p[3][n] for p in parts]) for n in targets},
-        cat([p[4] for p in parts]))
+        cat([p[4] for p in parts]), work)
+    return stats
 
 
 def padded_work(read_positions: Int[Tensor, " batch"], batch_size: int) -> float:
-    """Token positions `lens_at` runs through the model per real prompt token (1.0 = none
-    wasted on padding): its work in forward passes of the prompt set."""
+    """Token positions batched hooked forwards run through the model per real prompt token
+    (1.0 = none wasted on padding): their work in forward passes of the prompt set."""
     lengths = read_positions + 1
     done = sum(int(lengths[r].max()) * len(r) for r in length_batches(lengths, batch_size))
     return round(done / int(lengths.sum()), 3)

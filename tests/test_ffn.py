@@ -231,3 +231,102 @@ def test_mean_ablation_leaves_a_shared_first_token_alone(model, prompts):
     res = evaluate(model, prompts, [Condition("all", ablation([0], "mean", means, "all")),
                                     Condition("nf", ablation([0], "mean", means, "no-first"))])
     assert torch.allclose(res["all"].prob, res["nf"].prob, atol=1e-6)
+
+
+
+def _put(rows, read, value):
+    def put(act, hook):
+        act = act.clone()
+        act[rows, read] = value if value.dim() == 1 else value[rows, read]
+        return act
+    return put
+
+
+@pytest.mark.parametrize("positions", ["all", "no-first", "last"])
+@pytest.mark.parametrize("kind", ["zero", "mean"])
+def test_sparse_ablation_equals_manual_hook(model, prompts, positions, kind):
+    """Ablations run on the changed tokens only (`interp.ffn_sparse`), stacked by their
+    first block: the same probabilities as plain hooked forwards at every position."""
+    from interp.ffn import sparse_ablation
+    from interp.ffn_sparse import supported
+
+    assert supported(model)
+    means = _means(model, prompts)
+    rows, read = torch.arange(len(prompts)), prompts.read_positions
+    width = prompts.tokens.shape[1]
+    where = {"all": (slice(None), slice(None)), "no-first": (slice(None), slice(1, None)),
+             "last": (rows, read)}[positions]
+
+    def ablate(layer):
+        value = (torch.zeros(model.cfg.d_model) if kind == "zero"
+                 else means.value(layer, rows, width))
+
+        def hook(act, hook):
+            act = act.clone()
+            act[where] = value if kind == "zero" else value[where]
+            return act
+        return hook
+
+    conds = {"L1": [1], "L0": [0], "L01": [0, 1]}
+    ledger = Ledger(model.cfg.n_layers)
+    clean = CleanRun(model, prompts.tokens, prompts.lengths, batch_size=4)
+    res = evaluate(model, prompts, [
+        Condition(name, ablation(layers, kind, means, positions),
+                  sparse_ablation(layers, kind, means, positions))
+        for name, layers in conds.items()], clean=clean, ledger=ledger)
+    per_prompt = {"all": prompts.lengths, "no-first": prompts.lengths - 1,
+                  "last": torch.ones(len(prompts), dtype=torch.long)}[positions]
+    unshared = int(per_prompt.sum()) * (1 + 2 + 2)  # blocks per condition: 1, 2, 2
+    assert ledger.padded == ledger.real
+    # the prompts share "Q: What is the capital of": that prefix runs once per batch
+    assert ledger.real == unshared if positions == "last" else ledger.real < unshared
+    for name, layers in conds.items():
+        manual = manual_probs(model, prompts, [(f"blocks.{la}.hook_mlp_out", ablate(la))
+                                               for la in layers])
+        assert torch.allclose(res[name].prob, manual, atol=1e-6), name
+        assert not torch.allclose(res[name].prob, res["clean"].prob, atol=1e-6), name
+
+
+def test_sparse_transfer_equals_manual_hooks(model, prompts):
+    from interp.ffn import transfer_edit
+
+    rows, read = torch.arange(len(prompts)), prompts.read_positions
+    vec = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(2)) * 5
+    n = model.cfg.n_layers
+    res = evaluate(model, prompts, [Condition(m, transfer(0, vec, m, n),
+                                              transfer_edit(0, vec, m, n))
+                                    for m in ("add", "replace")], batch_size=3)
+
+    def add(act, hook):
+        act = act.clone()
+        act[rows, read] += vec
+        return act
+
+    manual = {"add": [("blocks.0.hook_resid_post", add)],
+              "replace": [(f"blocks.{la}.hook_mlp_out", _put(rows, read, vec))
+                          for la in range(n)]}
+    for name, hooks in manual.items():
+        assert torch.allclose(res[name].prob, manual_probs(model, prompts, hooks), atol=1e-6)
+        assert not torch.allclose(res[name].prob, res["clean"].prob, atol=1e-6), name
+
+
+def test_common_prefix_and_when_a_prefix_run_is_shared():
+    from interp.ffn_sparse import MlpEdit, SparseEdit, _shares_prefix, common_prefix
+
+    tokens = torch.tensor([[5, 6, 7, 1, 0], [5, 6, 7, 2, 3], [5, 6, 8, 2, 3]])
+    assert common_prefix(tokens, torch.tensor([3, 4, 4])) == 2
+    assert common_prefix(tokens[:2], torch.tensor([3, 4])) == 3
+    assert common_prefix(tokens[:2], torch.tensor([1, 4])) == 1  # a read inside the prefix
+    where = torch.ones(3, 5, dtype=torch.bool)
+    same = torch.arange(5.0)[None, :, None].expand(3, 5, 2)
+    zeros = torch.zeros(3, dtype=torch.long)
+    assert _shares_prefix(SparseEdit(0, zeros, mlp={0: MlpEdit(where)}), 2)
+    assert _shares_prefix(SparseEdit(0, zeros, mlp={0: MlpEdit(where, same)}), 2)
+    differs = same.clone()
+    differs[1, 1] += 1  # prompt 1's value differs inside the prefix
+    assert not _shares_prefix(SparseEdit(0, zeros, mlp={0: MlpEdit(where, differs)}), 2)
+    assert _shares_prefix(SparseEdit(0, zeros, mlp={0: MlpEdit(where, differs)}), 1)
+    uneven = where.clone()
+    uneven[0, 1] = False
+    assert not _shares_prefix(SparseEdit(0, zeros, mlp={0: MlpEdit(uneven)}), 2)
+    assert not _shares_prefix(SparseEdit(0, zeros + 2, mlp={0: MlpEdit(where)}), 2)  # unchanged

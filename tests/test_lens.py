@@ -170,3 +170,21 @@ def test_lens_statistics_equal_a_plain_log_softmax_at_every_layer(model):
     assert torch.allclose(stats.top_probs, logp.topk(4, -1).values.exp(), atol=1e-5)
     want = logp.gather(-1, target.expand(len(logp), -1)[..., None])[..., 0].exp()
     assert torch.allclose(stats.probs["t"], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("texts", [TEXTS, ["Q: What is the capital of France?\nA:",
+                                           "Q: What is the capital of Spain?\nA: Madrid\nQ:",
+                                           "Q: What is"]])
+def test_read_layer_resids_equal_hooked_forwards(model, texts):
+    """The sparse clean forward (shared prefix once, packed tokens) equals the bridge's
+    residual stream at each prompt's read position after every block."""
+    from interp.lens import read_layer_resids
+
+    tokens, lengths = encode_batch(model, texts)
+    resid, work = read_layer_resids(model, tokens, lengths - 1)
+    with torch.inference_mode():
+        full = layer_resids(model, tokens)
+    rows = torch.arange(len(texts))
+    assert torch.allclose(resid, full[:, rows, lengths - 1], atol=1e-4)
+    shared = texts is not TEXTS  # TEXTS share no prefix; the others share "Q: What is"
+    assert (work < 1.0) if shared else work == 1.0

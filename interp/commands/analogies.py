@@ -2,7 +2,8 @@
 
 Writes `<out>/<model>/analogies/summary.json` (accuracy@1 and @10 per category, over the whole
 vocabulary and over whole-word tokens only, with the "nearest to c" baseline; the bias example
-doctor - man + woman as a neighbour list) and `analogies.html`.
+doctor - man + woman as a neighbour list) and `analogies.html`. No forward pass runs, so only
+the embedding matrices and the tokenizer load (`interp.models.light`, without TransformerLens).
 
 Example:
     $ interp analogies --model smollm2-135m --out results
@@ -42,6 +43,7 @@ def _tied(model) -> bool:
 
 
 def run(args) -> int:
+    from interp.models.light import load_embeddings
     from interp.runner import ExperimentRun, RunOptions
 
     config = {"data": str(args.data), "k": args.k}
@@ -50,7 +52,9 @@ def run(args) -> int:
                              "accuracy@k")
     items = load_analogies(args.data)  # a bad table fails before the model loads
     with ExperimentRun(RunOptions.from_args(args), EXPERIMENT, config) as run:
-        model = run.load_model()
+        with run.stage("load_model"):  # the embeddings and the tokenizer only
+            model = load_embeddings(run.spec, seed=args.seed, bos=args.bos)
+        run.use_model(model)
         tied = _tied(model)
         spaces = SPACES[:1] if tied else SPACES
         with run.stage("analogies"):

@@ -21,7 +21,7 @@ from interp.capitals import (
     sample,
 )
 from interp.commands._args import add_run_arguments
-from interp.lens import LensStats, layer_metrics, lens_at, padded_work, trajectory
+from interp.lens import LensStats, layer_metrics, lens_at, trajectory
 from interp.plotting import save_figure
 from interp.plotting.lens import layer_curves, trajectory_heatmap
 from interp.tokens import encode
@@ -63,6 +63,15 @@ def prompt_trace(model, items, country: str, demo: str) -> tuple[dict, object]:
             "by_layer": rows}, traj
 
 
+def prefix_once(prompts) -> float:
+    """Forward passes of the prompt set when the prompts' shared prefix runs once."""
+    from interp.ffn_sparse import common_prefix
+
+    lengths = prompts.lengths
+    prefix = common_prefix(prompts.tokens, prompts.read_positions)
+    return round((prefix + int((lengths - prefix).sum())) / int(lengths.sum()), 3)
+
+
 def _per_prompt(model, prompts, stats: LensStats) -> list[dict]:
     decode = model.tokenizer.decode
     return [rec | {"final_top1": decode([int(stats.top_ids[-1, i, 0])]),
@@ -100,9 +109,11 @@ def run(args) -> int:
                    "layers": list(range(model.cfg.n_layers)), **metrics,
                    "single_token_subset": single_metrics, "example": trace,
                    "prompts": _per_prompt(model, prompts, stats),
-                   "work_fpe": {"done": padded_work(prompts.read_positions, args.batch_size),
-                                "minimum": 1.0, "note": "forward passes of the prompt set "
-                                "(padding included), plus one forward of the example prompt"}}
+                   "work_fpe": {"done": stats.work_fpe, "minimum": prefix_once(prompts),
+                                "note": "forward passes of the prompt set (padding included "
+                                "if any), plus one forward of the example prompt; minimum: "
+                                "every distinct token position once (the prompts' shared "
+                                "prefix once)"}}
         _figures(run.folder, name, metrics, traj, args.country, run.out)
         folder = run.finish(summary)
     _print(summary, trace, folder)

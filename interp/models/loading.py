@@ -8,6 +8,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.errors import UserValueError
 from interp.models.checks import FOLDER_FIX, check_device, check_folder
 from interp.models.errors import ModelUnavailableError
+from interp.models.light import bos_family
 from interp.models.random_gpt2 import gpt2_tokenizer, random_gpt2_hf
 from interp.models.smollm2 import ensure_smollm2
 from interp.models.specs import (
@@ -142,5 +143,4 @@ def _boot_kwargs(device, dtype, device_map, n_devices, max_memory) -> dict:
 
 
 def _family(model: TransformerBridge) -> str:
-    arch = str(getattr(model.cfg, "architecture", "") or "").lower()
-    return "gpt2" if "gpt2" in arch else "llama" if "llama" in arch else arch
+    return bos_family(str(getattr(model.cfg, "architecture", "") or ""))

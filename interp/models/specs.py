@@ -61,10 +61,11 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def gpt2_cached(spec: str) -> bool:
-    """True when the HF cache holds this GPT-2 checkpoint's config and weights (revision
-    "main"), read from the cache's layout directly: `huggingface_hub.try_to_load_from_cache`
-    does the same but imports an HTTP client (0.5 s), and `interp models` should be instant.
+def gpt2_snapshot(spec: str) -> Path | None:
+    """The HF cache's snapshot folder of this GPT-2 checkpoint (revision "main"), when it
+    holds the config and the safetensors weights; read from the cache's layout directly:
+    `huggingface_hub.try_to_load_from_cache` does the same but imports an HTTP client (0.5 s),
+    and `interp models` should be instant.
 
     Layout: <HF_HUB_CACHE>/models--<org>--<name>/refs/main holds the commit hash, and
     snapshots/<hash>/<file> the files.
@@ -76,9 +77,16 @@ def gpt2_cached(spec: str) -> bool:
     try:
         commit = (repo_dir / "refs" / "main").read_text().strip()
     except OSError:
-        return False
+        return None
     snapshot = repo_dir / "snapshots" / commit
-    return all((snapshot / f).is_file() for f in ("config.json", "model.safetensors"))
+    if all((snapshot / f).is_file() for f in ("config.json", "model.safetensors")):
+        return snapshot
+    return None
+
+
+def gpt2_cached(spec: str) -> bool:
+    """True when the HF cache holds this GPT-2 checkpoint (`gpt2_snapshot`)."""
+    return gpt2_snapshot(spec) is not None
 
 
 def _resolve_auto() -> str:
