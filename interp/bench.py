@@ -44,6 +44,7 @@ from interp.models import ModelUnavailableError, load_model
 from interp.nodes import all_heads
 from interp.patching import act_patch_heads, path_patch, prepare_runs
 from interp.patching.naive import path_patch_naive
+from interp.patching.sparse import first_differing_token
 
 TARGETS = {"act_vs_tl": 3.0, "path_vs_naive": 2.0, "attr_fwd_eq": 4.0, "attr_r": 0.9,
            "act_vs_nnsight": 4.0}
@@ -56,22 +57,25 @@ def mlp_flops(cfg) -> int:
     return 2 * (3 if getattr(cfg, "gated_mlp", False) else 2) * cfg.d_model * cfg.d_mlp
 
 
-def block_flops(cfg, length: int) -> int:
+def block_flops(cfg, length: int, start: int = 0) -> int:
     """One block on one prompt of `length` tokens: q/k/v/o projections (GQA-aware), causal
-    scores q.k and pattern.v for every query head, and the MLP."""
+    scores q.k and pattern.v for every query head, and the MLP. With `start`, only tokens
+    start..length-1 are computed (earlier ones are cached), each still attending to all the
+    keys before it."""
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     proj = 2 * cfg.d_model * cfg.d_head * (2 * cfg.n_heads + 2 * n_kv)
-    keys = length * (length + 1) // 2  # sum over queries of the keys each attends to
-    return length * (proj + mlp_flops(cfg)) + 4 * cfg.n_heads * cfg.d_head * keys
+    keys = (length * (length + 1) - start * (start + 1)) // 2  # sum over queries of their keys
+    return (length - start) * (proj + mlp_flops(cfg)) + 4 * cfg.n_heads * cfg.d_head * keys
 
 
-def last_block_flops(cfg, length: int) -> int:
+def last_block_flops(cfg, length: int, start: int = 0) -> int:
     """The last block when only the read position (the prompt's last token) is read: keys and
-    values of every token, the query, attention, output projection and MLP of one token."""
+    values of tokens start..length-1 (earlier ones are cached), the query, attention over every
+    key, output projection and MLP of one token."""
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     kv = 2 * 2 * cfg.d_model * cfg.d_head * n_kv
     q_o = 2 * 2 * cfg.d_model * cfg.d_head * cfg.n_heads
-    return length * kv + q_o + 4 * cfg.n_heads * cfg.d_head * length + mlp_flops(cfg)
+    return (length - start) * kv + q_o + 4 * cfg.n_heads * cfg.d_head * length + mlp_flops(cfg)
 
 
 def metric_columns(cfg, metric) -> int:
@@ -79,21 +83,26 @@ def metric_columns(cfg, metric) -> int:
     return 2 if isinstance(metric, LogitDiff) else cfg.d_vocab
 
 
-def act_patch_floor(cfg, lengths: list[int], columns: int | None = None) -> int:
+def act_patch_floor(cfg, lengths: list[int], columns: int | None = None,
+                    starts: list[int] | None = None) -> int:
     """FLOPs activation patching of every head (all positions) requires, summed over heads.
 
-    `columns`: unembedding columns the metric reads (default: the whole vocabulary)."""
+    `columns`: unembedding columns the metric reads (default: the whole vocabulary).
+    `starts`: per prompt, the first token where the clean and corrupted prompts differ
+    (`interp.patching.sparse.first_differing_token`): patching an earlier token changes
+    nothing, so the floor starts there (default 0: every token)."""
     head_out = 2 * cfg.d_head * cfg.d_model
     unembed = 2 * cfg.d_model * (columns or cfg.d_vocab)
     last = cfg.n_layers - 1
     total = 0
     for layer in range(cfg.n_layers):
-        for n in lengths:
+        for n, start in zip(lengths, starts or [0] * len(lengths), strict=True):
             if layer == last:  # only the read position matters
                 per_head = head_out + mlp_flops(cfg) + unembed
             else:
-                per_head = (n * (head_out + mlp_flops(cfg)) + last_block_flops(cfg, n) + unembed
-                            + sum(block_flops(cfg, n) for _ in range(layer + 1, last)))
+                per_head = ((n - start) * (head_out + mlp_flops(cfg))
+                            + last_block_flops(cfg, n, start) + unembed
+                            + sum(block_flops(cfg, n, start) for _ in range(layer + 1, last)))
             total += cfg.n_heads * per_head
     return total
 
@@ -218,6 +227,11 @@ def lengths(batch) -> list[int]:
     return (batch.read_positions + 1).tolist()
 
 
+def starts(batch) -> list[int]:
+    """Per prompt, the first token where its clean and corrupted versions differ."""
+    return first_differing_token(batch).tolist()
+
+
 def tl_act_patch_heads(model, batch, clean_cache):
     """TransformerLens' `get_act_patch_attn_head_out_all_pos` (denoising: the clean head output
     into the corrupted run), as [n_layers, n_heads] mean changes of the metric.
@@ -249,7 +263,8 @@ def bench_act_patching(model, batch, rate: float, skip_tl: bool, progress: bool)
     """Row 1; also returns the prepared runs (reused by row 2) and interp's scores."""
     runs, t_prep = timed(lambda: prepare_runs(model, batch))
     ours, t_sweep = timed(lambda: act_patch_heads(model, runs, "denoise", progress=progress))
-    floor = act_patch_floor(model.cfg, lengths(batch), metric_columns(model.cfg, batch.metric))
+    floor = act_patch_floor(model.cfg, lengths(batch), metric_columns(model.cfg, batch.metric),
+                            starts(batch))
     row = {"interp_prepare_s": t_prep, "interp_sweep_s": t_sweep, "interp_s": t_prep + t_sweep,
            "interp_cpu_s": t_prep.cpu + t_sweep.cpu, **_floor_fields(floor, t_sweep, rate)}
     if skip_tl:
@@ -306,7 +321,8 @@ def bench_attribution(model, spec: str, batch, direction: str, methods: list[str
                                                         progress=progress))
         exact = (scores, Seconds(t_prep + t_sweep, t_prep.cpu + t_sweep.cpu), t_sweep)
     scores, t_exact, t_sweep = exact
-    floor = act_patch_floor(model.cfg, lengths(batch), metric_columns(model.cfg, batch.metric))
+    floor = act_patch_floor(model.cfg, lengths(batch), metric_columns(model.cfg, batch.metric),
+                            starts(batch))
     out = {"model": spec, "n_prompts": len(batch), "direction": direction,
            "forward_s": unit, "forward_cpu_s": unit.cpu,
            "exact": {"seconds": t_exact, "sweep_s": t_sweep, "forward_equivalents": t_exact / unit,

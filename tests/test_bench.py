@@ -22,12 +22,12 @@ GQA = SimpleNamespace(n_layers=3, n_heads=4, d_model=32, d_head=8, d_mlp=48, d_v
                       n_key_value_heads=2, gated_mlp=True)
 
 
-def _hand_block(cfg, n_tokens: int) -> int:
-    """One block, counted multiply-add by multiply-add, query by query."""
+def _hand_block(cfg, n_tokens: int, start: int = 0) -> int:
+    """One block, counted multiply-add by multiply-add, query by query (from `start`)."""
     n_kv = cfg.n_key_value_heads or cfg.n_heads
     mlp_mats = 3 if cfg.gated_mlp else 2
     flops = 0
-    for t in range(n_tokens):
+    for t in range(start, n_tokens):
         flops += 2 * cfg.d_model * cfg.d_head * cfg.n_heads  # W_Q
         flops += 2 * 2 * cfg.d_model * cfg.d_head * n_kv  # W_K, W_V
         flops += 2 * cfg.d_head * cfg.n_heads * cfg.d_model  # W_O
@@ -38,11 +38,14 @@ def _hand_block(cfg, n_tokens: int) -> int:
     return flops
 
 
-def _hand_last_block(cfg, n_tokens: int) -> int:
-    """The last block read at its last token only: K/V everywhere, the rest at that token."""
+def _hand_last_block(cfg, n_tokens: int, start: int = 0) -> int:
+    """The last block read at its last token only: K/V from `start` on, the rest at that
+    token (attending to every key)."""
     n_kv = cfg.n_key_value_heads or cfg.n_heads
     mlp_mats = 3 if cfg.gated_mlp else 2
-    flops = n_tokens * 2 * 2 * cfg.d_model * cfg.d_head * n_kv  # W_K, W_V on every token
+    flops = 0
+    for _token in range(start, n_tokens):
+        flops += 2 * 2 * cfg.d_model * cfg.d_head * n_kv  # W_K, W_V
     flops += 2 * cfg.d_model * cfg.d_head * cfg.n_heads  # W_Q, read token
     flops += 2 * cfg.d_head * cfg.n_heads * cfg.d_model  # W_O, read token
     for _head in range(cfg.n_heads):
@@ -51,20 +54,21 @@ def _hand_last_block(cfg, n_tokens: int) -> int:
     return flops + mlp_mats * 2 * cfg.d_model * cfg.d_mlp
 
 
-def _hand_act_floor(cfg, lengths, cols) -> int:
+def _hand_act_floor(cfg, lengths, cols, starts=None) -> int:
     mlp = (3 if cfg.gated_mlp else 2) * 2 * cfg.d_model * cfg.d_mlp
     total = 0
     for layer in range(cfg.n_layers):
         for _head in range(cfg.n_heads):
-            for n in lengths:
+            for n, start in zip(lengths, starts or [0] * len(lengths), strict=True):
                 total += 2 * cfg.d_model * cols  # unembed, read position only
                 if layer == cfg.n_layers - 1:  # delta @ W_O and MLP at the read token
                     total += 2 * cfg.d_head * cfg.d_model + mlp
                     continue
-                total += n * 2 * cfg.d_head * cfg.d_model + n * mlp  # delta @ W_O, MLP L
+                for _token in range(start, n):  # delta @ W_O, MLP L
+                    total += 2 * cfg.d_head * cfg.d_model + mlp
                 for _later in range(layer + 1, cfg.n_layers - 1):
-                    total += _hand_block(cfg, n)
-                total += _hand_last_block(cfg, n)
+                    total += _hand_block(cfg, n, start)
+                total += _hand_last_block(cfg, n, start)
     return total
 
 
@@ -87,6 +91,10 @@ def test_flop_floors_match_hand_count(cfg):
     # a logit difference reads two columns of W_U
     assert act_patch_floor(cfg, lengths, 2) == _hand_act_floor(cfg, lengths, 2)
     assert path_patch_floor(cfg, 3, 2) == _hand_path_floor(cfg, 3, 2)
+    # tokens before the first that differs are cached: the floor starts there
+    starts = [1, 3, 0]
+    assert act_patch_floor(cfg, lengths, 2, starts) == _hand_act_floor(cfg, lengths, 2, starts)
+    assert act_patch_floor(cfg, lengths, 2, starts) < act_patch_floor(cfg, lengths, 2)
 
 
 def test_flop_floor_tiny_numbers():

@@ -54,10 +54,11 @@ def minimums(ioi) -> dict[str, float]:
     mean_tokens = getattr(ioi.means, "n_tokens", 0)
     act = 1.0
     if config.exact:  # all positions (from the first token that differs) and END
-        changed = (batch.read_positions - first_differing_token(batch) + 1).tolist()
+        first = first_differing_token(batch).tolist()
         end = sum(cfg.n_heads * len(batch) * (cfg.n_layers - layer) * block_flops(cfg, 1)
                   for layer in range(cfg.n_layers))
-        act = (act_patch_floor(cfg, changed, columns) + end) / unit
+        act = (act_patch_floor(cfg, (batch.read_positions + 1).tolist(), columns, first)
+               + end) / unit
     classes = {} if ioi.skipped else ioi.classes
     backup = _later_layers(cfg, classes.get("name_movers", []))
     evaluation = 0.0
