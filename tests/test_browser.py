@@ -3,8 +3,10 @@
 Loads `results/index.html` when it exists (else a report built in a temporary folder), then
 every model page and every attention view it links, and checks that no page logs a JavaScript
 error or a failed load and that every plot (iframes included) rendered its SVG. Saves a
-screenshot (`results/report_screenshot.png` for the real results). Chromium is spoken to over
-`--remote-debugging-pipe` (NUL-separated JSON on fds 3/4), so no websocket library is needed.
+screenshot in a temporary folder; `INTERP_SCREENSHOT=results/report_screenshot.png` saves it
+there instead (how the committed one is refreshed: a test run never writes into the repo).
+Chromium is spoken to over `--remote-debugging-pipe` (NUL-separated JSON on fds 3/4), so no
+websocket library is needed.
 """
 
 import base64
@@ -225,9 +227,10 @@ def tmp_report(workdir):
 @pytest.fixture(scope="module")
 def site(request, workdir):
     """(index.html, screenshot path): the committed results if there are any, else a tmp one."""
+    shot = Path(os.environ.get("INTERP_SCREENSHOT") or workdir / "report_screenshot.png")
     if (RESULTS / "index.html").exists():
-        return RESULTS / "index.html", RESULTS / "report_screenshot.png"
-    return request.getfixturevalue("tmp_report"), workdir / "report_screenshot.png"
+        return RESULTS / "index.html", shot
+    return request.getfixturevalue("tmp_report"), shot
 
 
 def check_page(browser: Chromium, page: Path) -> int:
