@@ -24,13 +24,15 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def git_commit() -> str:
-    """HEAD of the repo this package lives in, with "-dirty" if the tree has changes."""
-    root = Path(__file__).resolve().parent.parent
+def git_commit(root: Path | None = None) -> str:
+    """HEAD of the repo this package lives in, with "-dirty" if tracked files outside
+    `results/` have changes (the outputs of earlier runs say nothing about the code)."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)results"],
                                cwd=root, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
