@@ -125,20 +125,24 @@ def run_experiments(model: str = "smollm2-135m", only: list[str] | None = None,
                     circuit: Path = IOI_CIRCUIT) -> dict:
     """Every experiment (or those whose name starts with one of `only`), one child each."""
     from interp.bench import load_now, machine_info
+    from interp.provenance import Provenance
 
     machine = {**machine_info(), "load_before": load_now()}
+    prov = Provenance(model=model, seed=0, bos="each command's default (its summary.json)")
     rows = []
     for spec in experiments(model, circuit):
         if only and not any(spec["name"].startswith(o) for o in only):
             continue
-        result = run_one(spec)
+        with prov.stage(spec["name"]):
+            result = run_one(spec)
         minimum = result.pop("minimum", spec.get("minimum"))
         rows.append({"name": spec["name"], "command": "interp " + " ".join(spec["argv"]),
                      "target_s": spec["target_s"], "minimum_forward_equivalents": minimum,
                      **result})
     machine["load_after"] = load_now()
     return {"model": model, "machine": machine, "rss": "per command: the child process's "
-            "peak RSS (getrusage ru_maxrss), model load included", "experiments": rows}
+            "peak RSS (getrusage ru_maxrss), model load included", "experiments": rows,
+            "provenance": prov.record()}
 
 
 def format_experiments(report: dict) -> str:

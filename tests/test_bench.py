@@ -262,3 +262,18 @@ def test_experiment_child_counts_at_least_the_minimum():
     assert result["rc"] == 0 and result["peak_rss_mb"] > 0
     assert result["forward_equivalents"] >= result["minimum"] > 0
     assert set(result["stages"]) >= {"dataset", "mean_sample", "classification"}
+
+
+def test_experiments_report_records_provenance(tmp_path):
+    """`interp bench --experiments` writes into results/: its report carries provenance."""
+    from interp.bench_experiments import run_experiments
+
+    circuit = tmp_path / "c.yaml"
+    circuit.write_text("name: x\ngroups:\n  a: [L0H0, L1H2]\n")
+    report = run_experiments("random:tiny", only=["evaluate-circuit"], circuit=circuit)
+    (row,) = report["experiments"]
+    assert "error" not in row, row
+    assert row["wall_s"] > 0 and row["peak_rss_mb"] > 0
+    prov = report["provenance"]
+    assert prov["model"] == "random:tiny" and prov["git_commit"] and prov["versions"]["torch"]
+    assert set(prov["wall_time_s"]) == {"evaluate-circuit --task ioi"}
