@@ -90,7 +90,7 @@ def register(subparsers) -> None:
                            "senders (and all near a threshold) patched exactly")
     mode.add_argument("--exact", action="store_true",
                       help="every sweep exact: activation patching of every head, path "
-                           "patching of every sender (about 5x slower: 625 s vs 116 s for "
+                           "patching of every sender (about 5x slower: 1113 s vs 198 s for "
                            "SmolLM2 on 2 CPU cores)")
     parser.add_argument("--top-k", type=positive_int, default=10,
                         help="senders patched exactly in each screened path-patching step "
