@@ -32,7 +32,6 @@ from torch import Tensor
 
 from interp.arch import slow_reason
 from interp.forward import unembed
-from interp.patching.runs import Runs
 from interp.patching.sparse import BaseRun, ChangedTokens, forward_changed
 
 
@@ -61,21 +60,12 @@ def supported(model) -> bool:
     return slow_reason(model) is None
 
 
-def _runs_view(kwargs: dict, n_prompts: int) -> Runs:
-    """A `Runs` holding only what `BaseRun` reads besides the cache: the clean run's block
-    kwargs (rotary tables) and the number of prompts."""
-    runs = object.__new__(Runs)  # no TaskBatch, metrics or corrupted run here
-    runs.batch, runs.clean_kwargs = range(n_prompts), kwargs
-    return runs
-
-
 def base_of(model, batch):
     """The sparse engine's base run of one clean batch (`interp.ffn_clean.CleanBatch`: its
     resid_pre per layer, its block kwargs), made once per batch."""
     if batch.engine is None:
         cache = {f"blocks.{la}.hook_resid_pre": r for la, r in enumerate(batch.resid[:-1])}
-        batch.engine = BaseRun(model, _runs_view(batch.kwargs, len(batch.rows)), "clean",
-                               cache)
+        batch.engine = BaseRun.of_cache(model, cache, batch.kwargs, len(batch.rows))
     return batch.engine
 
 
@@ -168,19 +158,10 @@ def _prefix_runs(model, batch, edits: list[SparseEdit], start: int, prefix: int)
     dev = batch.read.device
     x = batch.resid[start][0, tokens.pos.to(dev)]
     kept: dict[int, Tensor] = {}
-
-    def keep(layer):
-        def hook(act, hook=None):
-            if act.dim() == 2:  # the changed tokens (the base run's keys come as [b, pos, d])
-                kept[layer] = act
-        return hook
-
-    hooks = _mlp_hooks(edits, tokens, 1, x.shape[-1], dev)
-    hooks += [(f"blocks.{la}.ln1.hook_in", keep(la)) for la in range(start, n_layers)]
     row0 = _CacheBase(clean, {f"blocks.{la}.hook_resid_pre": batch.resid[la][:1, :prefix]
                               for la in range(start, n_layers)}, 1)  # the clean prefix
-    with model.hooks(fwd_hooks=hooks):
-        forward_changed(model, row0, x, tokens, start)
+    with model.hooks(fwd_hooks=_mlp_hooks(edits, tokens, 1, x.shape[-1], dev)):
+        forward_changed(model, row0, x, tokens, start, record=kept)
     resid = {}
     for layer in range(start, n_layers):  # resid_pre of each edit's prefix run
         r = batch.resid[layer][:1, :prefix].repeat(n, 1, 1)
@@ -254,19 +235,11 @@ def read_resids(model, tokens: Int[Tensor, "b width"], read: Int[Tensor, " b"]
                else {name: torch.zeros(1, 0, model.cfg.d_model, device=dev) for name in names})
         cache = {name: torch.nn.functional.pad(r, (0, 0, 0, width - prefix))
                  for name, r in pre.items()}
-        base = BaseRun(model, _runs_view(kwargs, 1), "clean", cache)
+        base = BaseRun.of_cache(model, cache, kwargs, 1)
         embedded = block_activations(model, tokens, names[:1], stop_at=names[0])[names[0]]
         changed = ChangedTokens.span(torch.full_like(read, prefix), read, 1)
         x = embedded[changed.rows.to(dev), changed.pos.to(dev)]
         kept: dict[int, Tensor] = {}
-
-        def keep(layer):
-            def hook(act, hook=None):
-                if act.dim() == 2:  # the changed tokens, not the base run's [1, pos, d]
-                    kept[layer] = act[changed.read.to(act.device)]
-            return hook
-
-        with model.hooks(fwd_hooks=[(f"blocks.{la}.ln1.hook_in", keep(la))
-                                    for la in range(1, n)]):
-            final = forward_changed(model, base, x, changed, 0)
-    return torch.stack([kept[la] for la in range(1, n)] + [final]), prefix
+        final = forward_changed(model, base, x, changed, 0, record=kept)
+    at_read = changed.read.to(dev)
+    return torch.stack([kept[la][at_read] for la in range(1, n)] + [final]), prefix

@@ -94,14 +94,25 @@ class BaseRun:
     """
 
     def __init__(self, model, runs: Runs, which: str = "clean", cache: dict | None = None):
+        self._setup(model, runs.cache(which) if cache is None else cache, len(runs.batch),
+                    runs.kwargs(which))
+
+    @classmethod
+    def of_cache(cls, model, cache: dict, kwargs: dict, n_prompts: int) -> "BaseRun":
+        """A base run on a residual cache alone (`blocks.L.hook_resid_pre`), with the block
+        kwargs (rotary tables) of its tokens: for runs that are not a `Runs` pair."""
+        run = cls.__new__(cls)
+        run._setup(model, cache, n_prompts, kwargs)
+        return run
+
+    def _setup(self, model, cache: dict, n_prompts: int, kwargs: dict) -> None:
         check_supported(model)
         self.family = family_of(model)
-        self.model, self.cache = model, runs.cache(which) if cache is None else cache
-        self.n_prompts = len(runs.batch)
+        self.model, self.cache, self.n_prompts = model, cache, n_prompts
         self._kv: dict[int, tuple[Tensor, Tensor]] = {}
         self.w = {name: getattr(model, name, None) for name in
                   ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")}
-        self.cos, self.sin = self.family.rotary_tables(runs.kwargs(which))
+        self.cos, self.sin = self.family.rotary_tables(kwargs)
 
     def resid_pre(self, layer: int) -> Float[Tensor, "prompts pos d_model"]:
         return self.cache[f"blocks.{layer}.hook_resid_pre"]
@@ -266,7 +277,8 @@ def _attend_queries(q: Float[Tensor, "n heads d"], k: Float[Tensor, "n pos kv d"
 
 def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
                     tokens: ChangedTokens, start: int,
-                    overrides: list[Override] = (), edit_z=None) -> Float[Tensor, "rows d_model"]:
+                    overrides: list[Override] = (), edit_z=None,
+                    record: dict | None = None) -> Float[Tensor, "rows d_model"]:
     """Run layers start.. on the changed tokens; the final residual at each row's read token.
 
     Args:
@@ -275,12 +287,16 @@ def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
         edit_z: optional `edit_z(layer, z, rows, pos) -> z`, applied to each layer's head
             outputs `z [n, heads, d_head]` at tokens (rows, pos) before W_O, as a `hook_z`
             forward hook would (e.g. mean ablation).
+        record: when given, `record[layer]` receives resid_pre[layer] at every changed token
+            (`[n, d_model]`) for each layer run.
     """
     if start >= model.cfg.n_layers:
         return x[tokens.read]
     every = torch.arange(len(tokens.rows))
     for layer in range(start, model.cfg.n_layers):
         counter.add(len(tokens.rows))
+        if record is not None:
+            record[layer] = x
         queries = tokens.read if layer == model.cfg.n_layers - 1 else every
         mine = [ov for ov in overrides if ov.layer == layer]
         attn = _attend(model, base, layer, base.family.attn_input(model, layer, x), tokens,
