@@ -61,3 +61,23 @@ def test_unknown_architecture_is_left_to_the_bridge(tmp_path):
     config["architectures"] = ["SomethingElseForCausalLM"]
     (folder / "config.json").write_text(json.dumps(config))
     assert _folder_matrices(folder) is None
+
+
+def test_sharded_checkpoint_and_unprefixed_keys(tmp_path):
+    """An index.json over shards, with the embedding stored without its base-model prefix
+    ("embed_tokens.weight"), reads the same matrices as the single-file folder."""
+    from safetensors.torch import load_file, save_file
+
+    folder = save_tiny_folder("llama", tmp_path / "llama")
+    single = _folder_matrices(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    embed = tensors.pop("model.embed_tokens.weight")
+    save_file({"embed_tokens.weight": embed}, str(folder / "shard-1.safetensors"))
+    save_file(tensors, str(folder / "shard-2.safetensors"))
+    (folder / "model.safetensors").unlink()
+    weight_map = {"embed_tokens.weight": "shard-1.safetensors",
+                  **{k: "shard-2.safetensors" for k in tensors}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    sharded = _folder_matrices(folder)
+    assert sharded[0] == single[0]
+    assert torch.equal(sharded[1], single[1]) and torch.equal(sharded[2], single[2])

@@ -89,30 +89,23 @@ def _tokenizer(folder: Path):
     return (cls or transformers.AutoTokenizer).from_pretrained(str(folder))
 
 
-def _tensor_file(folder: Path, key: str) -> Path | None:
-    """The safetensors file of `folder` that holds `key` (None: not in any)."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        name = json.loads(index.read_text())["weight_map"].get(key)
-        return None if name is None else folder / name
-    single = folder / "model.safetensors"
-    if not single.is_file():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(single), framework="pt") as fh:
-        return single if key in fh.keys() else None
-
-
 def _read(folder: Path, key: str) -> Tensor | None:
     """Tensor `key` of the checkpoint, also under the key without its base-model prefix
     (GPT-2's hub checkpoint stores "wte.weight", not "transformer.wte.weight")."""
     from safetensors import safe_open
 
-    for name in dict.fromkeys((key, key.split(".", 1)[-1])):
-        file = _tensor_file(folder, name)
-        if file is not None:
-            with safe_open(str(file), framework="pt") as fh:
+    names = dict.fromkeys((key, key.split(".", 1)[-1]))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        places = [(folder / weight_map[n], n) for n in names if n in weight_map]
+    elif (folder / "model.safetensors").is_file():
+        places = [(folder / "model.safetensors", n) for n in names]
+    else:
+        return None
+    for file, name in places:
+        with safe_open(str(file), framework="pt") as fh:
+            if name in fh.keys():
                 return fh.get_tensor(name)
     return None
 
