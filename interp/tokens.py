@@ -52,6 +52,13 @@ def pretraining_bos(tokenizer) -> Bos:
     return Bos(DOCUMENT_SEPARATOR, ident) if ident is not None else NO_BOS
 
 
+def bos_family(architecture: str) -> str:
+    """The family name `choose_bos` is given ("gpt2", "llama", else the lowercased class):
+    from the HF class name, e.g. "GPT2LMHeadModel" -> "gpt2"."""
+    arch = architecture.lower()
+    return "gpt2" if "gpt2" in arch else "llama" if "llama" in arch else arch
+
+
 def choose_bos(tokenizer, request: str = "auto", family: str = "") -> Bos:
     """Resolve `--bos auto|none|TOKEN` for a tokenizer.
 

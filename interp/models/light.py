@@ -26,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.models.specs import GPT2_HUB_NAMES, OFFLINE_SPEC, RANDOM_SPECS, resolve_spec
-from interp.tokens import Bos, choose_bos
+from interp.tokens import Bos, bos_family, choose_bos
 
 
 @dataclass
@@ -50,13 +50,6 @@ class Embeddings:
     @property
     def prepend_bos(self) -> bool:
         return self.interp_bos.id is not None
-
-
-def bos_family(architecture: str) -> str:
-    """The family name `choose_bos` is given ("gpt2", "llama", else the lowercased class):
-    from the HF class name, e.g. "GPT2LMHeadModel" -> "gpt2"."""
-    arch = architecture.lower()
-    return "gpt2" if "gpt2" in arch else "llama" if "llama" in arch else arch
 
 
 def normalise_tokenizer(tokenizer):

@@ -8,7 +8,6 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.errors import UserValueError
 from interp.models.checks import FOLDER_FIX, check_device, check_folder
 from interp.models.errors import ModelUnavailableError
-from interp.models.light import bos_family
 from interp.models.random_gpt2 import gpt2_tokenizer, random_gpt2_hf
 from interp.models.smollm2 import ensure_smollm2
 from interp.models.specs import (
@@ -24,7 +23,7 @@ from interp.models.specs import (
     model_availability,
     resolve_spec,
 )
-from interp.tokens import choose_bos
+from interp.tokens import bos_family, choose_bos
 
 __all__ = ["MODEL_SPECS", "load_model", "model_availability", "resolve_spec"]
 
