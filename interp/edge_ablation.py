@@ -302,11 +302,8 @@ class EdgeAblation:
         start = self.first_difference(mask, base.mask)
         missing = (live & ~base.live).nonzero()
         if len(missing):
-            start = min(start, self._layer_of(int(missing[0])))
+            start = min(start, max(0, self.graph.sender_slot(int(missing[0]))[0]))
         return start
-
-    def _layer_of(self, sender: int) -> int:
-        return 0 if sender == 0 else (sender - 1) // (self.graph.n_heads + 1)
 
     def _best_base(self, mask: EdgeMask, live: Tensor) -> tuple[_Base, int]:
         starts = [self._start(mask, live, b) for b in self.bases]
@@ -355,7 +352,7 @@ class EdgeAblation:
             return base.deltas[torch.cumsum(base.live, 0)[senders] - 1]
         cache, g, nodes = self.runs.clean_cache, self.graph, self.nodes
         out = []
-        for layer, group in _by_layer(senders.tolist(), g.n_heads):
+        for layer, group in _by_layer(senders.tolist(), g):
             if layer < 0:
                 out.append((cache["blocks.0.hook_resid_pre"] - self._ablated_embed())[None])
                 continue
@@ -649,12 +646,12 @@ class _State:
             self.deltas[:, cols[held]] = values[:, held]
 
 
-def _by_layer(senders: list[int], n_heads: int) -> list[tuple[int, list[int]]]:
+def _by_layer(senders: list[int], graph: EdgeGraph) -> list[tuple[int, list[int]]]:
     """Sender indices (ascending) grouped by layer: [(layer, [slot, ...])], slot n_heads
     the MLP; the embeddings as layer -1."""
     out: list[tuple[int, list[int]]] = []
     for s in senders:
-        layer, slot = (-1, 0) if s == 0 else divmod(s - 1, n_heads + 1)
+        layer, slot = graph.sender_slot(s)
         if not out or out[-1][0] != layer:
             out.append((layer, []))
         out[-1][1].append(slot)

@@ -103,10 +103,15 @@ class EdgeGraph:
             return 1 + sender.layer * (self.n_heads + 1) + sender.head
         return 1 + sender.layer * (self.n_heads + 1) + self.n_heads
 
+    def sender_slot(self, index: int) -> tuple[int, int]:
+        """(layer, slot) of a sender index: slot n_heads is the MLP; the embeddings are
+        (-1, 0)."""
+        return (-1, 0) if index == 0 else divmod(index - 1, self.n_heads + 1)
+
     def sender(self, index: int) -> Sender:
         if index == 0:
             return EMBED
-        layer, slot = divmod(index - 1, self.n_heads + 1)
+        layer, slot = self.sender_slot(index)
         return Mlp(layer) if slot == self.n_heads else Head(layer, slot)
 
     def senders_before(self, layer: int, mlp: bool = False) -> int:
