@@ -71,16 +71,21 @@ class Family:
         return f"blocks.{layer}.{'attn.hook_out' if self.post_norms else 'hook_attn_out'}"
 
     def block_step(self, model, layer: int, x: Float[Tensor, "... d"],
-                   attn: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-        """resid_post of block `layer` from resid_pre `x` and its raw attention output."""
+                   attn: Float[Tensor, "... d"], mlp=None) -> Float[Tensor, "... d"]:
+        """resid_post of block `layer` from resid_pre `x` and its raw attention output.
+
+        `mlp`, when given, stands in for the block's MLP (input: the normed residual; output:
+        what `hook_mlp_out` sees), e.g. one that skips the rows whose output an ablation
+        replaces anyway."""
         block = model.blocks[layer]
+        mlp = block.mlp if mlp is None else mlp
         if self.parallel:
-            return x + attn + block.mlp(self.mlp_norm(model, layer)(x))
+            return x + attn + mlp(self.mlp_norm(model, layer)(x))
         if self.post_norms:
             mid = x + block.ln1_post(attn)
-            return mid + block.ln2_post(block.mlp(block.ln2(mid)))
+            return mid + block.ln2_post(mlp(block.ln2(mid)))
         mid = x + attn
-        return mid + block.mlp(block.ln2(mid))
+        return mid + mlp(block.ln2(mid))
 
     def head_step(self, model, layer: int, at, delta: Tensor) -> Tensor:
         """resid_post of block `layer` when its attention output changes by `delta`.
@@ -150,6 +155,31 @@ class Family:
     def logit_softcap(self, model) -> float | None:
         cap = getattr(model.cfg, "output_logits_soft_cap", None)
         return cap if cap is not None and cap > 0 else None
+
+
+class StackedWeights:
+    """The bridge's weights stacked over layers (`W_Q` [layers, heads, d_model, d_head], ..
+    `b_O`, `W_U`), each read from the bridge once, on first use; None for a parameter the
+    model lacks (a bias-free projection).
+
+    Every read of a stacked property of the bridge (`model.W_O`) copies all layers' weights
+    anew (~45 ms on SmolLM2), so `model.W_O[layer]` in a loop over layers or heads costs
+    that each time (~2,300 reads, ~100 s, in one `interp discover` before this existed).
+    Make one per computation, not per model: weights edited in place (`p.data.zero_()`
+    bumps no version counter) would go unseen by a longer-lived cache.
+
+    Example:
+        >>> w = StackedWeights(model)
+        >>> w["W_O"][3].shape  # [heads, d_head, d_model]
+    """
+
+    def __init__(self, model):
+        self.model, self._read = model, {}
+
+    def __getitem__(self, name: str) -> Tensor | None:
+        if name not in self._read:
+            self._read[name] = getattr(self.model, name, None)
+        return self._read[name]
 
 
 def _hf_attn(model, layer: int):

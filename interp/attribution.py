@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp.arch import attn_norm, mlp_input
+from interp.arch import StackedWeights, attn_norm, mlp_input
 from interp.forward import at_least_float32
 from interp.metrics import logits_at
 from interp.tasks.base import TaskBatch
@@ -306,12 +306,12 @@ def _edge_names(model) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _sender_outputs(model, acts) -> Float[Tensor, "senders batch pos d_model"]:
+def _sender_outputs(model, acts, w: StackedWeights) -> Float[Tensor, "senders batch pos d_model"]:
     """Each sender's write into the residual stream: embeddings, z_h W_O^h, MLP out."""
     outs = [acts[INPUT]]
     for layer in range(model.cfg.n_layers):
         z = acts[f"blocks.{layer}.attn.hook_z"]
-        outs += list(torch.einsum("bphe,hed->hbpd", z, model.W_O[layer].to(z.dtype)))
+        outs += list(torch.einsum("bphe,hed->hbpd", z, w["W_O"][layer].to(z.dtype)))
         outs.append(acts[f"blocks.{layer}.hook_mlp_out"])
     return torch.stack(outs)
 
@@ -327,20 +327,21 @@ def _norm_vjp(norm, resid: Tensor, cotangents: Tensor) -> Tensor:
     return g.reshape(cotangents.shape)
 
 
-def _receiver_grads(model, kind: str, layer: int, grads, acts) -> Tensor:
+def _receiver_grads(model, kind: str, layer: int, grads, acts, w: StackedWeights) -> Tensor:
     """dM/d(residual input of every receiver of `kind` at `layer`): [r, b, pos, d_model]."""
     if kind == "logits":
         return grads["ln_final.hook_in"].unsqueeze(0)
     if kind == "mlp":
         norm, point = mlp_input(model, layer)
         return _norm_vjp(norm, acts[point], grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0))
-    weight = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}[kind][layer]  # [h, d, e]
+    weight = w[f"W_{kind.upper()}"][layer]  # [h, d, e]
     g = grads[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, h, e] (pre-rotary q/k)
     cot = torch.einsum("bphe,hde->hbpd", g, weight.to(g.dtype))
     return _norm_vjp(attn_norm(model, layer), acts[f"blocks.{layer}.hook_resid_pre"], cot)
 
 
-def _edge_scores_at(model, receivers, upstream, grads, acts, delta) -> Tensor:
+def _edge_scores_at(model, receivers, upstream, grads, acts, delta, w: StackedWeights
+                    ) -> Tensor:
     """Scores [senders, receivers] = sum over batch, pos, d of delta_u * g_v."""
     out = torch.zeros(delta.shape[0], len(receivers))
     flat = delta.reshape(delta.shape[0], -1)
@@ -348,7 +349,7 @@ def _edge_scores_at(model, receivers, upstream, grads, acts, delta) -> Tensor:
     for col, (_, kind, layer, _i) in enumerate(receivers):
         groups.setdefault((kind, layer), []).append(col)
     for (kind, layer), cols in groups.items():
-        g = _receiver_grads(model, kind, layer, grads, acts).reshape(len(cols), -1)
+        g = _receiver_grads(model, kind, layer, grads, acts, w).reshape(len(cols), -1)
         n_up = upstream[cols[0]]
         scores = at_least_float32(flat[:n_up]) @ at_least_float32(g).T
         out[:n_up, cols] = scores.detach().cpu()
@@ -390,14 +391,15 @@ def edge_attribution(
     names = _edge_names(model)
     scores = torch.zeros(len(senders), len(recv))
     n_points = 1 if method == "attribution" else steps
+    w = StackedWeights(model)
     for index in _chunks(len(batch), chunk_size):
         sub = batch.subset(index)
         delta = None
         for start, end, grads, acts in _passes(model, sub, direction, method, steps, names,
                                                len(batch)):
             if delta is None:
-                delta = _sender_outputs(model, end) - _sender_outputs(model, start)
-            scores += _edge_scores_at(model, recv, upstream, grads, acts, delta) / n_points
+                delta = _sender_outputs(model, end, w) - _sender_outputs(model, start, w)
+            scores += _edge_scores_at(model, recv, upstream, grads, acts, delta, w) / n_points
     valid = torch.zeros_like(scores, dtype=torch.bool)
     for col, n_up in enumerate(upstream):
         valid[:n_up, col] = True

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.arch import norm_gain
+from interp.arch import StackedWeights, norm_gain
 from interp.metrics import LogitDiff
 
 
@@ -82,10 +82,11 @@ def direct_logit_attribution(model, cache, batch) -> dict[str, Tensor]:
         return (through_final_norm(model, comp, scale) * direction).sum(-1)
 
     heads, mlps, biases = [], [], []
+    w_o = StackedWeights(model)["W_O"]
     for layer in range(model.cfg.n_layers):
         z = _at(cache, f"blocks.{layer}.attn.hook_z", rows, pos)  # [batch, n_heads, d_head]
         post = _post_norm(model, cache, layer, rows, pos)
-        per_head = post(torch.einsum("bhd,hdm->hbm", z, model.W_O[layer]))
+        per_head = post(torch.einsum("bhd,hdm->hbm", z, w_o[layer]))
         heads.append(logit(per_head))
         mlps.append(logit(_at(cache, f"blocks.{layer}.hook_mlp_out", rows, pos)))
         b_o = model.blocks[layer].attn.b_O

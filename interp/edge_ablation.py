@@ -403,7 +403,8 @@ class EdgeAblation:
     def _head_outputs(self, layer: int, z: Float[Tensor, "k prompts pos heads d_head"],
                       heads: list[int] | None = None) -> Float[Tensor, "k heads prompts pos d"]:
         """Outputs z W_O of the heads z holds: every head, or the given `heads` in order."""
-        w_o = self.model.W_O[layer] if heads is None else self.model.W_O[layer][heads]
+        w_o = self.engine.w["W_O"][layer]
+        w_o = w_o if heads is None else w_o[heads]
         return torch.einsum("knphe,hed->khnpd", z, w_o)
 
     def _run(self, items: list[tuple[EdgeMask, _Base]], start: int, keep: bool = False):

@@ -64,22 +64,30 @@ def block_activations(model, tokens: Int[Tensor, "batch pos"], names: list[str],
 
 @dataclass
 class Ledger:
-    """Block-token work done (`padded`) and the part of it on real tokens (`real`)."""
+    """Block-token work done (`padded`) and the part of it on real tokens (`real`).
+
+    A block whose MLP was skipped at a token (its output replaced, `interp.ffn_sparse`)
+    counts as `1 - mlp_share` of a block there (`interp.patching.counter.mlp_share`).
+    """
 
     n_layers: int
     padded: int = 0
     real: int = 0
     unit_lengths: Int[Tensor, " batch"] | None = None
+    mlp_share: float = 0.0
+    mlps_skipped: int = 0
 
     def add(self, width: int, lengths: Int[Tensor, " b"], n_blocks: int) -> None:
         """Record `n_blocks` blocks run on a batch of `len(lengths)` rows of `width` tokens."""
         self.padded += n_blocks * width * len(lengths)
         self.real += n_blocks * int(lengths.clamp(max=width).sum())
 
-    def add_packed(self, n_tokens: int, n_blocks: int) -> None:
-        """Record `n_blocks` blocks run on `n_tokens` packed real tokens (no padding)."""
+    def add_packed(self, n_tokens: int, n_blocks: int, mlps_skipped: int = 0) -> None:
+        """Record `n_blocks` blocks run on `n_tokens` packed real tokens (no padding), of
+        which `mlps_skipped` token-blocks skipped their MLP."""
         self.padded += n_blocks * n_tokens
         self.real += n_blocks * n_tokens
+        self.mlps_skipped += mlps_skipped
 
     def fpe(self, lengths: Int[Tensor, " batch"] | None = None) -> dict:
         """The work in forward passes of a prompt set with these lengths (default: the prompt
@@ -88,8 +96,9 @@ class Ledger:
         if lengths is None:
             raise ValueError("no prompt set to measure the work by: pass lengths")
         unit = self.n_layers * int(lengths.sum())
-        return {"done": round(self.padded / unit, 2), "real_tokens_only": round(self.real / unit,
-                                                                                  2)}
+        saved = self.mlp_share * self.mlps_skipped
+        return {"done": round((self.padded - saved) / unit, 2),
+                "real_tokens_only": round((self.real - saved) / unit, 2)}
 
 
 def length_batches(lengths: Int[Tensor, " batch"], batch_size: int) -> list[Int[Tensor, " b"]]:

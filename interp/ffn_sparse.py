@@ -32,7 +32,7 @@ from torch import Tensor
 
 from interp.arch import slow_reason
 from interp.forward import unembed
-from interp.patching.sparse import BaseRun, ChangedTokens, forward_changed
+from interp.patching.sparse import BaseRun, ChangedTokens, MlpOut, forward_changed
 
 
 @dataclass
@@ -69,10 +69,10 @@ def base_of(model, batch):
     return batch.engine
 
 
-def _mlp_hooks(edits: list[SparseEdit], tokens, b: int, d: int, device) -> list:
-    """Forward hooks that replace MLP outputs at the changed tokens (all of them, or the read
-    tokens only in the last block), for every layer an edit replaces."""
-    hooks = []
+def _mlp_outs(edits: list[SparseEdit], tokens, b: int, d: int, device) -> dict[int, MlpOut]:
+    """The MLP outputs the edits replace, per layer, at the changed tokens (`MlpOut`: the
+    engine skips the MLP there)."""
+    outs = {}
     item, prompt, pos = tokens.rows // b, tokens.rows % b, tokens.pos
     for layer in sorted({la for e in edits for la in e.mlp}):
         put = torch.zeros(len(pos), dtype=torch.bool)
@@ -85,14 +85,15 @@ def _mlp_hooks(edits: list[SparseEdit], tokens, b: int, d: int, device) -> list:
             put[mine] = mlp.where[prompt[mine], pos[mine]]
             if mlp.value is not None:
                 value[mine] = mlp.value[prompt[mine], pos[mine]].float()
-        put, value = put.to(device), value.to(device)
+        outs[layer] = MlpOut(put.to(device), value.to(device))
+    return outs
 
-        def hook(act, hook=None, put=put, value=value):
-            at_read = act.shape[0] != len(put)  # the last block computes the read tokens only
-            keep, new = (put[tokens.read], value[tokens.read]) if at_read else (put, value)
-            return torch.where(keep[:, None], new.to(act.dtype), act)
-        hooks.append((f"blocks.{layer}.hook_mlp_out", hook))
-    return hooks
+
+def mlps_skipped(outs: dict[int, MlpOut], tokens, n_layers: int) -> int:
+    """Token-MLPs the engine skips: replaced outputs at the tokens each block computes (the
+    read tokens only in the last block)."""
+    return sum(int(out.put[tokens.read].sum() if layer == n_layers - 1 else out.put.sum())
+               for layer, out in outs.items())
 
 
 def common_prefix(tokens: Int[Tensor, "b width"], read: Int[Tensor, " b"]) -> int:
@@ -148,9 +149,11 @@ class _StackedBase(_CacheBase):
         return self._kv[layer]
 
 
-def _prefix_runs(model, batch, edits: list[SparseEdit], start: int, prefix: int) -> dict:
+def _prefix_runs(model, batch, edits: list[SparseEdit], start: int, prefix: int
+                 ) -> tuple[dict, int]:
     """Run the shared prefix of each edit once (one row per edit, from its first changed
-    position): {layer: {edit index: (keys, values) [prefix, kv_heads, d_head]}}."""
+    position): ({layer: {edit index: (keys, values) [prefix, kv_heads, d_head]}}, the
+    token-MLPs skipped)."""
     clean = base_of(model, batch)
     n, n_layers = len(edits), model.cfg.n_layers
     firsts = torch.tensor([int(e.first.min()) for e in edits])
@@ -160,8 +163,9 @@ def _prefix_runs(model, batch, edits: list[SparseEdit], start: int, prefix: int)
     kept: dict[int, Tensor] = {}
     row0 = _CacheBase(clean, {f"blocks.{la}.hook_resid_pre": batch.resid[la][:1, :prefix]
                               for la in range(start, n_layers)}, 1)  # the clean prefix
-    with model.hooks(fwd_hooks=_mlp_hooks(edits, tokens, 1, x.shape[-1], dev)):
-        forward_changed(model, row0, x, tokens, start, record=kept)
+    outs = _mlp_outs(edits, tokens, 1, x.shape[-1], dev)
+    forward_changed(model, row0, x, tokens, start, record=kept, mlp_out=outs)
+    skipped = mlps_skipped(outs, tokens, n_layers)
     resid = {}
     for layer in range(start, n_layers):  # resid_pre of each edit's prefix run
         r = batch.resid[layer][:1, :prefix].repeat(n, 1, 1)
@@ -169,18 +173,19 @@ def _prefix_runs(model, batch, edits: list[SparseEdit], start: int, prefix: int)
         resid[f"blocks.{layer}.hook_resid_pre"] = r
     base = _CacheBase(clean, resid, n)
     return {la: {i: tuple(t[i] for t in base.kv(la)) for i in range(n)}
-            for la in range(start, n_layers)}
+            for la in range(start, n_layers)}, skipped
 
 
 def _run_group(model, batch, edits: list[SparseEdit], start: int
-               ) -> tuple[Float[Tensor, "n b vocab"], int]:
-    """Logits of stacked edits with the same start, and the tokens computed per block."""
+               ) -> tuple[Float[Tensor, "n b vocab"], int, int]:
+    """Logits of stacked edits with the same start, the tokens computed per block and the
+    token-MLPs skipped (`mlps_skipped`)."""
     b, read, dev = len(batch.rows), batch.read.cpu(), batch.read.device
     prefix = common_prefix(batch.tokens.cpu(), read)
     shared = [i for i, e in enumerate(edits) if _shares_prefix(e, prefix)]
-    base, prefix_kv, done = base_of(model, batch), {}, 0
+    base, prefix_kv, done, skipped = base_of(model, batch), {}, 0, 0
     if shared:
-        runs = _prefix_runs(model, batch, [edits[i] for i in shared], start, prefix)
+        runs, skipped = _prefix_runs(model, batch, [edits[i] for i in shared], start, prefix)
         prefix_kv = {la: {shared[j]: kv for j, kv in per.items()} for la, per in runs.items()}
         base = _StackedBase(base, len(edits), prefix_kv, prefix)
         done = sum(prefix - int(edits[i].first.min()) for i in shared)
@@ -191,9 +196,11 @@ def _run_group(model, batch, edits: list[SparseEdit], start: int
     for i, edit in enumerate(edits):
         if edit.add is not None:
             x[tokens.read[i * b: (i + 1) * b].to(dev)] += edit.add.to(dev, x.dtype)
-    with model.hooks(fwd_hooks=_mlp_hooks(edits, tokens, b, x.shape[-1], dev)):
-        final = forward_changed(model, base, x, tokens, start)
-    return unembed(model, final).reshape(len(edits), b, -1), done + len(tokens.rows)
+    outs = _mlp_outs(edits, tokens, b, x.shape[-1], dev)
+    final = forward_changed(model, base, x, tokens, start, mlp_out=outs)
+    skipped += mlps_skipped(outs, tokens, model.cfg.n_layers)
+    return (unembed(model, final).reshape(len(edits), b, -1), done + len(tokens.rows),
+            skipped)
 
 
 def run_edits(model, batch, edits: list[SparseEdit], ledger=None) -> Float[Tensor, "n b vocab"]:
@@ -205,11 +212,12 @@ def run_edits(model, batch, edits: list[SparseEdit], ledger=None) -> Float[Tenso
     out: list[Tensor | None] = [None] * len(edits)
     with torch.inference_mode():
         for start, idx in groups.items():
-            logits, n_tokens = _run_group(model, batch, [edits[i] for i in idx], start)
+            logits, n_tokens, skipped = _run_group(model, batch, [edits[i] for i in idx],
+                                                   start)
             for i, lg in zip(idx, logits, strict=True):
                 out[i] = lg
             if ledger is not None:
-                ledger.add_packed(n_tokens, model.cfg.n_layers - start)
+                ledger.add_packed(n_tokens, model.cfg.n_layers - start, skipped)
     return torch.stack(out)
 
 

@@ -45,6 +45,7 @@ from interp.ffn import (
 from interp.ffn_clean import CleanRun, Ledger
 from interp.ffn_sinks import massive_activations
 from interp.ffn_transfer import specificity, transfer_study
+from interp.patching.counter import mlp_share
 
 KINDS = ("zero", "mean")
 PROMPT_KINDS = ("abstractive", "extractive")
@@ -214,7 +215,9 @@ def run_study(model, config: FfnConfig, items: list[Capital] | None = None,
     stage = stage or (lambda name: nullcontext())
     items = items if items is not None else mark_tokens(model, load_capitals(config.table))
     n = model.cfg.n_layers
-    ledgers = {k: Ledger(n) for k in ("selection", *PROMPT_KINDS, "transfer", "specificity")}
+    share = mlp_share(model.cfg)
+    ledgers = {k: Ledger(n, mlp_share=share)
+               for k in ("selection", *PROMPT_KINDS, "transfer", "specificity")}
     with stage("select"):
         chosen, demos, info, full = select_items(model, items, config, ledgers["selection"])
     sets = {k: build_prompts(model, chosen, k, demos=demos) for k in PROMPT_KINDS}
@@ -248,7 +251,8 @@ def _work(ledgers: dict[str, Ledger], table_lengths) -> dict:
     """Each stage's work in FPE of its prompt set (the transfer's: the whole table)."""
     notes = {"selection": "minimum 1 (one forward of the table)",
              "abstractive": "minimum = real_tokens_only: each condition from its first "
-                            "ablated block",
+                            "ablated block, the replaced MLPs not run (a block without its "
+                            "MLP counts as its attention's share of the FLOPs)",
              "extractive": "as abstractive",
              "transfer": "exact recomputation from the steered block; a KV-cached run of the "
                          "read position alone would need ~1/mean-length of it",

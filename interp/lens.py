@@ -46,9 +46,12 @@ def lens_logits(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "..
 
 
 def rank_of(logits: Float[Tensor, "... vocab"], ids: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
-    """1-based rank of `ids` (1 = top token): 1 + number of strictly larger logits."""
+    """1-based rank of `ids` (1 = top token): 1 + number of strictly larger logits.
+
+    The count is summed in int32 (exact below 2**31 entries; twice as fast on the CPU as
+    torch's default int64 sum of a bool tensor)."""
     target = logits.gather(-1, ids.unsqueeze(-1))
-    return (logits > target).sum(-1) + 1
+    return (logits > target).sum(-1, dtype=torch.int32).long() + 1
 
 
 @dataclass

@@ -330,3 +330,12 @@ def test_common_prefix_and_when_a_prefix_run_is_shared():
     uneven[0, 1] = False
     assert not _shares_prefix(SparseEdit(0, zeros, mlp={0: MlpEdit(uneven)}), 2)
     assert not _shares_prefix(SparseEdit(0, zeros + 2, mlp={0: MlpEdit(where)}), 2)  # unchanged
+
+
+def test_ledger_counts_a_block_without_its_mlp_as_its_attention_share():
+    """Two blocks on 10 tokens (20 token-blocks), 4 of them with the MLP skipped, at an MLP
+    share of 0.75: 20 - 0.75 * 4 = 17 token-blocks, over a prompt set of 10 tokens x 2."""
+    ledger = Ledger(2, mlp_share=0.75)
+    ledger.add_packed(10, 2, mlps_skipped=4)
+    work = ledger.fpe(torch.tensor([4, 6]))
+    assert work == {"done": 0.85, "real_tokens_only": 0.85}

@@ -4,6 +4,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.arch import StackedWeights
 from interp.forward import unembed
 from interp.nodes import Head
 
@@ -52,12 +53,13 @@ def copying_scores(model, cache, batch, heads: list[Head], top_k: int = 5) -> di
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
     group = model.cfg.n_heads // n_kv
     copy, neg = {}, {}
+    w = StackedWeights(model)
     for h in heads:
         block = model.blocks[h.layer]
-        v = block.ln1(resid) @ model.W_V[h.layer][h.head // group]
+        v = block.ln1(resid) @ w["W_V"][h.layer][h.head // group]
         if block.attn.b_V is not None:
             v = v + block.attn.b_V[h.head // group]
-        logits = unembed(model, v @ model.W_O[h.layer][h.head])  # [batch, vocab]
+        logits = unembed(model, v @ w["W_O"][h.layer][h.head])  # [batch, vocab]
         top = logits.topk(top_k, -1).indices
         bottom = (-logits).topk(top_k, -1).indices
         copy[str(h)] = (top == names[:, None]).any(-1).float().mean().item()
@@ -73,11 +75,11 @@ def io_attention_and_projection(model, cache, batch, heads: list[Head]) -> dict[
 
     rows, end = torch.arange(len(batch)), batch.read_positions
     direction = logit_directions(model, batch.metric)  # [batch, d_model]
-    out = {}
+    out, w_o = {}, StackedWeights(model)["W_O"]
     for h in heads:
         pattern = cache[f"blocks.{h.layer}.attn.hook_pattern"][rows, h.head, end,
                                                                  batch.positions["IO"]]
         z = cache[f"blocks.{h.layer}.attn.hook_z"][rows, end, h.head]  # [batch, d_head]
-        proj = ((z @ model.W_O[h.layer][h.head]) * direction).sum(-1)
+        proj = ((z @ w_o[h.layer][h.head]) * direction).sum(-1)
         out[str(h)] = {"attn_end_to_io": pattern.tolist(), "projection": proj.tolist()}
     return out

@@ -65,7 +65,7 @@ def _layer_effects(model, runs: Runs, engine: BaseRun, layer: int, direction: st
         def at(name: str, rows=rows, pos=pos):
             return cache[name][rows, pos]
 
-        delta = head_out(model, diff, layer, heads).flatten(0, 1)  # [k*batch, pos, d]
+        delta = head_out(engine.w["W_O"][layer], diff, heads).flatten(0, 1)  # [k*batch, pos, d]
         x = engine.family.head_step(model, layer, at, delta[tokens.rows, tokens.pos])
         final = forward_changed(model, engine, x, tokens, layer + 1)
         resid = final.view(len(heads), n_batch, -1)

@@ -108,7 +108,7 @@ def _sender_delta(model, runs: Runs, layer: int, heads, pos_names: list[str]):
     pos = _position_table(runs, pos_names)
     name = f"blocks.{layer}.attn.hook_z"
     diff = runs.corrupted_cache[name][rows, pos] - runs.clean_cache[name][rows, pos]
-    return head_out(model, diff, layer, heads)  # [k, batch, n_pos, d]
+    return head_out(base_run(model, runs).w["W_O"][layer], diff, heads)  # [k, batch, n_pos, d]
 
 
 def _to_logits(model, runs: Runs, layer: int, heads,
@@ -312,7 +312,7 @@ class QueryScreen:
             clean = family_of(model).attn_input(model, layer, resid)
             grad = self._grads[f"blocks.{layer}.attn.hook_q"][rows, read]  # [batch, heads, e]
             direction = torch.einsum("bhe,hde->bdh", at_least_float32(grad),
-                                     at_least_float32(model.W_Q[layer]))
+                                     at_least_float32(base_run(model, runs).w["W_Q"][layer]))
             self._directions[layer] = (clean, direction.reshape(-1, direction.shape[-1]))
         return self._directions[layer]
 

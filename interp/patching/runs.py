@@ -153,10 +153,11 @@ def release(runs: Runs, keep: tuple[str, ...],
     runs.bases.clear()
 
 
-def head_out(model, z: Float[Tensor, "... n_heads d_head"], layer: int,
+def head_out(w_o: Float[Tensor, "n_heads d_head d_model"], z: Float[Tensor, "... n_heads d_head"],
              heads: Int[Tensor, " k"]) -> Float[Tensor, "k ... d_model"]:
-    """Each selected head's contribution to the residual stream, z_h @ W_O[layer, h]."""
-    w_o = model.W_O[layer][heads]  # [k, d_head, d_model]
+    """Each selected head's contribution to the residual stream, z_h @ W_O[h], from one
+    layer's `W_O` (read once: `interp.arch.StackedWeights`)."""
+    w_o = w_o[heads]  # [k, d_head, d_model]
     z_sel = z[..., heads, :].movedim(-2, 0)  # [k, ..., d_head]
     return torch.einsum("k...d,kdm->k...m", z_sel, w_o)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.arch import family_of, slow_reason
+from interp.arch import StackedWeights, family_of, slow_reason
 from interp.patching import counter
 from interp.patching.runs import Runs
 
@@ -110,8 +110,7 @@ class BaseRun:
         self.family = family_of(model)
         self.model, self.cache, self.n_prompts = model, cache, n_prompts
         self._kv: dict[int, tuple[Tensor, Tensor]] = {}
-        self.w = {name: getattr(model, name, None) for name in
-                  ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")}
+        self.w = StackedWeights(model)
         self.cos, self.sin = self.family.rotary_tables(kwargs)
 
     def resid_pre(self, layer: int) -> Float[Tensor, "prompts pos d_model"]:
@@ -275,10 +274,33 @@ def _attend_queries(q: Float[Tensor, "n heads d"], k: Float[Tensor, "n pos kv d"
     return torch.einsum("nhs,nshd->nhd", scores.softmax(-1), v)
 
 
+@dataclass
+class MlpOut:
+    """MLP outputs of one layer replaced at some changed tokens: where `put [n]` is True the
+    MLP's output is `value [n, d]` (its row elsewhere is unused), as a `hook_mlp_out` hook
+    would set it. The MLP runs on the other tokens only."""
+
+    put: Bool[Tensor, " n"]
+    value: Float[Tensor, "n d_model"]
+
+    def mlp(self, block_mlp, rows: Tensor):
+        """A stand-in for `block_mlp` on the tokens `rows` (indices into the n tokens)."""
+        put, value = self.put[rows], self.value[rows]
+
+        def run(h: Tensor) -> Tensor:
+            out = value.to(h.dtype).clone()
+            keep = ~put
+            if bool(keep.any()):
+                out[keep] = block_mlp(h[keep])
+            return out
+        return run
+
+
 def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
                     tokens: ChangedTokens, start: int,
                     overrides: list[Override] = (), edit_z=None,
-                    record: dict | None = None) -> Float[Tensor, "rows d_model"]:
+                    record: dict | None = None,
+                    mlp_out: dict[int, MlpOut] | None = None) -> Float[Tensor, "rows d_model"]:
     """Run layers start.. on the changed tokens; the final residual at each row's read token.
 
     Args:
@@ -289,6 +311,8 @@ def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
             forward hook would (e.g. mean ablation).
         record: when given, `record[layer]` receives resid_pre[layer] at every changed token
             (`[n, d_model]`) for each layer run.
+        mlp_out: layer -> `MlpOut`: MLP outputs replaced at some changed tokens (e.g. an
+            ablation); the MLP is not run there.
     """
     if start >= model.cfg.n_layers:
         return x[tokens.read]
@@ -301,5 +325,7 @@ def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
         mine = [ov for ov in overrides if ov.layer == layer]
         attn = _attend(model, base, layer, base.family.attn_input(model, layer, x), tokens,
                        queries, mine, edit_z)
-        x = base.family.block_step(model, layer, x[queries], attn)
+        edit = (mlp_out or {}).get(layer)
+        mlp = None if edit is None else edit.mlp(model.blocks[layer].mlp, queries)
+        x = base.family.block_step(model, layer, x[queries], attn, mlp)
     return x

@@ -100,3 +100,55 @@ def test_unsupported_attention_is_refused(tiny):
                             blocks=[SimpleNamespace(attn=tiny.blocks[0].attn)])
     with pytest.raises(NotImplementedError, match="interp.patching.naive"):
         check_supported(other)
+
+
+def test_replaced_mlp_outputs_skip_the_mlp_and_match_a_hook(tiny):
+    """`MlpOut`: where an MLP's output is replaced the MLP does not run (counted by a hook on
+    the MLP), and the result equals running it everywhere and replacing its output."""
+    from interp.patching.sparse import MlpOut
+
+    model = tiny
+    runs = prepare_runs(model, build_ioi(model, n_prompts=4, seed=0).batch)
+    b, n_layers = runs.batch, model.cfg.n_layers
+    tokens = ChangedTokens.span(torch.zeros_like(b.read_positions), b.read_positions, 1)
+    x = runs.clean_cache["blocks.0.hook_resid_pre"][tokens.rows, tokens.pos]
+    put = tokens.pos % 2 == 1  # every other token of layer 0
+    value = torch.randn(len(put), model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    seen = []
+    handle = model.blocks[0].mlp.register_forward_hook(
+        lambda mod, args, out: seen.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            got = forward_changed(model, base_run(model, runs), x, tokens, 0,
+                                  mlp_out={0: MlpOut(put, value)})
+    finally:
+        handle.remove()
+    assert seen == [int((~put).sum())]
+
+    def replace(act, hook):
+        act = act.clone()
+        act[tokens.rows[put], tokens.pos[put]] = value[put]
+        return act
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(b.clean_tokens, names_filter=[
+            f"blocks.{n_layers - 1}.hook_resid_post"])
+        model.add_hook("blocks.0.hook_mlp_out", replace)
+        try:
+            _, hooked = model.run_with_cache(b.clean_tokens, names_filter=[
+                f"blocks.{n_layers - 1}.hook_resid_post"])
+        finally:
+            model.reset_hooks()
+    name = f"blocks.{n_layers - 1}.hook_resid_post"
+    want = hooked[name][torch.arange(len(b)), b.read_positions]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, cache[name][torch.arange(len(b)), b.read_positions],
+                              atol=1e-3)
+
+
+def test_stacked_weights_are_read_once_and_equal_the_bridge(tiny):
+    from interp.arch import StackedWeights
+
+    w = StackedWeights(tiny)
+    assert torch.equal(w["W_O"], tiny.W_O) and torch.equal(w["W_Q"][1], tiny.W_Q[1])
+    assert w["W_O"] is w["W_O"]  # read once
+    assert w["no_such_weight"] is None
