@@ -277,18 +277,20 @@ def _attend_queries(q: Float[Tensor, "n heads d"], k: Float[Tensor, "n pos kv d"
 @dataclass
 class MlpOut:
     """MLP outputs of one layer replaced at some changed tokens: where `put [n]` is True the
-    MLP's output is `value [n, d]` (its row elsewhere is unused), as a `hook_mlp_out` hook
-    would set it. The MLP runs on the other tokens only."""
+    MLP's output is `value [n, d]` (None: zeros; its rows elsewhere are unused), as a
+    `hook_mlp_out` hook would set it. The MLP runs on the other tokens only."""
 
     put: Bool[Tensor, " n"]
-    value: Float[Tensor, "n d_model"]
+    value: Float[Tensor, "n d_model"] | None = None
 
     def mlp(self, block_mlp, rows: Tensor):
         """A stand-in for `block_mlp` on the tokens `rows` (indices into the n tokens)."""
-        put, value = self.put[rows], self.value[rows]
+        put = self.put[rows]
+        value = None if self.value is None else self.value[rows]
 
         def run(h: Tensor) -> Tensor:
-            out = value.to(h.dtype).clone()
+            # the MLP maps d_model to d_model: zeros shaped like its input
+            out = torch.zeros_like(h) if value is None else value.to(h.dtype).clone()
             keep = ~put
             if bool(keep.any()):
                 out[keep] = block_mlp(h[keep])
