@@ -105,6 +105,13 @@ def all_heads_ablated(ev: MeanAblation) -> Float[Tensor, " batch"] | None:
     return metric_from_resid(model, batch, x)
 
 
+def read_share(batch) -> float:
+    """The share of a padded forward of `batch` that lies at or before each prompt's read
+    position: what a run that must compute every token up to the read needs at least
+    (later tokens change nothing there; e.g. 0.85 for IOI's padded prompts)."""
+    return float((batch.read_positions + 1).sum()) / batch.clean_tokens.numel()
+
+
 def faithfulness(model, runs: Runs, circuit: Circuit, ev: MeanAblation | None = None) -> dict:
     """F(C), F(M), F(0) (every head ablated), F(C)/F(M), the normalised faithfulness and
     the circuit's head and MLP counts (mean metric; F(M) is the unablated clean metric)."""

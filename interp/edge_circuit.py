@@ -23,7 +23,7 @@ Example:
 
 from contextlib import nullcontext
 
-from interp.circuit import faithfulness, normalised_faithfulness
+from interp.circuit import all_heads_ablated, faithfulness, normalised_faithfulness, read_share
 from interp.circuits.format import CircuitSpec, GroupEdge
 from interp.edge_ablation import EdgeAblation, EdgeMask
 from interp.nodes import Head, Mlp, Node
@@ -81,7 +81,9 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
         ev = EdgeAblation(model, runs, kind, seed)
         graph = ev.graph
         kept = ev.mask(spec.kept_edges(graph))
-        f_c, f_empty = ev.metrics([kept, implicit_only(ev, spec)], progress).mean(-1).tolist()
+        ev.add_base(kept)
+        f_c = ev.bases[-1].metric.mean().item()
+        f_empty = _empty_metric(ev, spec, progress)
     explicit = spec.edge_list(graph)
     f_m = runs.clean_metric.mean().item()
     nodes = _nodes(spec, explicit)
@@ -100,6 +102,17 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
     return {"level": "edges", "faithfulness": faith, "completeness": complete,
             "node_level_faithfulness": {**nodes_only, "note": NODE_NOTE},
             "minimality": minimal}
+
+
+def _empty_metric(ev: EdgeAblation, spec: CircuitSpec, progress: bool) -> float:
+    """F(0): with the embeddings and MLPs implicit it is the node level's every head
+    ablated, MLPs kept (`all_heads_ablated`: the read positions only, as no head reads
+    another position); otherwise `implicit_only`'s edge-ablated run."""
+    if spec.implicit() == (True, True):
+        empty = all_heads_ablated(ev.nodes)
+        if empty is not None:
+            return empty.mean().item()
+    return ev.metrics([implicit_only(ev, spec)], progress).mean().item()
 
 
 def _completeness(ev: EdgeAblation, spec: CircuitSpec, kept: EdgeMask,
@@ -142,13 +155,32 @@ def _nodes(spec: CircuitSpec, explicit) -> set[Node]:
     return nodes
 
 
-def minimum_forwards(result: dict) -> dict[str, float]:
+def minimum_forwards(result: dict, spec: CircuitSpec, batch, n_layers: int
+                     ) -> dict[str, float]:
     """The least forward-equivalents each stage of `interp evaluate-circuit` needs (one
-    forward of its prompt batch = 1): the clean and corrupted cached runs (2); the circuit
-    C and the empty circuit, which share no layer with the clean run (2; every other edge
-    set resumes from C's run or the clean run); at edge level, the node-level circuit (1:
-    its empty circuit is the edge level's F(0) when embeddings and MLPs are implicit)."""
+    forward of its padded prompt batch = 1; `read_share`: the tokens up to the reads, all a
+    run that changes from the first token on must compute):
+
+    - runs: the clean and corrupted cached runs (2);
+    - the circuit C, which shares no layer with the clean run (`read_share`), and F(0):
+      with the embeddings and MLPs implicit every head is its mean, so no position reads
+      another and only the read positions run (1 / prompt length); otherwise F(0) resumes
+      from C (not counted);
+    - completeness: for each group K, M \\ K from K's first layer on, tokens up to the reads
+      (the layers before are the clean run's); C \\ K resumes from C (not counted);
+    - minimality: each C \\ e resumes from C (not counted);
+    - node level: the groups' node circuit and its F(0), as above.
+
+    Before, the empty circuit counted a full forward and M \\ K nothing: the first is not
+    needed (`all_heads_ablated`), the second is (the layers after K's change everywhere).
+    """
+    share, one_token = read_share(batch), 1.0 / batch.clean_tokens.shape[1]
+    removed = share * sum((n_layers - min(n.layer for n in nodes)) / n_layers
+                          for nodes in spec.group_nodes().values() if nodes)
+    circuit = share + one_token
     if result["level"] != "edges":
-        return {"dataset": 0.0, "runs": 2.0, "evaluate": 2.0}
-    return {"dataset": 0.0, "runs": 2.0, "edge_faithfulness": 2.0, "edge_completeness": 0.0,
-            "edge_minimality": 0.0, "node_level_faithfulness": 1.0}
+        return {"dataset": 0.0, "runs": 2.0, "evaluate": circuit + removed}
+    empty = one_token if spec.implicit() == (True, True) else 0.0
+    return {"dataset": 0.0, "runs": 2.0, "edge_faithfulness": share + empty,
+            "edge_completeness": removed, "edge_minimality": 0.0,
+            "node_level_faithfulness": circuit}
