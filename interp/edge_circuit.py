@@ -23,7 +23,14 @@ Example:
 
 from contextlib import nullcontext
 
-from interp.circuit import all_heads_ablated, faithfulness, normalised_faithfulness, read_share
+from interp.circuit import (
+    all_heads_ablated,
+    faithfulness,
+    full_circuit,
+    normalised_faithfulness,
+    read_share,
+    without,
+)
 from interp.circuits.format import CircuitSpec, GroupEdge
 from interp.edge_ablation import EdgeAblation, EdgeMask
 from interp.nodes import Head, Mlp, Node
@@ -118,13 +125,31 @@ def _empty_metric(ev: EdgeAblation, spec: CircuitSpec, progress: bool) -> float:
 def _completeness(ev: EdgeAblation, spec: CircuitSpec, kept: EdgeMask,
                   progress: bool) -> dict:
     """Per group K: F(C \\ K) and F(M \\ K), K's nodes sending nothing."""
-    groups = {name: [ev.graph.sender_index(n) for n in nodes]
-              for name, nodes in spec.group_nodes().items() if nodes}
-    sets = [s for senders in groups.values()
-            for s in (without_senders(kept, senders), without_senders(ev.full(), senders))]
-    pairs = ev.metrics(sets, progress).mean(-1).tolist()
-    return {name: {"F_C_minus_K": c, "F_M_minus_K": m, "incompleteness": abs(c - m)}
-            for name, c, m in zip(groups, pairs[::2], pairs[1::2], strict=True)}
+    nodes = {name: members for name, members in spec.group_nodes().items() if members}
+    groups = {name: [ev.graph.sender_index(n) for n in members]
+              for name, members in nodes.items()}
+    c_minus = ev.metrics([without_senders(kept, senders) for senders in groups.values()],
+                         progress).mean(-1).tolist()
+    m_minus = dict(zip(groups, _model_minus(ev, nodes, groups, progress), strict=True))
+    return {name: {"F_C_minus_K": c, "F_M_minus_K": m_minus[name],
+                   "incompleteness": abs(c - m_minus[name])}
+            for name, c in zip(groups, c_minus, strict=True)}
+
+
+def _model_minus(ev: EdgeAblation, nodes: dict, groups: dict, progress: bool) -> list[float]:
+    """F(M \\ K) per group. M minus a group of heads, every other edge kept, is the node
+    circuit of every other head (`interp.circuit.full_circuit`), MLPs kept: `MeanAblation`
+    runs it on the tokens up to the reads only; a group with an MLP goes to the edge run."""
+    heads_only = [name for name in groups if all(isinstance(n, Head) for n in nodes[name])]
+    full = full_circuit(ev.model)
+    node_values = ev.nodes.metrics([without(full, nodes[name]) for name in heads_only],
+                                   progress).mean(-1).tolist()
+    others = [name for name in groups if name not in heads_only]
+    edge_values = ev.metrics([without_senders(ev.full(), groups[name]) for name in others],
+                             progress).mean(-1).tolist()
+    values = {**dict(zip(heads_only, node_values, strict=True)),
+              **dict(zip(others, edge_values, strict=True))}
+    return [values[name] for name in groups]
 
 
 def _minimality(ev: EdgeAblation, spec: CircuitSpec, kept: EdgeMask, f_c: float, f_m: float,

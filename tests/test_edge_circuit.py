@@ -101,3 +101,19 @@ def test_empty_circuit_from_the_reads_equals_the_edge_ablated_run(tiny, runs):
     other = evaluate_edges(tiny, runs, from_embed)["faithfulness"]["F_all_heads_ablated"]
     assert other == pytest.approx(ev.metrics([implicit_only(ev, from_embed)]).mean().item(),
                                   abs=1e-6)
+
+
+def test_model_minus_a_group_equals_the_edge_ablated_run(tiny, runs):
+    """F(M \\ K) of a group of heads comes from the node engine; it equals the edge
+    engine's run of every edge but K's (a group with an MLP takes that run itself)."""
+    from interp.edge_ablation import EdgeAblation
+    from interp.edge_circuit import without_senders
+
+    text = GROUPS + "  d: [MLP0, L1H1]\nedges:\n  - {from: a, to: logits}\n"
+    spec = parse_circuit(text, model=tiny)
+    got = evaluate_edges(tiny, runs, spec)["completeness"]
+    ev = EdgeAblation(tiny, runs)
+    for name, members in spec.group_nodes().items():
+        senders = [ev.graph.sender_index(n) for n in members]
+        plain = ev.metrics([without_senders(ev.full(), senders)]).mean().item()
+        assert got[name]["F_M_minus_K"] == pytest.approx(plain, abs=1e-5), name
