@@ -90,7 +90,7 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
         kept = ev.mask(spec.kept_edges(graph))
         ev.add_base(kept)
         f_c = ev.bases[-1].metric.mean().item()
-        f_empty = _empty_metric(ev, spec, progress)
+        f_empty = empty_metric(ev, spec, progress)
     explicit = spec.edge_list(graph)
     f_m = runs.clean_metric.mean().item()
     nodes = _nodes(spec, explicit)
@@ -111,7 +111,7 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
             "minimality": minimal}
 
 
-def _empty_metric(ev: EdgeAblation, spec: CircuitSpec, progress: bool) -> float:
+def empty_metric(ev: EdgeAblation, spec: CircuitSpec, progress: bool = False) -> float:
     """F(0): with the embeddings and MLPs implicit it is the node level's every head
     ablated, MLPs kept (`all_heads_ablated`: the read positions only, as no head reads
     another position); otherwise `implicit_only`'s edge-ablated run."""
