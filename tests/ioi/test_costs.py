@@ -51,3 +51,32 @@ def test_the_exact_floor_is_a_lower_bound_of_the_final_runs(tiny, runs):
                                                    "estimated_from": [], "exact": SENDERS[:3:2]})
     read_only = 2 * len(runs.batch) / (tiny.cfg.n_layers * runs.batch.clean_tokens.numel())
     assert read_only <= floor <= counted
+
+
+def test_the_evaluation_floor_is_below_what_the_evaluation_counts(tiny, runs):
+    """circuit_evaluation's minimum (C, F(0), M \\ K, C \\ K, the unclassified circuit and
+    the single knock-outs) never exceeds what the stage's runs count."""
+    from types import SimpleNamespace
+
+    from interp.circuit import completeness, faithfulness, minimality
+    from interp.ioi.classify import CLASS_POSITIONS
+    from interp.ioi.costs import _evaluation
+    from interp.mean_ablation import MeanAblation
+    from interp.nodes import parse_node
+
+    classes = {c: [] for c in CLASS_POSITIONS} | {"name_movers": ["L1H0"],
+                                                  "induction": ["L0H1", "L1H3"]}
+    ioi = SimpleNamespace(ds=SimpleNamespace(batch=runs.batch), classes=classes,
+                          unclassified={"L1H1": {}})
+    circuit = {parse_node(h): CLASS_POSITIONS[c] for c, hs in classes.items() for h in hs}
+    groups = {c: [parse_node(h) for h in hs] for c, hs in classes.items()}
+
+    def evaluate():
+        ev = MeanAblation(tiny, runs)
+        faithfulness(tiny, runs, circuit, ev)
+        faithfulness(tiny, runs, {**circuit, parse_node("L1H1"): ["END"]}, ev)
+        completeness(tiny, runs, circuit, groups, ev=ev)
+        minimality(tiny, runs, circuit, groups, ev=ev)
+
+    floor = _evaluation(ioi, tiny.cfg)
+    assert 1.0 < floor <= _counted(tiny, runs, evaluate)  # (the group knock-outs: not counted)
