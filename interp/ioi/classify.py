@@ -157,7 +157,8 @@ class Classifier:
         self.progress, self.paths, self.top_k = progress, paths, top_k
         self.estimated: dict[str, list[str]] = {}
         # per q/k/v step: its receivers, the senders whose patched receiver inputs the step
-        # computed for its estimate, and those patched exactly (for `interp.ioi.costs`)
+        # needs (all, unless the logits sweep's `QueryScreen` gave the estimate) and those
+        # patched exactly (for `interp.ioi.costs`)
         self.step_paths: dict[str, dict] = {}
         self.step_effects: dict[str, dict[Head, float]] = {}
         self._exact: set[Head] = set()
@@ -210,7 +211,7 @@ class Classifier:
             values = path_patch(self.model, self.runs, senders, receivers,
                                 progress=self.progress, queries=queries)
             if receivers != "logits":
-                self.step_paths[step] = {"receivers": receivers, "estimated_from": [],
+                self.step_paths[step] = {"receivers": receivers, "propagated": senders,
                                          "exact": senders}
             self._queries = queries or self._queries
             out = {h: v / self.clean for h, v in zip(senders, values.tolist(), strict=True)}
@@ -219,8 +220,8 @@ class Classifier:
         estimate = None
         if self._queries is not None and self._queries.covers(self.runs, receivers):
             estimate = self._queries.estimate(senders, receivers)
-        self.step_paths[step] = {"receivers": receivers,
-                                 "estimated_from": senders if estimate is None else []}
+        self.step_paths[step] = {"receivers": receivers,  # (the logits sweep propagated
+                                 "propagated": senders if estimate is None else []}  # them)
         paths = ScreenedPaths(self.model, self.runs, senders, receivers, progress=self.progress,
                               estimate=estimate)
         estimate = paths.estimate / self.clean

@@ -70,13 +70,14 @@ def _resumed(cfg, batch, layer: int, positions: list[str]) -> float:
 
 def path_step_floor(cfg, batch, step: dict) -> float:
     """The least a q/k/v path-patching step needs (forward units; `Classifier.step_paths`):
-    for each sender it estimates, its patched input at every receiver it reaches (the MLPs
-    of the layers from its own to the receiver's, at the receivers' positions); for each
-    sender patched exactly, the final run from the first receiver layer above it, on the
-    tokens from those receivers' first position."""
+    for each sender it `propagated` (every sender of a screen's estimate or of an exact
+    step), its patched input at every receiver it reaches (the MLPs of the layers from its
+    own to the receiver's, at the receivers' positions); for each sender patched exactly,
+    the final run from the first receiver layer above it, on the tokens from those
+    receivers' first position."""
     receivers, unit = step["receivers"], cfg.n_layers * batch.clean_tokens.numel()
     mlps = 0
-    for sender in step["estimated_from"]:
+    for sender in step["propagated"]:
         later = [r for r in receivers if r.head.layer > sender.layer]
         if later:
             mlps += len(batch) * len({r.position for r in later}) * (

@@ -34,10 +34,10 @@ def test_the_screen_estimate_floor_is_what_the_engine_runs(tiny, runs):
     is exactly that much; a sender that reaches no receiver needs nothing."""
     counted = _counted(tiny, runs, lambda: ScreenedPaths(tiny, runs, SENDERS, RECEIVERS,
                                                          progress=False))
-    step = {"receivers": RECEIVERS, "estimated_from": SENDERS, "exact": []}
+    step = {"receivers": RECEIVERS, "propagated": SENDERS, "exact": []}
     assert counted > 0
     assert path_step_floor(tiny.cfg, runs.batch, step) == pytest.approx(counted)
-    unreachable = {"receivers": RECEIVERS, "estimated_from": [Head(1, 1)], "exact": [Head(1, 1)]}
+    unreachable = {"receivers": RECEIVERS, "propagated": [Head(1, 1)], "exact": [Head(1, 1)]}
     assert path_step_floor(tiny.cfg, runs.batch, unreachable) == 0
 
 
@@ -48,7 +48,7 @@ def test_the_exact_floor_is_a_lower_bound_of_the_final_runs(tiny, runs):
     paths = ScreenedPaths(tiny, runs, SENDERS, RECEIVERS, progress=False)
     counted = _counted(tiny, runs, lambda: paths.exact([0, 2]))
     floor = path_step_floor(tiny.cfg, runs.batch, {"receivers": RECEIVERS,
-                                                   "estimated_from": [], "exact": SENDERS[:3:2]})
+                                                   "propagated": [], "exact": SENDERS[:3:2]})
     read_only = 2 * len(runs.batch) / (tiny.cfg.n_layers * runs.batch.clean_tokens.numel())
     assert read_only <= floor <= counted
 
