@@ -194,7 +194,8 @@ def minimum_forwards(result: dict, spec: CircuitSpec, batch, n_layers: int
     - completeness: for each group K, M \\ K from K's first layer on, tokens up to the reads
       (the layers before are the clean run's); C \\ K resumes from C (not counted);
     - minimality: each C \\ e resumes from C (not counted);
-    - node level: the groups' node circuit and its F(0), as above.
+    - node level: the groups' node circuit and its F(0), as above (the edge level's, when
+      the embeddings and MLPs are implicit: `all_heads_ablated` keeps it).
 
     Before, the empty circuit counted a full forward and M \\ K nothing: the first is not
     needed (`all_heads_ablated`), the second is (the layers after K's change everywhere).
@@ -205,7 +206,8 @@ def minimum_forwards(result: dict, spec: CircuitSpec, batch, n_layers: int
     circuit = share + one_token
     if result["level"] != "edges":
         return {"dataset": 0.0, "runs": 2.0, "evaluate": circuit + removed}
-    empty = one_token if spec.implicit() == (True, True) else 0.0
-    return {"dataset": 0.0, "runs": 2.0, "edge_faithfulness": share + empty,
+    implicit = spec.implicit() == (True, True)  # F(0) once, at edge level, shared
+    return {"dataset": 0.0, "runs": 2.0,
+            "edge_faithfulness": share + (one_token if implicit else 0.0),
             "edge_completeness": removed, "edge_minimality": 0.0,
-            "node_level_faithfulness": circuit}
+            "node_level_faithfulness": share + (0.0 if implicit else one_token)}

@@ -140,6 +140,7 @@ class MeanAblation:
         self.z_means = [group_means(cache[f"blocks.{la}.attn.hook_z"], groups)
                         for la in range(cfg.n_layers)]
         self._mlp_means: list[Tensor] | None = None
+        self.empty: Tensor | None = None  # F(0) per prompt, once computed (`all_heads_ablated`)
         full = Ablation(torch.ones(cfg.n_layers, len(self.batch), self.seq, cfg.n_heads,
                                    dtype=torch.bool), None)
         clean = runs.clean_cache
