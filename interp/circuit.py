@@ -87,12 +87,15 @@ def all_heads_ablated(ev: MeanAblation) -> Float[Tensor, " batch"] | None:
     With every head replaced by its mean, a layer's attention output at a position no longer
     reads any other position, so each read position's residual stream is computed alone: one
     token per prompt per layer instead of a full forward. None off the fast engine
-    (`interp.arch`); `ev.metrics([{}])` is the plain computation.
+    (`interp.arch`); `ev.metrics([{}])` is the plain computation. Kept on `ev` (`ev.empty`):
+    every faithfulness on the same means shares it.
     """
     model, batch = ev.model, ev.batch
     family = family_of(model)
     if family is None:
         return None
+    if ev.empty is not None:
+        return ev.empty
     rows, read = torch.arange(len(batch)), batch.read_positions
     x = ev.runs.clean_cache["blocks.0.hook_resid_pre"][rows, read]
     w_o, b_o = model.W_O, getattr(model, "b_O", None)
@@ -102,7 +105,15 @@ def all_heads_ablated(ev: MeanAblation) -> Float[Tensor, " batch"] | None:
             attn = attn + b_o[layer]
         x = family.block_step(model, layer, x, attn)
         counter.add(len(batch))
-    return metric_from_resid(model, batch, x)
+    ev.empty = metric_from_resid(model, batch, x)
+    return ev.empty
+
+
+def read_share(batch) -> float:
+    """The share of a padded forward of `batch` that lies at or before each prompt's read
+    position: what a run that must compute every token up to the read needs at least
+    (later tokens change nothing there; e.g. 0.85 for IOI's padded prompts)."""
+    return float((batch.read_positions + 1).sum()) / batch.clean_tokens.numel()
 
 
 def faithfulness(model, runs: Runs, circuit: Circuit, ev: MeanAblation | None = None) -> dict:

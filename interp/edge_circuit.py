@@ -23,7 +23,14 @@ Example:
 
 from contextlib import nullcontext
 
-from interp.circuit import faithfulness, normalised_faithfulness
+from interp.circuit import (
+    all_heads_ablated,
+    faithfulness,
+    full_circuit,
+    normalised_faithfulness,
+    read_share,
+    without,
+)
 from interp.circuits.format import CircuitSpec, GroupEdge
 from interp.edge_ablation import EdgeAblation, EdgeMask
 from interp.nodes import Head, Mlp, Node
@@ -81,7 +88,9 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
         ev = EdgeAblation(model, runs, kind, seed)
         graph = ev.graph
         kept = ev.mask(spec.kept_edges(graph))
-        f_c, f_empty = ev.metrics([kept, implicit_only(ev, spec)], progress).mean(-1).tolist()
+        ev.add_base(kept)
+        f_c = ev.bases[-1].metric.mean().item()
+        f_empty = empty_metric(ev, spec, progress)
     explicit = spec.edge_list(graph)
     f_m = runs.clean_metric.mean().item()
     nodes = _nodes(spec, explicit)
@@ -102,16 +111,45 @@ def evaluate_edges(model, runs: Runs, spec: CircuitSpec, threshold: float = 0.01
             "minimality": minimal}
 
 
+def empty_metric(ev: EdgeAblation, spec: CircuitSpec, progress: bool = False) -> float:
+    """F(0): with the embeddings and MLPs implicit it is the node level's every head
+    ablated, MLPs kept (`all_heads_ablated`: the read positions only, as no head reads
+    another position); otherwise `implicit_only`'s edge-ablated run."""
+    if spec.implicit() == (True, True):
+        empty = all_heads_ablated(ev.nodes)
+        if empty is not None:
+            return empty.mean().item()
+    return ev.metrics([implicit_only(ev, spec)], progress).mean().item()
+
+
 def _completeness(ev: EdgeAblation, spec: CircuitSpec, kept: EdgeMask,
                   progress: bool) -> dict:
     """Per group K: F(C \\ K) and F(M \\ K), K's nodes sending nothing."""
-    groups = {name: [ev.graph.sender_index(n) for n in nodes]
-              for name, nodes in spec.group_nodes().items() if nodes}
-    sets = [s for senders in groups.values()
-            for s in (without_senders(kept, senders), without_senders(ev.full(), senders))]
-    pairs = ev.metrics(sets, progress).mean(-1).tolist()
-    return {name: {"F_C_minus_K": c, "F_M_minus_K": m, "incompleteness": abs(c - m)}
-            for name, c, m in zip(groups, pairs[::2], pairs[1::2], strict=True)}
+    nodes = {name: members for name, members in spec.group_nodes().items() if members}
+    groups = {name: [ev.graph.sender_index(n) for n in members]
+              for name, members in nodes.items()}
+    c_minus = ev.metrics([without_senders(kept, senders) for senders in groups.values()],
+                         progress).mean(-1).tolist()
+    m_minus = dict(zip(groups, _model_minus(ev, nodes, groups, progress), strict=True))
+    return {name: {"F_C_minus_K": c, "F_M_minus_K": m_minus[name],
+                   "incompleteness": abs(c - m_minus[name])}
+            for name, c in zip(groups, c_minus, strict=True)}
+
+
+def _model_minus(ev: EdgeAblation, nodes: dict, groups: dict, progress: bool) -> list[float]:
+    """F(M \\ K) per group. M minus a group of heads, every other edge kept, is the node
+    circuit of every other head (`interp.circuit.full_circuit`), MLPs kept: `MeanAblation`
+    runs it on the tokens up to the reads only; a group with an MLP goes to the edge run."""
+    heads_only = [name for name in groups if all(isinstance(n, Head) for n in nodes[name])]
+    full = full_circuit(ev.model)
+    node_values = ev.nodes.metrics([without(full, nodes[name]) for name in heads_only],
+                                   progress).mean(-1).tolist()
+    others = [name for name in groups if name not in heads_only]
+    edge_values = ev.metrics([without_senders(ev.full(), groups[name]) for name in others],
+                             progress).mean(-1).tolist()
+    values = {**dict(zip(heads_only, node_values, strict=True)),
+              **dict(zip(others, edge_values, strict=True))}
+    return [values[name] for name in groups]
 
 
 def _minimality(ev: EdgeAblation, spec: CircuitSpec, kept: EdgeMask, f_c: float, f_m: float,
@@ -142,13 +180,34 @@ def _nodes(spec: CircuitSpec, explicit) -> set[Node]:
     return nodes
 
 
-def minimum_forwards(result: dict) -> dict[str, float]:
+def minimum_forwards(result: dict, spec: CircuitSpec, batch, n_layers: int
+                     ) -> dict[str, float]:
     """The least forward-equivalents each stage of `interp evaluate-circuit` needs (one
-    forward of its prompt batch = 1): the clean and corrupted cached runs (2); the circuit
-    C and the empty circuit, which share no layer with the clean run (2; every other edge
-    set resumes from C's run or the clean run); at edge level, the node-level circuit (1:
-    its empty circuit is the edge level's F(0) when embeddings and MLPs are implicit)."""
+    forward of its padded prompt batch = 1; `read_share`: the tokens up to the reads, all a
+    run that changes from the first token on must compute):
+
+    - runs: the clean and corrupted cached runs (2);
+    - the circuit C, which shares no layer with the clean run (`read_share`), and F(0):
+      with the embeddings and MLPs implicit every head is its mean, so no position reads
+      another and only the read positions run (1 / prompt length); otherwise F(0) resumes
+      from C (not counted);
+    - completeness: for each group K, M \\ K from K's first layer on, tokens up to the reads
+      (the layers before are the clean run's); C \\ K resumes from C (not counted);
+    - minimality: each C \\ e resumes from C (not counted);
+    - node level: the groups' node circuit and its F(0), as above (the edge level's, when
+      the embeddings and MLPs are implicit: `all_heads_ablated` keeps it).
+
+    Before, the empty circuit counted a full forward and M \\ K nothing: the first is not
+    needed (`all_heads_ablated`), the second is (the layers after K's change everywhere).
+    """
+    share, one_token = read_share(batch), 1.0 / batch.clean_tokens.shape[1]
+    removed = share * sum((n_layers - min(n.layer for n in nodes)) / n_layers
+                          for nodes in spec.group_nodes().values() if nodes)
+    circuit = share + one_token
     if result["level"] != "edges":
-        return {"dataset": 0.0, "runs": 2.0, "evaluate": 2.0}
-    return {"dataset": 0.0, "runs": 2.0, "edge_faithfulness": 2.0, "edge_completeness": 0.0,
-            "edge_minimality": 0.0, "node_level_faithfulness": 1.0}
+        return {"dataset": 0.0, "runs": 2.0, "evaluate": circuit + removed}
+    implicit = spec.implicit() == (True, True)  # F(0) once, at edge level, shared
+    return {"dataset": 0.0, "runs": 2.0,
+            "edge_faithfulness": share + (one_token if implicit else 0.0),
+            "edge_completeness": removed, "edge_minimality": 0.0,
+            "node_level_faithfulness": share + (0.0 if implicit else one_token)}

@@ -140,6 +140,7 @@ class MeanAblation:
         self.z_means = [group_means(cache[f"blocks.{la}.attn.hook_z"], groups)
                         for la in range(cfg.n_layers)]
         self._mlp_means: list[Tensor] | None = None
+        self.empty: Tensor | None = None  # F(0) per prompt, once computed (`all_heads_ablated`)
         full = Ablation(torch.ones(cfg.n_layers, len(self.batch), self.seq, cfg.n_heads,
                                    dtype=torch.bool), None)
         clean = runs.clean_cache
@@ -187,7 +188,14 @@ class MeanAblation:
         return self.bases[best], starts[best]
 
     def _run_base(self, ablation: Ablation) -> _Base:
-        """A full ablated run from the embeddings, keeping resid_pre of every layer."""
+        """A full ablated run from the embeddings, keeping resid_pre of every layer.
+
+        On the fast engine (heads-only ablations) it computes only the tokens up to each
+        prompt's read position: later ones (padding) can change neither the metric nor a
+        run resumed from this base (attention is causal), so there they keep the clean
+        run's values."""
+        if slow_reason(self.model) is None and ablation.mlps is None:
+            return self._run_base_sparse(ablation)
         model, runs = self.model, self.runs
         x = runs.clean_cache["blocks.0.hook_resid_pre"]
         resid = []
@@ -199,6 +207,35 @@ class MeanAblation:
         base = _Base(ablation, resid, metric_from_resid(model, self.batch, final))
         self.bases.append(base)
         return base
+
+    def _run_base_sparse(self, ablation: Ablation) -> _Base:
+        """`_run_base` on the tokens 0..read of every prompt (`interp.patching.sparse`)."""
+        clean, reads = self.bases[0], self.batch.read_positions
+        tokens = ChangedTokens.span(torch.zeros_like(reads), reads, 1)
+        record: dict[int, Tensor] = {}
+        final = forward_changed(self.model, self._engine(clean),
+                                clean.resid_pre[0][tokens.rows, tokens.pos], tokens, 0, [],
+                                self._edit_z([ablation]), record)
+        resid = []
+        for layer in range(self.model.cfg.n_layers):
+            x = clean.resid_pre[layer].clone()
+            x[tokens.rows, tokens.pos] = record[layer].to(x.dtype)
+            resid.append(x)
+        base = _Base(ablation, resid, metric_from_resid(self.model, self.batch, final))
+        self.bases.append(base)
+        return base
+
+    def _edit_z(self, ablations: list[Ablation]):
+        """`forward_changed`'s `edit_z` for rows item-major over `ablations`: the kept heads'
+        z where each ablation keeps them, their means elsewhere."""
+        n, keep = len(self.batch), {}
+
+        def edit_z(layer, z, rows, pos):
+            if layer not in keep:
+                keep[layer] = torch.cat([a.heads[layer] for a in ablations])
+            mean = self.z_means[layer][rows % n, pos].to(z.device)
+            return torch.where(keep[layer][rows, pos][..., None].to(z.device), z, mean)
+        return edit_z
 
     def _run_resumed(self, items: list[tuple[Ablation, _Base]], start: int) -> Tensor:
         model, n = self.model, len(self.batch)
@@ -235,15 +272,8 @@ class MeanAblation:
         reads = self.batch.read_positions.repeat(len(items))
         tokens = ChangedTokens.span(self._first_changed(items, start), reads, 1)
         x = base.resid_pre[start][tokens.rows % n, tokens.pos]
-        keep = {}
-
-        def edit_z(layer, z, rows, pos):
-            if layer not in keep:
-                keep[layer] = torch.cat([a.heads[layer] for a, _ in items])
-            mean = self.z_means[layer][rows % n, pos].to(z.device)
-            return torch.where(keep[layer][rows, pos][..., None].to(z.device), z, mean)
-
-        final = forward_changed(self.model, self._engine(base), x, tokens, start, [], edit_z)
+        final = forward_changed(self.model, self._engine(base), x, tokens, start, [],
+                                self._edit_z([a for a, _ in items]))
         return metric_from_resid(self.model, self.batch, final.view(len(items), n, -1))
 
     @torch.inference_mode()

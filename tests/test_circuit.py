@@ -216,3 +216,20 @@ def test_discover_refuses_an_undefined_normalisation_before_scoring(tiny, monkey
                         lambda *a, **k: pytest.fail("scored edges before the check"))
     with pytest.raises(UserValueError, match="normalised faithfulness is undefined"):
         discover_module.discover(tiny, batch, progress=False)
+
+
+def test_faithfulness_on_the_same_means_runs_f0_once(tiny, runs):
+    """F(0) is computed once per `MeanAblation`: a second faithfulness (e.g. the circuit with
+    the unclassified heads) reuses it and counts no run for it."""
+    from interp.patching.counter import counting
+
+    ev = MeanAblation(tiny, runs)
+    circuit = {Head(1, 0): None}
+    first = faithfulness(tiny, runs, circuit, ev)
+    with counting() as count:
+        before = count.tokens
+        again = faithfulness(tiny, runs, circuit, ev)
+        assert count.tokens == before  # C is a cached base, F(0) is kept
+    assert again["F_all_heads_ablated"] == first["F_all_heads_ablated"]
+    assert again["F_all_heads_ablated"] == pytest.approx(
+        circuit_metric(tiny, runs, {}).mean().item(), abs=1e-5)

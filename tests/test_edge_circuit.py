@@ -75,5 +75,45 @@ def test_evaluate_circuit_records_the_level(tmp_path, edges, level):
     path.write_text(GROUPS + ("edges:\n  - {from: a, to: logits}\n" if edges else ""))
     assert main(["evaluate-circuit", "--task", "ioi", "--circuit", str(path), "--model",
                  "random:tiny", "--n-prompts", "6", "--out", str(tmp_path)]) == 0
-    summary = next(tmp_path.glob("random-tiny/evaluate-ioi-c/summary.json"))
-    assert json.loads(summary.read_text())["level"] == level
+    summary = json.loads(next(tmp_path.glob("random-tiny/evaluate-ioi-c/summary.json"))
+                         .read_text())
+    assert summary["level"] == level
+    minimums = {k: v["minimum_forward_equivalents"] for k, v in summary["costs"].items()
+                if v["minimum_forward_equivalents"] is not None}
+    assert minimums["runs"] == 2.0 and sum(minimums.values()) > 2.0
+    for stage, minimum in minimums.items():  # a lower bound: never above what was counted
+        assert summary["costs"][stage]["forward_equivalents"] >= minimum - 1e-9, stage
+
+
+def test_empty_circuit_from_the_reads_equals_the_edge_ablated_run(tiny, runs):
+    """F(0) with implicit embeddings and MLPs comes from the read positions alone
+    (`all_heads_ablated`); it equals the edge engine's run of the implicit edges."""
+    from interp.edge_ablation import EdgeAblation
+    from interp.edge_circuit import implicit_only
+
+    spec = parse_circuit(GROUPS + "edges:\n  - {from: a, to: logits}\n", model=tiny)
+    got = evaluate_edges(tiny, runs, spec)["faithfulness"]["F_all_heads_ablated"]
+    ev = EdgeAblation(tiny, runs)
+    plain = ev.metrics([implicit_only(ev, spec)]).mean().item()
+    assert got == pytest.approx(plain, abs=1e-5)
+    from_embed = parse_circuit(GROUPS + "edges:\n  - {from: embed, to: a}\n", model=tiny)
+    assert from_embed.implicit()[0] is False  # the edge-ablated run, embeddings to `a` only
+    other = evaluate_edges(tiny, runs, from_embed)["faithfulness"]["F_all_heads_ablated"]
+    assert other == pytest.approx(ev.metrics([implicit_only(ev, from_embed)]).mean().item(),
+                                  abs=1e-6)
+
+
+def test_model_minus_a_group_equals_the_edge_ablated_run(tiny, runs):
+    """F(M \\ K) of a group of heads comes from the node engine; it equals the edge
+    engine's run of every edge but K's (a group with an MLP takes that run itself)."""
+    from interp.edge_ablation import EdgeAblation
+    from interp.edge_circuit import without_senders
+
+    text = GROUPS + "  d: [MLP0, L1H1]\nedges:\n  - {from: a, to: logits}\n"
+    spec = parse_circuit(text, model=tiny)
+    got = evaluate_edges(tiny, runs, spec)["completeness"]
+    ev = EdgeAblation(tiny, runs)
+    for name, members in spec.group_nodes().items():
+        senders = [ev.graph.sender_index(n) for n in members]
+        plain = ev.metrics([without_senders(ev.full(), senders)]).mean().item()
+        assert got[name]["F_M_minus_K"] == pytest.approx(plain, abs=1e-5), name

@@ -95,7 +95,33 @@ def test_resumed_runs_compute_only_changed_tokens(tiny, runs, monkeypatch):
     circuit = {Head(0, 1): None, Head(1, 2): ["END"]}
     ev = MeanAblation(tiny, runs)
     ev.metrics([circuit])
+    assert seen == [int((runs.batch.read_positions + 1).sum())]  # the base: tokens to the read
+    seen.clear()
     got = ev.metrics([without(circuit, [Head(1, 2)])])
     assert seen == [len(runs.batch)]
     assert torch.allclose(got[0], circuit_metric(tiny, runs, without(circuit, [Head(1, 2)])),
                           atol=1e-4)
+
+
+def test_a_new_base_is_the_plain_forward_up_to_the_reads(tiny, runs):
+    """A base run computes the tokens up to each read position only; there its residual
+    stream is a plain hooked forward's, at every layer."""
+    from interp.circuit import ablation_hooks
+    from interp.patching.counter import counting
+
+    circuit = {Head(0, 1): None, Head(1, 2): ["END"]}
+    ev = MeanAblation(tiny, runs)
+    with counting() as count:
+        before = count.tokens
+        ev.metrics([circuit])
+        counted = count.tokens - before
+    reads = runs.batch.read_positions
+    assert counted == tiny.cfg.n_layers * int((reads + 1).sum())
+    names = [f"blocks.{la}.hook_resid_pre" for la in range(tiny.cfg.n_layers)]
+    with tiny.hooks(fwd_hooks=ablation_hooks(tiny, runs, circuit)):
+        _, cache = tiny.run_with_cache(runs.batch.clean_tokens, names_filter=names)
+    base = ev.bases[-1]
+    for layer, name in enumerate(names):
+        for row, read in enumerate(reads.tolist()):
+            assert torch.allclose(base.resid_pre[layer][row, :read + 1],
+                                  cache[name][row, :read + 1], atol=1e-5)

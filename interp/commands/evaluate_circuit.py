@@ -57,7 +57,7 @@ def run(args) -> int:
                                    for k, v in spec.group_nodes().items()},
                         "edges": [edge_label(e) for e in spec.edges]}
         costs = run.prov.cost_table(run.model.cfg.n_layers, batch.clean_tokens.numel(),
-                                    minimum_forwards(result))
+                                    minimum_forwards(result, spec, batch, run.model.cfg.n_layers))
         folder = run.finish({"model": run.spec, "task": task.name, "circuit": circuit_text,
                              **result, "costs": costs})
     _print(spec, run.spec, task, batch, result, folder)

@@ -156,6 +156,10 @@ class Classifier:
         self.mean_runs = mean_runs or runs
         self.progress, self.paths, self.top_k = progress, paths, top_k
         self.estimated: dict[str, list[str]] = {}
+        # per q/k/v step: its receivers, the senders whose patched receiver inputs the step
+        # needs (all, unless the logits sweep's `QueryScreen` gave the estimate) and those
+        # patched exactly (for `interp.ioi.costs`)
+        self.step_paths: dict[str, dict] = {}
         self.step_effects: dict[str, dict[Head, float]] = {}
         self._exact: set[Head] = set()
         self._queries: QueryScreen | None = None
@@ -206,6 +210,9 @@ class Classifier:
             queries = self._query_screen(senders) if receivers == "logits" else None
             values = path_patch(self.model, self.runs, senders, receivers,
                                 progress=self.progress, queries=queries)
+            if receivers != "logits":
+                self.step_paths[step] = {"receivers": receivers, "propagated": senders,
+                                         "exact": senders}
             self._queries = queries or self._queries
             out = {h: v / self.clean for h, v in zip(senders, values.tolist(), strict=True)}
             self.step_effects[step] = out
@@ -213,6 +220,8 @@ class Classifier:
         estimate = None
         if self._queries is not None and self._queries.covers(self.runs, receivers):
             estimate = self._queries.estimate(senders, receivers)
+        self.step_paths[step] = {"receivers": receivers,  # (the logits sweep propagated
+                                 "propagated": senders if estimate is None else []}  # them)
         paths = ScreenedPaths(self.model, self.runs, senders, receivers, progress=self.progress,
                               estimate=estimate)
         estimate = paths.estimate / self.clean
@@ -222,6 +231,7 @@ class Classifier:
         values = dict(zip(senders, estimate.tolist(), strict=True))
         values.update({senders[i]: v for i, v in zip(chosen, exact.tolist(), strict=True)})
         exact_heads = {senders[i] for i in chosen}
+        self.step_paths[step]["exact"] = [senders[i] for i in chosen]
         self.estimated[step] = [str(h) for h in senders if h not in exact_heads]
         self._exact = exact_heads
         self.step_effects[step] = values

@@ -48,7 +48,7 @@ def edge_faithfulness(model, runs, spec: CircuitSpec | None) -> dict:
     for a model the edge engine refuses or a spec without edges."""
     from interp.circuit import normalised_faithfulness
     from interp.edge_ablation import EdgeAblation, EdgeAblationUnsupported
-    from interp.edge_circuit import implicit_only
+    from interp.edge_circuit import empty_metric
 
     if spec is None or not spec.edges:
         return {"skipped": "no edges between the classes found"}
@@ -57,7 +57,7 @@ def edge_faithfulness(model, runs, spec: CircuitSpec | None) -> dict:
     except EdgeAblationUnsupported as err:
         return {"skipped": str(err)}
     kept = ev.mask(spec.kept_edges(ev.graph))
-    f_c, f_empty = ev.metrics([kept, implicit_only(ev, spec)]).mean(-1).tolist()
+    f_c, f_empty = ev.metrics([kept]).mean().item(), empty_metric(ev, spec)
     f_m = runs.clean_metric.mean().item()
     return {"F_C": f_c, "F_M": f_m, "F_all_heads_ablated": f_empty, "faithfulness": f_c / f_m,
             "normalised_faithfulness": normalised_faithfulness(f_c, f_m, f_empty),
