@@ -39,10 +39,9 @@ def experiments(model: str, circuit: Path = IOI_CIRCUIT) -> list[dict]:
         {"name": "ioi --exact --n-prompts 100", "n_prompts": 100, "target_s": 240,
          "argv": ["ioi", "--model", model, "--n-prompts", "100", "--exact", "--quiet"]},
         {"name": "discover --task greater-than --n-prompts 40", "n_prompts": 40,
-         "target_s": 60, "minimum": 3.0,
+         "target_s": 60,
          "argv": ["discover", "--model", model, "--task", "greater-than", "--n-prompts", "40"]},
         {"name": "evaluate-circuit --task ioi", "n_prompts": 100, "target_s": 20,
-         "minimum": 4.0,
          "argv": ["evaluate-circuit", "--model", model, "--task", "ioi", "--circuit",
                   str(circuit)]},
     ]
@@ -61,9 +60,14 @@ def _unit_hook(n_prompts: int, seen: dict):
     return hook
 
 
-def _ioi_costs(out: Path) -> dict | None:
-    found = sorted(out.glob("*/ioi/summary.json"))
-    return json.loads(found[0].read_text()).get("costs") if found else None
+def _stage_costs(out: Path) -> dict | None:
+    """The per-stage work the command recorded in its summary.json (`costs` of ioi and
+    evaluate-circuit, `stages` of discover), each with `minimum_forward_equivalents`."""
+    found = sorted(out.glob("*/*/summary.json"))
+    if not found:
+        return None
+    summary = json.loads(found[0].read_text())
+    return summary.get("costs") or summary.get("stages")
 
 
 def child(spec: dict) -> dict:
@@ -92,10 +96,10 @@ def child(spec: dict) -> dict:
                                                                   + usage.ru_stime, 2),
               "peak_rss_mb": peak_rss_mb(),
               "forward_equivalents": None if fwd_eq is None else round(fwd_eq, 2)}
-    costs = _ioi_costs(out)
+    costs = _stage_costs(out)
     if costs:
         result["stages"] = costs
-        result["minimum"] = round(sum(c["minimum_forward_equivalents"] or 0
+        result["minimum"] = round(sum(c.get("minimum_forward_equivalents") or 0
                                       for c in costs.values()), 2)
     return result
 

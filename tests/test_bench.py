@@ -264,6 +264,19 @@ def test_experiment_child_counts_at_least_the_minimum():
     assert set(result["stages"]) >= {"dataset", "mean_sample", "classification"}
 
 
+def test_experiment_child_reads_discover_stage_minimums():
+    """discover's summary records per-stage minimums (`stages`); the bench row sums them."""
+    from interp.bench_experiments import child
+
+    result = child({"argv": ["discover", "--model", "random:tiny", "--task", "ioi",
+                             "--n-prompts", "4"], "n_prompts": 4})
+    assert result["rc"] == 0
+    stages = result["stages"]
+    assert stages["edge scores"]["minimum_forward_equivalents"] == \
+        stages["edge scores"]["forward_equivalents"] - 1  # the corrupted run is cached
+    assert result["forward_equivalents"] >= result["minimum"] > 0
+
+
 def test_experiments_report_records_provenance(tmp_path):
     """`interp bench --experiments` writes into results/: its report carries provenance."""
     from interp.bench_experiments import run_experiments
