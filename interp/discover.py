@@ -106,9 +106,14 @@ def eap_edges(scores: EdgeScores) -> list[tuple[Edge, float]]:
     belongs to a KV head: each of its query heads' edges gets an equal share (the shares
     sum to it), and they stay adjacent in the ranking."""
     out = []
+    senders, receivers = {}, {}  # names parsed once (~120k edges, a few hundred names)
     for sender, receiver, value in scores.edges():
-        targets = _receivers(receiver, scores.kv_groups)
-        out += [(Edge(_sender(sender), r, kind), value / len(targets)) for r, kind in targets]
+        if receiver not in receivers:
+            receivers[receiver] = _receivers(receiver, scores.kv_groups)
+        if sender not in senders:
+            senders[sender] = _sender(sender)
+        targets = receivers[receiver]
+        out += [(Edge(senders[sender], r, kind), value / len(targets)) for r, kind in targets]
     return sorted(out, key=lambda e: -abs(e[1]))  # stable
 
 

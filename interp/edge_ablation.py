@@ -269,6 +269,9 @@ class EdgeAblation:
         mask = edge_set if isinstance(edge_set, EdgeMask) else self.mask(edge_set)
         live = self._live([mask])
         base, start = self._best_base(mask, live)
+        if start == IDENTICAL:  # a base with this very edge set exists (e.g. the clean run)
+            self.bases.append(base)
+            return
         metric, deltas, resid = self._run([(mask, base)], start, keep=True)
         if len(self.bases) >= MAX_BASES:
             self.bases.pop(1)
