@@ -108,7 +108,7 @@ class IOIRun:
         return self.run.folder
 
     def dataset(self):
-        with self.prov.stage("dataset"):
+        with self.run.stage("dataset"):
             self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed,
                                source=self.config.dataset)
             self.ds.write_jsonl(self.folder / "dataset.jsonl")
@@ -116,7 +116,7 @@ class IOIRun:
             fast = family_of(self.model) is not None
             self.runs = prepare_runs(self.model, self.ds.batch, lean_clean_hooks(self.model),
                                      corrupted_hooks=("attn.hook_z",) if fast else None)
-        with self.prov.stage("mean_sample"):
+        with self.run.stage("mean_sample"):
             self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
                                           self.config.seed, self.config.n_resamples)
             self.mean_runs = self.means.runs_for(self.runs, self.ds.records)
@@ -132,10 +132,10 @@ class IOIRun:
                             mean_sample=self.means.record())
 
     def attribution(self):
-        with self.prov.stage("direct_logit_attribution"):
+        with self.run.stage("direct_logit_attribution"):
             dla = direct_logit_attribution(self.model, self.runs.clean_cache, self.ds.batch)
             self.dla = dla["heads"].mean(-1)
-        with self.prov.stage("activation_patching"):
+        with self.run.stage("activation_patching"):
             if self.config.exact:
                 self.act_all, self.act_end = (
                     act_patch_heads(self.model, self.runs, "noise", pos, progress=self.progress)
@@ -150,14 +150,14 @@ class IOIRun:
                                                         else "attribution"))
 
     def classify(self):
-        with self.prov.stage("attention_scores"):
+        with self.run.stage("attention_scores"):
             self.att = attention_scores(self.model, self.runs.clean_cache, self.ds.batch)
         thresholds = Thresholds(**self.config.thresholds)
         s = self.summary
         self.skipped = skip_reason(s["clean_logit_diff"], s["clean_accuracy"], thresholds)
         clf = Classifier(self.model, self.runs, self.att, thresholds, self.progress,
                          self.config.paths, self.config.top_k, self.mean_runs, self.dla)
-        with self.prov.stage("classification"):
+        with self.run.stage("classification"):
             if self.skipped:
                 print(f"[interp ioi] no heads labelled: {self.skipped}", file=sys.stderr)
                 clf.logit_effects()
@@ -169,7 +169,7 @@ class IOIRun:
         self.unclassified = clf.unclassified
         movers = [h for k in ("name_movers", "negative_name_movers", "backup_name_movers")
                   for h in classes[k]]
-        with self.prov.stage("copying_scores"):
+        with self.run.stage("copying_scores"):
             copying = copying_scores(self.model, self.runs.clean_cache, self.ds.batch, movers)
         self.summary.update(
             classification_skipped=self.skipped,
@@ -192,7 +192,7 @@ class IOIRun:
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
         model, runs, progress = self.model, self.mean_runs, self.progress
         release(self.runs, AFTER_CLASSIFICATION, corrupted_keep=())  # means: mean_runs
-        with self.prov.stage("circuit_evaluation"):
+        with self.run.stage("circuit_evaluation"):
             ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
             self.circuit_eval = {
                 "positions": CLASS_POSITIONS,
@@ -202,10 +202,10 @@ class IOIRun:
                 "completeness": completeness(model, runs, circuit, groups, progress, ev),
                 "minimality": minimality(model, runs, circuit, groups, progress=progress, ev=ev),
             }
-        with self.prov.stage("faithfulness_spread"):
+        with self.run.stage("faithfulness_spread"):
             self.circuit_eval["faithfulness_spread"] = self._spread(circuit, wider)
         self.means.means.clear()  # the resamples' means: read by the spread only
-        with self.prov.stage("edge_faithfulness"):
+        with self.run.stage("edge_faithfulness"):
             self.circuit_eval["edge_faithfulness"] = self._edge_level()
         self.summary["circuit"] = self.circuit_eval
         self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
@@ -235,7 +235,7 @@ class IOIRun:
     def write(self) -> Path:
         from interp.ioi.outputs import write_circuit_file, write_figures
 
-        with self.prov.stage("figures"):
+        with self.run.stage("figures"):
             self.summary["figures"] = write_figures(self)
         self.summary["costs"] = stage_costs(self)
         write_circuit_file(self)
