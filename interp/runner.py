@@ -16,6 +16,7 @@ Example:
 """
 
 import ctypes
+import gc
 import os
 import sys
 from contextlib import AbstractContextManager, contextmanager
@@ -97,6 +98,7 @@ def return_freed_memory() -> bool:
         >>> return_freed_memory()  # True on Linux with glibc
         True
     """
+    gc.collect()  # reference cycles (e.g. an exception's frames) may still hold tensors
     trim = _malloc_trim()
     if trim is None:
         return False

@@ -37,7 +37,7 @@ from interp.patching import act_patch_heads, prepare_runs
 from interp.patching.counter import counting
 from interp.patching.gradients import act_patch_attribution
 from interp.patching.runs import lean_clean_hooks, release
-from interp.runner import ExperimentRun
+from interp.runner import ExperimentRun, return_freed_memory
 
 
 @dataclass
@@ -86,6 +86,13 @@ def _steps(clf) -> dict:
 
 def _mean_stats(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), (values > 0).float().mean().item()
+
+
+def _drop_head_gradients(runs) -> None:
+    """Free the clean gradients at `hook_z`: the EAP estimates of activation patching are
+    their only reader; path-patching screens read those at `hook_q/k/v`."""
+    for name in [n for n in runs.grads or {} if n.endswith("attn.hook_z")]:
+        del runs.grads[name]
 
 
 def config_record(config: IOIConfig) -> dict:
@@ -143,6 +150,7 @@ class IOIRun:
             else:  # EAP estimates from the clean-run gradients the classification reuses
                 self.act_all, self.act_end = (act_patch_attribution(self.model, self.runs, pos)
                                               for pos in (None, "END"))
+                _drop_head_gradients(self.runs)
         self.summary.update(direct_logit_attribution=_grid(self.dla),
                             activation_patching_all_positions=_grid(self.act_all),
                             activation_patching_end=_grid(self.act_end),
@@ -192,6 +200,7 @@ class IOIRun:
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
         model, runs, progress = self.model, self.mean_runs, self.progress
         release(self.runs, AFTER_CLASSIFICATION, corrupted_keep=())  # means: mean_runs
+        return_freed_memory()
         with self.run.stage("circuit_evaluation"):
             ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
             self.circuit_eval = {
