@@ -1,7 +1,7 @@
 """The whole IOI reproduction for one model: what `interp ioi` runs.
 
 Stages: dataset -> clean/corrupted runs -> direct logit attribution -> activation patching ->
-attention scores -> head classification (path patching) -> copying scores -> circuit
+mean sample -> attention scores -> head classification (path patching) -> copying scores -> circuit
 evaluation -> files (dataset.jsonl, summary.json, circuit.yaml, HTML figures).
 
 Mean ablation takes its means from a separate p_ABC sample (`n_mean_prompts` per template,
@@ -123,10 +123,6 @@ class IOIRun:
             fast = family_of(self.model) is not None
             self.runs = prepare_runs(self.model, self.ds.batch, lean_clean_hooks(self.model),
                                      corrupted_hooks=("attn.hook_z",) if fast else None)
-        with self.run.stage("mean_sample"):
-            self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
-                                          self.config.seed, self.config.n_resamples)
-            self.mean_runs = self.means.runs_for(self.runs, self.ds.records)
         clean, acc = _mean_stats(self.runs.clean_metric)
         corrupted, corr_acc = _mean_stats(self.runs.corrupted_metric)
         self.summary.update(prepend_bos=self.ds.batch.prepend_bos, **self.ds.batch.bos.record(),
@@ -135,8 +131,15 @@ class IOIRun:
                             corrupted_accuracy=corr_acc, n_names=len(self.ds.vocab.names),
                             dataset=self.ds.source.name,
                             n_templates=len(self.ds.source.templates),
-                            words_dropped_not_single_token=self.ds.vocab.dropped,
-                            mean_sample=self.means.record())
+                            words_dropped_not_single_token=self.ds.vocab.dropped)
+
+    def mean_sample(self):
+        """The means mean ablation reads (after the gradient pass: not alive during it)."""
+        with self.run.stage("mean_sample"):
+            self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
+                                          self.config.seed, self.config.n_resamples)
+            self.mean_runs = self.means.runs_for(self.runs, self.ds.records)
+        self.summary["mean_sample"] = self.means.record()
 
     def attribution(self):
         with self.run.stage("direct_logit_attribution"):
@@ -255,7 +258,8 @@ def run_stages(run: ExperimentRun, config: IOIConfig, progress: bool = True) -> 
     """Every stage on `run.model`, then the files, committed as one whole run."""
     ioi = IOIRun(run, config, progress)
     with counting():
-        for stage in (ioi.dataset, ioi.attribution, ioi.classify, ioi.evaluate):
+        for stage in (ioi.dataset, ioi.attribution, ioi.mean_sample, ioi.classify,
+                      ioi.evaluate):
             if progress:
                 print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
             stage()
