@@ -201,19 +201,10 @@ class IOIRun:
                    for h in hs}
         wider = {**circuit, **{parse_node(h): ["END"] for h in self.unclassified}}
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
-        model, runs, progress = self.model, self.mean_runs, self.progress
         release(self.runs, AFTER_CLASSIFICATION, corrupted_keep=())  # means: mean_runs
         return_freed_memory()
         with self.run.stage("circuit_evaluation"):
-            ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
-            self.circuit_eval = {
-                "positions": CLASS_POSITIONS,
-                "faithfulness": faithfulness(model, runs, circuit, ev),
-                "faithfulness_with_unclassified": faithfulness(model, runs, wider, ev),
-                "circuit_file_holds": CIRCUIT_FILE_HOLDS,
-                "completeness": completeness(model, runs, circuit, groups, progress, ev),
-                "minimality": minimality(model, runs, circuit, groups, progress=progress, ev=ev),
-            }
+            self.circuit_eval = self._node_level(circuit, wider, groups)
         with self.run.stage("faithfulness_spread"):
             self.circuit_eval["faithfulness_spread"] = self._spread(circuit, wider)
         self.means.means.clear()  # the resamples' means: read by the spread only
@@ -224,6 +215,20 @@ class IOIRun:
             "clean_logit_diff": self.summary["clean_logit_diff"],
             "clean_accuracy": self.summary["clean_accuracy"],
             "faithfulness": self.circuit_eval["faithfulness"]["faithfulness"]})
+
+    def _node_level(self, circuit, wider, groups) -> dict:
+        """Faithfulness, completeness and minimality of the classes; the evaluator's ablated
+        runs are freed when it returns."""
+        model, runs, progress = self.model, self.mean_runs, self.progress
+        ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
+        return {
+            "positions": CLASS_POSITIONS,
+            "faithfulness": faithfulness(model, runs, circuit, ev),
+            "faithfulness_with_unclassified": faithfulness(model, runs, wider, ev),
+            "circuit_file_holds": CIRCUIT_FILE_HOLDS,
+            "completeness": completeness(model, runs, circuit, groups, progress, ev),
+            "minimality": minimality(model, runs, circuit, groups, progress=progress, ev=ev),
+        }
 
     def _edge_level(self) -> dict:
         """The classified circuit with its edges (`interp.ioi.edges`), edge-ablated."""
@@ -239,6 +244,7 @@ class IOIRun:
         for draw in range(1, self.means.n_resamples + 1):
             runs = self.means.runs_for(self.runs, self.ds.records, draw)
             f_c, f_w = MeanAblation(self.model, runs).metrics([circuit, wider]).mean(-1)
+            del runs  # before the next draw's copy of the means is made
             values["classes"].append(f_c.item() / f_m)
             values["with_unclassified"].append(f_w.item() / f_m)
         return {k: {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "values": v}
