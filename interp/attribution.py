@@ -163,21 +163,31 @@ def metric_gradients(model, batch: TaskBatch, names: list[str], steps: int | Non
     """
     if steps is not None:
         _check("attribution-ig", "noise", steps)
-    parts = []
+    out: dict[str, Tensor] = {}  # filled chunk by chunk: no per-chunk copies to concatenate
     with torch.inference_mode(False):
         for index in _chunks(len(batch), chunk_size):
             sub = batch.subset(index)
             if steps is None:
                 grads = _grads_at(model, sub, sub.clean_tokens, None, names, len(batch))[0]
-                parts.append({n: grads[n].detach() for n in names})
-                continue
-            total: dict[str, Tensor] = {}
-            for _, _, grads, _ in _passes(model, sub, "noise", "attribution-ig", steps,
-                                          [INPUT, *names], len(batch)):
-                for n in names:
-                    total[n] = total.get(n, 0) + grads[n].detach() / steps
-            parts.append(total)
-    return {n: torch.cat([p[n] for p in parts]) for n in names}
+            else:
+                grads = _ig_grads(model, sub, names, steps, len(batch))
+            for n in names:
+                g = grads.pop(n).detach()
+                if n not in out:
+                    out[n] = g.new_empty((len(batch), *g.shape[1:]))
+                out[n][index[0]:index[-1] + 1] = g
+    return out
+
+
+def _ig_grads(model, sub: TaskBatch, names: list[str], steps: int, n_total: int
+              ) -> dict[str, Tensor]:
+    """EAP-IG gradients at `names` on the prompts of `sub`: the mean over `steps` midpoints."""
+    total: dict[str, Tensor] = {}
+    for _, _, grads, _ in _passes(model, sub, "noise", "attribution-ig", steps,
+                                  [INPUT, *names], n_total):
+        for n in names:
+            total[n] = total.get(n, 0) + grads[n].detach() / steps
+    return total
 
 
 def head_attribution(

@@ -1,7 +1,7 @@
 """The whole IOI reproduction for one model: what `interp ioi` runs.
 
 Stages: dataset -> clean/corrupted runs -> direct logit attribution -> activation patching ->
-attention scores -> head classification (path patching) -> copying scores -> circuit
+mean sample -> attention scores -> head classification (path patching) -> copying scores -> circuit
 evaluation -> files (dataset.jsonl, summary.json, circuit.yaml, HTML figures).
 
 Mean ablation takes its means from a separate p_ABC sample (`n_mean_prompts` per template,
@@ -37,7 +37,7 @@ from interp.patching import act_patch_heads, prepare_runs
 from interp.patching.counter import counting
 from interp.patching.gradients import act_patch_attribution
 from interp.patching.runs import lean_clean_hooks, release
-from interp.runner import ExperimentRun
+from interp.runner import ExperimentRun, return_freed_memory
 
 
 @dataclass
@@ -88,6 +88,13 @@ def _mean_stats(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), (values > 0).float().mean().item()
 
 
+def _drop_head_gradients(runs) -> None:
+    """Free the clean gradients at `hook_z`: the EAP estimates of activation patching are
+    their only reader; path-patching screens read those at `hook_q/k/v`."""
+    for name in [n for n in runs.grads or {} if n.endswith("attn.hook_z")]:
+        del runs.grads[name]
+
+
 def config_record(config: IOIConfig) -> dict:
     """summary.json's `config` of an IOI run (the runner adds the model)."""
     return {**asdict(config), "paths": config.paths}
@@ -108,7 +115,7 @@ class IOIRun:
         return self.run.folder
 
     def dataset(self):
-        with self.prov.stage("dataset"):
+        with self.run.stage("dataset"):
             self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed,
                                source=self.config.dataset)
             self.ds.write_jsonl(self.folder / "dataset.jsonl")
@@ -116,10 +123,6 @@ class IOIRun:
             fast = family_of(self.model) is not None
             self.runs = prepare_runs(self.model, self.ds.batch, lean_clean_hooks(self.model),
                                      corrupted_hooks=("attn.hook_z",) if fast else None)
-        with self.prov.stage("mean_sample"):
-            self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
-                                          self.config.seed, self.config.n_resamples)
-            self.mean_runs = self.means.runs_for(self.runs, self.ds.records)
         clean, acc = _mean_stats(self.runs.clean_metric)
         corrupted, corr_acc = _mean_stats(self.runs.corrupted_metric)
         self.summary.update(prepend_bos=self.ds.batch.prepend_bos, **self.ds.batch.bos.record(),
@@ -128,14 +131,21 @@ class IOIRun:
                             corrupted_accuracy=corr_acc, n_names=len(self.ds.vocab.names),
                             dataset=self.ds.source.name,
                             n_templates=len(self.ds.source.templates),
-                            words_dropped_not_single_token=self.ds.vocab.dropped,
-                            mean_sample=self.means.record())
+                            words_dropped_not_single_token=self.ds.vocab.dropped)
+
+    def mean_sample(self):
+        """The means mean ablation reads (after the gradient pass: not alive during it)."""
+        with self.run.stage("mean_sample"):
+            self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
+                                          self.config.seed, self.config.n_resamples)
+            self.mean_runs = self.means.runs_for(self.runs, self.ds.records)
+        self.summary["mean_sample"] = self.means.record()
 
     def attribution(self):
-        with self.prov.stage("direct_logit_attribution"):
+        with self.run.stage("direct_logit_attribution"):
             dla = direct_logit_attribution(self.model, self.runs.clean_cache, self.ds.batch)
             self.dla = dla["heads"].mean(-1)
-        with self.prov.stage("activation_patching"):
+        with self.run.stage("activation_patching"):
             if self.config.exact:
                 self.act_all, self.act_end = (
                     act_patch_heads(self.model, self.runs, "noise", pos, progress=self.progress)
@@ -143,6 +153,7 @@ class IOIRun:
             else:  # EAP estimates from the clean-run gradients the classification reuses
                 self.act_all, self.act_end = (act_patch_attribution(self.model, self.runs, pos)
                                               for pos in (None, "END"))
+                _drop_head_gradients(self.runs)
         self.summary.update(direct_logit_attribution=_grid(self.dla),
                             activation_patching_all_positions=_grid(self.act_all),
                             activation_patching_end=_grid(self.act_end),
@@ -150,14 +161,14 @@ class IOIRun:
                                                         else "attribution"))
 
     def classify(self):
-        with self.prov.stage("attention_scores"):
+        with self.run.stage("attention_scores"):
             self.att = attention_scores(self.model, self.runs.clean_cache, self.ds.batch)
         thresholds = Thresholds(**self.config.thresholds)
         s = self.summary
         self.skipped = skip_reason(s["clean_logit_diff"], s["clean_accuracy"], thresholds)
         clf = Classifier(self.model, self.runs, self.att, thresholds, self.progress,
                          self.config.paths, self.config.top_k, self.mean_runs, self.dla)
-        with self.prov.stage("classification"):
+        with self.run.stage("classification"):
             if self.skipped:
                 print(f"[interp ioi] no heads labelled: {self.skipped}", file=sys.stderr)
                 clf.logit_effects()
@@ -169,7 +180,7 @@ class IOIRun:
         self.unclassified = clf.unclassified
         movers = [h for k in ("name_movers", "negative_name_movers", "backup_name_movers")
                   for h in classes[k]]
-        with self.prov.stage("copying_scores"):
+        with self.run.stage("copying_scores"):
             copying = copying_scores(self.model, self.runs.clean_cache, self.ds.batch, movers)
         self.summary.update(
             classification_skipped=self.skipped,
@@ -190,28 +201,34 @@ class IOIRun:
                    for h in hs}
         wider = {**circuit, **{parse_node(h): ["END"] for h in self.unclassified}}
         groups = {c: [parse_node(h) for h in hs] for c, hs in self.classes.items()}
-        model, runs, progress = self.model, self.mean_runs, self.progress
         release(self.runs, AFTER_CLASSIFICATION, corrupted_keep=())  # means: mean_runs
-        with self.prov.stage("circuit_evaluation"):
-            ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
-            self.circuit_eval = {
-                "positions": CLASS_POSITIONS,
-                "faithfulness": faithfulness(model, runs, circuit, ev),
-                "faithfulness_with_unclassified": faithfulness(model, runs, wider, ev),
-                "circuit_file_holds": CIRCUIT_FILE_HOLDS,
-                "completeness": completeness(model, runs, circuit, groups, progress, ev),
-                "minimality": minimality(model, runs, circuit, groups, progress=progress, ev=ev),
-            }
-        with self.prov.stage("faithfulness_spread"):
+        return_freed_memory()
+        with self.run.stage("circuit_evaluation"):
+            self.circuit_eval = self._node_level(circuit, wider, groups)
+        with self.run.stage("faithfulness_spread"):
             self.circuit_eval["faithfulness_spread"] = self._spread(circuit, wider)
         self.means.means.clear()  # the resamples' means: read by the spread only
-        with self.prov.stage("edge_faithfulness"):
+        with self.run.stage("edge_faithfulness"):
             self.circuit_eval["edge_faithfulness"] = self._edge_level()
         self.summary["circuit"] = self.circuit_eval
         self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
             "clean_logit_diff": self.summary["clean_logit_diff"],
             "clean_accuracy": self.summary["clean_accuracy"],
             "faithfulness": self.circuit_eval["faithfulness"]["faithfulness"]})
+
+    def _node_level(self, circuit, wider, groups) -> dict:
+        """Faithfulness, completeness and minimality of the classes; the evaluator's ablated
+        runs are freed when it returns."""
+        model, runs, progress = self.model, self.mean_runs, self.progress
+        ev = MeanAblation(model, runs)  # shares ablated runs across the three criteria
+        return {
+            "positions": CLASS_POSITIONS,
+            "faithfulness": faithfulness(model, runs, circuit, ev),
+            "faithfulness_with_unclassified": faithfulness(model, runs, wider, ev),
+            "circuit_file_holds": CIRCUIT_FILE_HOLDS,
+            "completeness": completeness(model, runs, circuit, groups, progress, ev),
+            "minimality": minimality(model, runs, circuit, groups, progress=progress, ev=ev),
+        }
 
     def _edge_level(self) -> dict:
         """The classified circuit with its edges (`interp.ioi.edges`), edge-ablated."""
@@ -227,6 +244,7 @@ class IOIRun:
         for draw in range(1, self.means.n_resamples + 1):
             runs = self.means.runs_for(self.runs, self.ds.records, draw)
             f_c, f_w = MeanAblation(self.model, runs).metrics([circuit, wider]).mean(-1)
+            del runs  # before the next draw's copy of the means is made
             values["classes"].append(f_c.item() / f_m)
             values["with_unclassified"].append(f_w.item() / f_m)
         return {k: {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "values": v}
@@ -235,7 +253,7 @@ class IOIRun:
     def write(self) -> Path:
         from interp.ioi.outputs import write_circuit_file, write_figures
 
-        with self.prov.stage("figures"):
+        with self.run.stage("figures"):
             self.summary["figures"] = write_figures(self)
         self.summary["costs"] = stage_costs(self)
         write_circuit_file(self)
@@ -246,7 +264,8 @@ def run_stages(run: ExperimentRun, config: IOIConfig, progress: bool = True) -> 
     """Every stage on `run.model`, then the files, committed as one whole run."""
     ioi = IOIRun(run, config, progress)
     with counting():
-        for stage in (ioi.dataset, ioi.attribution, ioi.classify, ioi.evaluate):
+        for stage in (ioi.dataset, ioi.attribution, ioi.mean_sample, ioi.classify,
+                      ioi.evaluate):
             if progress:
                 print(f"[interp ioi] {stage.__name__} ...", file=sys.stderr)
             stage()

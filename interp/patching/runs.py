@@ -37,8 +37,9 @@ def _keeper(model):
 def lean_clean_hooks(model) -> tuple[str, ...] | None:
     """Hook-name endings of the clean run that the fast engine's sweeps and IOI's scores
     read: every cached hook, but `hook_resid_post` of the first and last layers only on
-    sequential blocks (only parallel blocks' head step reads the others). None off the
-    fast engine (keep everything).
+    sequential blocks (only parallel blocks' head step reads the others), and no
+    `hook_resid_mid` where `DerivedCache` rebuilds it. None off the fast engine (keep
+    everything).
     """
     family = family_of(model)
     if family is None:
@@ -46,9 +47,36 @@ def lean_clean_hooks(model) -> tuple[str, ...] | None:
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"  # edge ablation's final resid
     resid_post = (("hook_resid_post",) if family.parallel
                   else ("blocks.0.hook_resid_post", last))
-    kept = tuple(h for h in CACHED_HOOKS if h != "hook_resid_post")
+    derived = ("hook_resid_mid",) if mid_is_pre_plus_attn(family) else ()
+    kept = tuple(h for h in CACHED_HOOKS if h not in ("hook_resid_post", *derived))
     return kept + family.cached_hooks() + resid_post + (
         "ln_final.hook_scale", "ln_final.hook_normalized", "hook_embed", "hook_pos_embed")
+
+
+def mid_is_pre_plus_attn(family) -> bool:
+    """Whether `hook_resid_mid` is `hook_resid_pre + hook_attn_out` (the block's own add):
+    a sequential block without a norm after attention."""
+    return not family.parallel and not family.post_norms
+
+
+class DerivedCache(dict):
+    """A run's cache that rebuilds `blocks.L.hook_resid_mid` it does not hold as
+    `hook_resid_pre + hook_attn_out`: the block's own addition, so the same bits, without
+    keeping [batch, pos, d_model] per layer (see `lean_clean_hooks`).
+
+    Example:
+        >>> cache = DerivedCache({"blocks.0.hook_resid_pre": x, "blocks.0.hook_attn_out": a})
+        >>> torch.equal(cache["blocks.0.hook_resid_mid"], x + a)
+        True
+    """
+
+    def __missing__(self, name: str):
+        if name.endswith("hook_resid_mid"):
+            block = name[:-len("hook_resid_mid")]
+            pre, attn = block + "hook_resid_pre", block + "hook_attn_out"
+            if pre in self and attn in self:
+                return self[pre] + self[attn]
+        raise KeyError(name)
 
 
 Which = Literal["clean", "corrupted"]
@@ -106,7 +134,7 @@ def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch, keep)
         logits, cache = model.run_with_cache(tokens, names_filter=keep)
     at = logits[:, 0] if hooks else logits_at(logits, batch.read_positions)
     metric = at_least_float32(batch.metric(at))
-    return {k: v for k, v in cache.items()}, metric
+    return DerivedCache(cache.items()), metric
 
 
 @torch.inference_mode()

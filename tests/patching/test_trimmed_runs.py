@@ -1,5 +1,6 @@
 """Runs that cache only what a stage reads give the same results as the full caches."""
 
+import pytest
 import torch
 
 from interp.circuit import evaluate
@@ -82,3 +83,24 @@ def test_release_can_free_the_whole_corrupted_cache(tiny):
     release(runs, ("hook_resid_pre",), corrupted_keep=())
     assert not runs.corrupted_cache
     assert runs.clean_cache and all(n.endswith("hook_resid_pre") for n in runs.clean_cache)
+
+
+def test_lean_cache_rebuilds_resid_mid_bit_for_bit():
+    """Where the lean clean cache drops `hook_resid_mid`, it rebuilds the hooked values
+    exactly (GPT-2, a GQA Llama); Gemma 2 (a norm after attention) keeps it cached."""
+    import interp
+    from interp.patching.runs import lean_clean_hooks
+    from tests.tiny_families import tiny_model
+
+    for model, derived in ((interp.load_model("random:tiny", device="cpu"), True),
+                           (tiny_model("llama"), True), (tiny_model("gemma2"), False)):
+        batch = build_ioi(model, 8, seed=7).batch
+        lean = prepare_runs(model, batch, lean_clean_hooks(model), ("attn.hook_z",))
+        full = prepare_runs(model, batch)
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.hook_resid_mid"
+            assert (name not in lean.clean_cache) == derived
+            assert torch.equal(lean.clean_cache[name], full.clean_cache[name])
+    with pytest.raises(KeyError):
+        release(lean, ("hook_resid_pre",))
+        lean.clean_cache["blocks.0.hook_resid_mid"]  # attn_out released: nothing to rebuild
