@@ -90,11 +90,9 @@ def _mlp_outs(edits: list[SparseEdit], tokens, b: int, d: int, device) -> dict[i
     return outs
 
 
-def mlps_skipped(outs: dict[int, MlpOut], tokens, n_layers: int) -> int:
-    """Token-MLPs the engine skips: replaced outputs at the tokens each block computes (the
-    read tokens only in the last block)."""
-    return sum(int(out.put[tokens.read].sum() if layer == n_layers - 1 else out.put.sum())
-               for layer, out in outs.items())
+def mlps_skipped(outs: dict[int, MlpOut]) -> int:
+    """Token-MLPs the engine skipped in a run with these replacements (`MlpOut.skipped`)."""
+    return sum(out.skipped for out in outs.values())
 
 
 def common_prefix(tokens: Int[Tensor, "b width"], read: Int[Tensor, " b"]) -> int:
@@ -166,7 +164,7 @@ def _prefix_runs(model, batch, edits: list[SparseEdit], start: int, prefix: int
                               for la in range(start, n_layers)}, 1)  # the clean prefix
     outs = _mlp_outs(edits, tokens, 1, x.shape[-1], dev)
     forward_changed(model, row0, x, tokens, start, record=kept, mlp_out=outs)
-    skipped = mlps_skipped(outs, tokens, n_layers)
+    skipped = mlps_skipped(outs)
     resid = {}
     for layer in range(start, n_layers):  # resid_pre of each edit's prefix run
         r = batch.resid[layer][:1, :prefix].repeat(n, 1, 1)
@@ -199,7 +197,7 @@ def _run_group(model, batch, edits: list[SparseEdit], start: int
             x[tokens.read[i * b: (i + 1) * b].to(dev)] += edit.add.to(dev, x.dtype)
     outs = _mlp_outs(edits, tokens, b, x.shape[-1], dev)
     final = forward_changed(model, base, x, tokens, start, mlp_out=outs)
-    skipped += mlps_skipped(outs, tokens, model.cfg.n_layers)
+    skipped += mlps_skipped(outs)
     return (unembed(model, final).reshape(len(edits), b, -1), done + len(tokens.rows),
             skipped)
 

@@ -278,15 +278,18 @@ def _attend_queries(q: Float[Tensor, "n heads d"], k: Float[Tensor, "n pos kv d"
 class MlpOut:
     """MLP outputs of one layer replaced at some changed tokens: where `put [n]` is True the
     MLP's output is `value [n, d]` (None: zeros; its rows elsewhere are unused), as a
-    `hook_mlp_out` hook would set it. The MLP runs on the other tokens only."""
+    `hook_mlp_out` hook would set it. The MLP runs on the other tokens only; `skipped`
+    counts the tokens it did not run on (for work accounting)."""
 
     put: Bool[Tensor, " n"]
     value: Float[Tensor, "n d_model"] | None = None
+    skipped: int = 0
 
     def mlp(self, block_mlp, rows: Tensor):
         """A stand-in for `block_mlp` on the tokens `rows` (indices into the n tokens)."""
         put = self.put[rows]
         value = None if self.value is None else self.value[rows]
+        self.skipped += int(put.sum())
 
         def run(h: Tensor) -> Tensor:
             # the MLP maps d_model to d_model: zeros shaped like its input

@@ -119,11 +119,13 @@ def test_replaced_mlp_outputs_skip_the_mlp_and_match_a_hook(tiny):
         lambda mod, args, out: seen.append(args[0].shape[0]))
     try:
         with torch.inference_mode():
+            replaced = MlpOut(put, value)
             got = forward_changed(model, base_run(model, runs), x, tokens, 0,
-                                  mlp_out={0: MlpOut(put, value)})
+                                  mlp_out={0: replaced})
     finally:
         handle.remove()
     assert seen == [int((~put).sum())]
+    assert replaced.skipped == int(put.sum())  # the accounting counts what did not run
 
     def replace(act, hook):
         act = act.clone()
