@@ -78,7 +78,7 @@ class Family:
         what `hook_mlp_out` sees), e.g. one that skips the rows whose output an ablation
         replaces anyway."""
         block = model.blocks[layer]
-        mlp = block.mlp if mlp is None else mlp
+        mlp = self.mlp(model, layer) if mlp is None else mlp
         if self.parallel:
             return x + attn + mlp(self.mlp_norm(model, layer)(x))
         if self.post_norms:
@@ -97,9 +97,12 @@ class Family:
         if self.post_norms:
             return self.block_step(model, layer, at(f"blocks.{layer}.hook_resid_pre"),
                                    at(self.attn_out_hook(layer)) + delta)
-        block = model.blocks[layer]
         mid = at(f"blocks.{layer}.hook_resid_mid") + delta
-        return mid + block.mlp(block.ln2(mid))
+        return mid + self.mlp(model, layer)(model.blocks[layer].ln2(mid))
+
+    def mlp(self, model, layer: int):
+        """Block `layer`'s MLP as a function of its normed input (`fused_mlp`)."""
+        return fused_mlp(model.blocks[layer].mlp)
 
     def cached_hooks(self) -> tuple[str, ...]:
         """Hook-name endings the sweeps read from the cached runs, beyond the common ones."""
@@ -180,6 +183,37 @@ class StackedWeights:
         if name not in self._read:
             self._read[name] = getattr(self.model, name, None)
         return self._read[name]
+
+
+# HF activations written as elementwise Python (GPT-2's and GPT-J's `gelu_new`: five passes
+# over the [tokens, d_mlp] hidden layer) that torch computes as one kernel, the same function
+# up to float rounding (tests/test_arch.py): about 30% of a GPT-2 MLP's time.
+_ONE_KERNEL = {"NewGELUActivation": "tanh", "FastGELUActivation": "tanh"}
+# (input map, output map) of the two-layer MLPs whose forward is out(act(in(x))) in eval mode
+_MLP_MAPS = (("c_fc", "c_proj"), ("fc_in", "fc_out"))
+
+
+def fused_mlp(bridge_mlp):
+    """`bridge_mlp` (a block's MLP) as a function of its normed input, with the activation
+    computed by torch's fused kernel where HF writes it elementwise; the MLP itself otherwise.
+
+    The bridge's own MLP hooks (`mlp.hook_in`, `mlp.hook_out`) do not fire in the fused
+    version: the engine's callers read and replace MLP outputs themselves (`MlpOut`).
+
+    Example:
+        >>> f = fused_mlp(model.blocks[0].mlp)   # GPT-2: c_proj(gelu_tanh(c_fc(x)))
+        >>> torch.allclose(f(x), model.blocks[0].mlp(x), atol=1e-6)
+        True
+    """
+    import torch.nn.functional as F
+
+    hf = getattr(bridge_mlp, "original_component", None)
+    approximate = _ONE_KERNEL.get(type(getattr(hf, "act", None)).__name__)
+    maps = next((m for m in _MLP_MAPS if all(hasattr(hf, n) for n in m)), None)
+    if approximate is None or maps is None or hf.training:
+        return bridge_mlp
+    first, second = (getattr(hf, n) for n in maps)
+    return lambda x: second(F.gelu(first(x), approximate=approximate))
 
 
 def _hf_attn(model, layer: int):

@@ -102,3 +102,26 @@ def test_eap_edge_gradients_equal_autograd(case):
     if "blocks.1.ln2.hook_in" in model.hook_dict:  # GPT-J's MLP shares ln1 with attention
         assert got["MLP1"] == pytest.approx(
             _eap_by_autograd(model, batch, "blocks.1.ln2.hook_in", delta), abs=1e-4)
+
+
+def test_family_mlp_equals_the_bridge_mlp(case):
+    """The engine's MLP (a fused tanh-GELU where HF writes it elementwise) computes what the
+    bridge's MLP does; GPT-2 and GPT-J (gelu_new) take the fused kernel, and a model in
+    training mode (dropout live) keeps the bridge's own module."""
+    name, model, _ = case
+    family = family_of(model)
+    if family is None:
+        pytest.skip("general path: no engine MLP")
+    x = torch.randn(3, 5, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    bridge = model.blocks[1].mlp
+    fast = family.mlp(model, 1)
+    with torch.no_grad():
+        ref = bridge(x)
+        assert ref.abs().max() > 1e-3
+        assert torch.allclose(fast(x), ref, atol=1e-6, rtol=1e-5)
+    assert (fast is not bridge) == (name in ("gpt2", "gptj"))
+    model.train()
+    try:
+        assert family.mlp(model, 1) is bridge
+    finally:
+        model.eval()

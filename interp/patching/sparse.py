@@ -331,6 +331,6 @@ def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
         attn = _attend(model, base, layer, base.family.attn_input(model, layer, x), tokens,
                        queries, mine, edit_z)
         edit = (mlp_out or {}).get(layer)
-        mlp = None if edit is None else edit.mlp(model.blocks[layer].mlp, queries)
+        mlp = None if edit is None else edit.mlp(base.family.mlp(model, layer), queries)
         x = base.family.block_step(model, layer, x[queries], attn, mlp)
     return x

@@ -104,7 +104,8 @@ def test_unsupported_attention_is_refused(tiny):
 
 def test_replaced_mlp_outputs_skip_the_mlp_and_match_a_hook(tiny):
     """`MlpOut`: where an MLP's output is replaced the MLP does not run (counted by a hook on
-    the MLP), and the result equals running it everywhere and replacing its output."""
+    its first linear map, which the engine's fused MLP runs too), and the result equals
+    running it everywhere and replacing its output."""
     from interp.patching.sparse import MlpOut
 
     model = tiny
@@ -115,7 +116,7 @@ def test_replaced_mlp_outputs_skip_the_mlp_and_match_a_hook(tiny):
     put = tokens.pos % 2 == 1  # every other token of layer 0
     value = torch.randn(len(put), model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     seen = []
-    handle = model.blocks[0].mlp.register_forward_hook(
+    handle = model.blocks[0].mlp.original_component.c_fc.register_forward_hook(
         lambda mod, args, out: seen.append(args[0].shape[0]))
     try:
         with torch.inference_mode():
