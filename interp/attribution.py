@@ -130,23 +130,27 @@ def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total):
 
 
 def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, names,
-            n_total: int):
+            n_total: int, cached=None):
     """Yield (start acts, end acts, grads, acts at the gradient point) per gradient point.
 
     The start run is the one patched INTO (clean for "noise"), the end run the source. EAP:
     one no-grad forward of the end run and one forward+backward of the start run, whose
     activations double as the start activations. EAP-IG: both endpoint forwards, then one
     forward+backward per midpoint alpha = (k + 0.5) / steps of the input-embedding path.
+    `cached(which)`, when given, returns a run's endpoint activations ("clean" or
+    "corrupted") from a cache, or None to compute them with a forward.
     """
     noise = direction == "noise"
     start_tokens = batch.clean_tokens if noise else batch.corrupted_tokens
     end_tokens = batch.corrupted_tokens if noise else batch.clean_tokens
-    end = _run(model, end_tokens, names)[1]
+    end, start = (None, None) if cached is None else (
+        cached("corrupted" if noise else "clean"), cached("clean" if noise else "corrupted"))
+    end = end or _run(model, end_tokens, names)[1]
     if method == "attribution":
         grads, acts = _grads_at(model, batch, start_tokens, None, names, n_total)
         yield acts, end, grads, acts
         return
-    start = _run(model, start_tokens, names)[1]
+    start = start or _run(model, start_tokens, names)[1]
     for k in range(steps):
         resid0 = start[INPUT] + (k + 0.5) / steps * (end[INPUT] - start[INPUT])
         grads, acts = _grads_at(model, batch, start_tokens, resid0, names, n_total)
@@ -254,6 +258,7 @@ class EdgeScores:
         scores: `[n_senders, n_receivers]` (0 where no edge exists, see `valid`).
         valid: where the sender is upstream of the receiver.
         kv_groups: query heads per KV head (1 on MHA).
+        heads: every head's node score from the same passes (`head_attribution`'s result).
     """
 
     senders: list[str]
@@ -261,6 +266,7 @@ class EdgeScores:
     scores: Float[Tensor, "senders receivers"]
     valid: Bool[Tensor, "senders receivers"]
     kv_groups: int = 1
+    heads: Float[Tensor, "n_layers n_heads"] | None = None
 
     def edges(self) -> list[tuple[str, str, float]]:
         """Every valid edge as (sender, receiver, score), by |score| descending."""
@@ -366,10 +372,37 @@ def _edge_scores_at(model, receivers, upstream, grads, acts, delta, w: StackedWe
     return out
 
 
+def _sender_names(model) -> list[str]:
+    """The activations `_sender_outputs` reads."""
+    return [INPUT] + [f"blocks.{layer}.{n}" for layer in range(model.cfg.n_layers)
+                      for n in ("attn.hook_z", "hook_mlp_out")]
+
+
+def _from_runs(model, batch: TaskBatch, runs):
+    """`cached(which, index)` for `_passes`: the sender activations of prompts `index` from the
+    cached clean/corrupted runs (`interp.patching.runs.Runs`), None where a cache lacks one."""
+    if runs is None:
+        return None
+    if runs.batch is not batch and not (
+            torch.equal(runs.batch.clean_tokens, batch.clean_tokens)
+            and torch.equal(runs.batch.corrupted_tokens, batch.corrupted_tokens)):
+        raise ValueError("runs were prepared for other prompts than batch; pass the runs of "
+                         "this batch (prepare_runs(model, batch)) or none")
+    names = _sender_names(model)
+
+    def cached(which: str, index: Tensor) -> dict | None:
+        cache = runs.cache(which)
+        if not all(n in cache for n in names):
+            return None
+        rows = index.to(cache[INPUT].device)
+        return {n: cache[n][rows] for n in names}
+    return cached
+
+
 def edge_attribution(
     model, batch: TaskBatch, receivers: tuple[str, ...] = RECEIVER_KINDS,
     method: str = "attribution", steps: int = 5, direction: str = "noise",
-    chunk_size: int = 8,
+    chunk_size: int = 8, runs=None,
 ) -> EdgeScores:
     """EAP / EAP-IG scores for every sender -> receiver edge.
 
@@ -383,35 +416,54 @@ def edge_attribution(
     3 KV heads) a key/value input belongs to a KV head and is scored once per KV head
     ("L{l}KV{g}.k"); query head h uses KV head `h // kv_groups`.
 
+    The same passes give every head's node score (`EdgeScores.heads`), what
+    `head_attribution` returns: the gradient at `hook_z` is at hand.
+
     Args:
         receivers: which receiver kinds to score: "q", "k", "v", "mlp", "logits".
         method, steps, direction: as in `head_attribution`.
         chunk_size: prompts per forward (memory only).
+        runs: the batch's cached clean and corrupted runs (`prepare_runs`), or None. Their
+            embeddings, `hook_z` and `hook_mlp_out` stand in for the forward of the source
+            run (and of the start run for EAP-IG): one forward fewer, the same scores.
 
     Example:
-        >>> es = edge_attribution(model, batch)
+        >>> es = edge_attribution(model, batch, runs=prepare_runs(model, batch))
         >>> es.top(3)   # [("L9H9", "LOGITS", 1.2), ...]
+        >>> es.heads    # [n_layers, n_heads], = head_attribution(model, batch)
     """
     _check(method, direction, steps)
     bad = set(receivers) - set(RECEIVER_KINDS)
     if bad:
         raise ValueError(f"unknown receiver kinds {sorted(bad)}; use {RECEIVER_KINDS}")
+    cached = _from_runs(model, batch, runs)
     parallel = mlp_input(model, 0)[1].endswith("resid_pre")
     senders, recv, upstream = _graph(model.cfg, receivers, parallel)
     names = _edge_names(model)
     scores = torch.zeros(len(senders), len(recv))
+    heads = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     n_points = 1 if method == "attribution" else steps
     w = StackedWeights(model)
     for index in _chunks(len(batch), chunk_size):
         sub = batch.subset(index)
         delta = None
+        at = None if cached is None else (lambda which, index=index: cached(which, index))
         for start, end, grads, acts in _passes(model, sub, direction, method, steps, names,
-                                               len(batch)):
+                                               len(batch), at):
             if delta is None:
                 delta = _sender_outputs(model, end, w) - _sender_outputs(model, start, w)
             scores += _edge_scores_at(model, recv, upstream, grads, acts, delta, w) / n_points
+            heads += _head_grid(model, start, end, grads, sub) / n_points
     valid = torch.zeros_like(scores, dtype=torch.bool)
     for col, n_up in enumerate(upstream):
         valid[:n_up, col] = True
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
-    return EdgeScores(senders, [r[0] for r in recv], scores, valid, model.cfg.n_heads // n_kv)
+    return EdgeScores(senders, [r[0] for r in recv], scores, valid, model.cfg.n_heads // n_kv,
+                      heads)
+
+
+def _head_grid(model, start, end, grads, sub: TaskBatch) -> Float[Tensor, "n_layers n_heads"]:
+    """Every head's node score at one gradient point (`head_attribution`'s terms)."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    return torch.stack([head_scores(end[n] - start[n], grads[n], sub).detach().cpu()
+                        for n in names])

@@ -73,7 +73,6 @@ def run(args) -> int:
 
 
 def _eap(run, task, batch, args, method: str):
-    from interp.attribution import head_attribution
     from interp.discover import discover, discover_lines, discover_summary
     from interp.plotting import head_heatmap, save_figure
     from interp.plotting.circuit import faithfulness_curve
@@ -84,8 +83,7 @@ def _eap(run, task, batch, args, method: str):
     label = f"{run.spec}, {task.name}, {method}"
     save_figure(faithfulness_curve(result, f"Faithfulness vs circuit size ({label})"),
                 run.folder / "faithfulness_curve.html", root=run.out)
-    with run.stage("head scores"):
-        grid = head_attribution(run.model, batch, method=method, steps=args.steps)
+    grid = result.edge_scores.heads  # head_attribution's grid, from the edge-score passes
     save_figure(head_heatmap(grid.tolist(), f"Head attribution, corrupted -> clean ({label})",
                              "estimated metric change"), run.folder / "head_scores.html",
                 root=run.out)
