@@ -117,20 +117,21 @@ def _chunks(n: int, size: int):
         yield torch.arange(start, min(n, start + size))
 
 
-def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total):
-    """Gradients of sum(metric)/n_total w.r.t. the activations `names`, and the activations,
-    on `tokens` (input embedding replaced by `resid0` unless None)."""
+def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total, wrt=None):
+    """Gradients of sum(metric)/n_total w.r.t. the activations `wrt` (default: `names`), and
+    the activations `names`, on `tokens` (input embedding replaced by `resid0` unless None)."""
+    wrt = names if wrt is None else wrt
     out, store = _run(model, tokens, names, resid0=resid0, grad=True)
     metric = _metric_sum(model, batch, out) / n_total
-    grads = torch.autograd.grad(metric, [store[n] for n in names], allow_unused=True)
+    grads = torch.autograd.grad(metric, [store[n] for n in wrt], allow_unused=True)
     acts = {n: store[n].detach() for n in names}
     grads = [torch.zeros_like(acts[n]) if g is None else g
-             for n, g in zip(names, grads, strict=True)]
-    return dict(zip(names, grads, strict=True)), acts
+             for n, g in zip(wrt, grads, strict=True)]
+    return dict(zip(wrt, grads, strict=True)), acts
 
 
 def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, names,
-            n_total: int, cached=None):
+            n_total: int, cached=None, wrt=None):
     """Yield (start acts, end acts, grads, acts at the gradient point) per gradient point.
 
     The start run is the one patched INTO (clean for "noise"), the end run the source. EAP:
@@ -138,7 +139,8 @@ def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, na
     activations double as the start activations. EAP-IG: both endpoint forwards, then one
     forward+backward per midpoint alpha = (k + 0.5) / steps of the input-embedding path.
     `cached(which)`, when given, returns a run's endpoint activations ("clean" or
-    "corrupted") from a cache, or None to compute them with a forward.
+    "corrupted") from a cache, or None to compute them with a forward. `wrt`: the names
+    whose gradients are needed (default: all `names`).
     """
     noise = direction == "noise"
     start_tokens = batch.clean_tokens if noise else batch.corrupted_tokens
@@ -147,13 +149,13 @@ def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, na
         cached("corrupted" if noise else "clean"), cached("clean" if noise else "corrupted"))
     end = end or _run(model, end_tokens, names)[1]
     if method == "attribution":
-        grads, acts = _grads_at(model, batch, start_tokens, None, names, n_total)
+        grads, acts = _grads_at(model, batch, start_tokens, None, names, n_total, wrt)
         yield acts, end, grads, acts
         return
     start = start or _run(model, start_tokens, names)[1]
     for k in range(steps):
         resid0 = start[INPUT] + (k + 0.5) / steps * (end[INPUT] - start[INPUT])
-        grads, acts = _grads_at(model, batch, start_tokens, resid0, names, n_total)
+        grads, acts = _grads_at(model, batch, start_tokens, resid0, names, n_total, wrt)
         yield start, end, grads, acts
 
 
@@ -312,24 +314,36 @@ def _graph(cfg, kinds, parallel: bool = False
     return senders, receivers, upstream
 
 
-def _edge_names(model) -> list[str]:
-    names = [INPUT, "ln_final.hook_in"]
+def _edge_names(model) -> tuple[list[str], list[str]]:
+    """The activations edge scoring reads, and those whose gradients it reads."""
+    names, wrt = [INPUT, FINAL], [FINAL]
     for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.{n}" for n in (
-            "hook_resid_pre", "attn.hook_z", "attn.hook_q", "attn.hook_k",
-            "attn.hook_v", "hook_mlp_out", "mlp.hook_in")]
-        names.append(mlp_input(model, layer)[1])
-    return list(dict.fromkeys(names))
+        block = f"blocks.{layer}."
+        grads = [block + n for n in ("attn.hook_z", "attn.hook_q", "attn.hook_k",
+                                     "attn.hook_v", "mlp.hook_in")]
+        names += grads + [block + "hook_resid_pre", block + "hook_mlp_out",
+                          mlp_input(model, layer)[1]]
+        wrt += grads
+    return list(dict.fromkeys(names)), wrt
 
 
-def _sender_outputs(model, acts, w: StackedWeights) -> Float[Tensor, "senders batch pos d_model"]:
-    """Each sender's write into the residual stream: embeddings, z_h W_O^h, MLP out."""
-    outs = [acts[INPUT]]
+def _sender_deltas(model, end, start, w: StackedWeights
+                   ) -> Float[Tensor, "senders batch pos d_model"]:
+    """Each sender's change of write into the residual stream, end run minus start run:
+    embeddings, (z_end - z_start)_h W_O^h for each head, MLP out; in float32 or better."""
+    z = end["blocks.0.attn.hook_z"]
+    n_heads = z.shape[2]
+    out = torch.empty(1 + (n_heads + 1) * model.cfg.n_layers, *end[INPUT].shape,
+                      dtype=at_least_float32(z[:1, :1, :1, :1]).dtype, device=z.device)
+    out[0] = end[INPUT] - start[INPUT]
     for layer in range(model.cfg.n_layers):
-        z = acts[f"blocks.{layer}.attn.hook_z"]
-        outs += list(torch.einsum("bphe,hed->hbpd", z, w["W_O"][layer].to(z.dtype)))
-        outs.append(acts[f"blocks.{layer}.hook_mlp_out"])
-    return torch.stack(outs)
+        name, row = f"blocks.{layer}.attn.hook_z", 1 + (n_heads + 1) * layer
+        dz = at_least_float32(end[name] - start[name])
+        out[row:row + n_heads] = torch.einsum("bphe,hed->hbpd", dz,
+                                              w["W_O"][layer].to(dz.dtype))
+        name = f"blocks.{layer}.hook_mlp_out"
+        out[row + n_heads] = end[name] - start[name]
+    return out
 
 
 def _norm_vjp(norm, resid: Tensor, cotangents: Tensor) -> Tensor:
@@ -343,32 +357,45 @@ def _norm_vjp(norm, resid: Tensor, cotangents: Tensor) -> Tensor:
     return g.reshape(cotangents.shape)
 
 
-def _receiver_grads(model, kind: str, layer: int, grads, acts, w: StackedWeights) -> Tensor:
-    """dM/d(residual input of every receiver of `kind` at `layer`): [r, b, pos, d_model]."""
-    if kind == "logits":
+def _receiver_grads(model, kinds: list[str], layer: int, grads, acts, w: StackedWeights
+                    ) -> Tensor:
+    """dM/d(residual input) of every receiver of `kinds` at `layer`, in receiver order:
+    [r, b, pos, d_model]. The q/k/v inputs share one norm VJP (they read the same norm)."""
+    if kinds == ["logits"]:
         return grads["ln_final.hook_in"].unsqueeze(0)
-    if kind == "mlp":
+    out = []
+    attn = [k for k in kinds if k in ("q", "k", "v")]
+    if attn:
+        cot = []
+        for kind in attn:
+            weight = w[f"W_{kind.upper()}"][layer]  # [h, d, e]
+            g = grads[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, h, e] (pre-rotary q/k)
+            cot.append(torch.einsum("bphe,hde->hbpd", g, weight.to(g.dtype)))
+        resid = acts[f"blocks.{layer}.hook_resid_pre"]
+        out.append(_norm_vjp(attn_norm(model, layer), resid, torch.cat(cot)))
+    if "mlp" in kinds:
         norm, point = mlp_input(model, layer)
-        return _norm_vjp(norm, acts[point], grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0))
-    weight = w[f"W_{kind.upper()}"][layer]  # [h, d, e]
-    g = grads[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, h, e] (pre-rotary q/k)
-    cot = torch.einsum("bphe,hde->hbpd", g, weight.to(g.dtype))
-    return _norm_vjp(attn_norm(model, layer), acts[f"blocks.{layer}.hook_resid_pre"], cot)
+        out.append(_norm_vjp(norm, acts[point],
+                             grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0)))
+    return torch.cat(out)
 
 
 def _edge_scores_at(model, receivers, upstream, grads, acts, delta, w: StackedWeights
                     ) -> Tensor:
-    """Scores [senders, receivers] = sum over batch, pos, d of delta_u * g_v."""
+    """Scores [senders, receivers] = sum over batch, pos, d of delta_u * g_v: one product per
+    layer's receivers (the rows of senders not upstream of a receiver are zeroed)."""
     out = torch.zeros(delta.shape[0], len(receivers))
-    flat = delta.reshape(delta.shape[0], -1)
-    groups: dict[tuple[str, int], list[int]] = {}
-    for col, (_, kind, layer, _i) in enumerate(receivers):
-        groups.setdefault((kind, layer), []).append(col)
-    for (kind, layer), cols in groups.items():
-        g = _receiver_grads(model, kind, layer, grads, acts, w).reshape(len(cols), -1)
-        n_up = upstream[cols[0]]
-        scores = at_least_float32(flat[:n_up]) @ at_least_float32(g).T
-        out[:n_up, cols] = scores.detach().cpu()
+    flat = at_least_float32(delta.reshape(delta.shape[0], -1))
+    groups: dict[int, list[int]] = {}
+    for col, (_, _kind, layer, _i) in enumerate(receivers):
+        groups.setdefault(layer, []).append(col)
+    for layer, cols in groups.items():
+        kinds = list(dict.fromkeys(receivers[c][1] for c in cols))
+        g = _receiver_grads(model, kinds, layer, grads, acts, w).reshape(len(cols), -1)
+        ups = torch.tensor([upstream[c] for c in cols])
+        n_up = int(ups.max())
+        scores = (flat[:n_up] @ at_least_float32(g).T).detach().cpu()
+        out[:n_up, cols] = scores * (torch.arange(n_up)[:, None] < ups[None])
     return out
 
 
@@ -439,7 +466,7 @@ def edge_attribution(
     cached = _from_runs(model, batch, runs)
     parallel = mlp_input(model, 0)[1].endswith("resid_pre")
     senders, recv, upstream = _graph(model.cfg, receivers, parallel)
-    names = _edge_names(model)
+    names, wrt = _edge_names(model)
     scores = torch.zeros(len(senders), len(recv))
     heads = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     n_points = 1 if method == "attribution" else steps
@@ -449,9 +476,9 @@ def edge_attribution(
         delta = None
         at = None if cached is None else (lambda which, index=index: cached(which, index))
         for start, end, grads, acts in _passes(model, sub, direction, method, steps, names,
-                                               len(batch), at):
+                                               len(batch), at, wrt):
             if delta is None:
-                delta = _sender_outputs(model, end, w) - _sender_outputs(model, start, w)
+                delta = _sender_deltas(model, end, start, w)
             scores += _edge_scores_at(model, recv, upstream, grads, acts, delta, w) / n_points
             heads += _head_grid(model, start, end, grads, sub) / n_points
     valid = torch.zeros_like(scores, dtype=torch.bool)
