@@ -6,8 +6,9 @@ edge pruning at `--threshold` (`interp.acdc`).
 
 Writes to `<out>/<model>/discover-<task>/` (`-ig` with EAP-IG, `-acdc` with ACDC):
 summary.json (faithfulness curve, CPR, CMD, the best circuit, top edges, per-stage time and
-forward-equivalents, config, provenance), faithfulness_curve.html (EAP), and circuit.yaml, an
-edge-level circuit file read by `interp evaluate-circuit`.
+forward-equivalents, config, provenance), faithfulness_curve.html and head_scores.html (EAP;
+the head scores come with the edge scores, no extra pass), and circuit.yaml, an edge-level
+circuit file read by `interp evaluate-circuit`.
 """
 
 from interp.commands._args import add_run_arguments, fraction, non_negative, positive_int
