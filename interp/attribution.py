@@ -117,39 +117,45 @@ def _chunks(n: int, size: int):
         yield torch.arange(start, min(n, start + size))
 
 
-def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total):
-    """Gradients of sum(metric)/n_total w.r.t. the activations `names`, and the activations,
-    on `tokens` (input embedding replaced by `resid0` unless None)."""
+def _grads_at(model, batch: TaskBatch, tokens, resid0, names, n_total, wrt=None):
+    """Gradients of sum(metric)/n_total w.r.t. the activations `wrt` (default: `names`), and
+    the activations `names`, on `tokens` (input embedding replaced by `resid0` unless None)."""
+    wrt = names if wrt is None else wrt
     out, store = _run(model, tokens, names, resid0=resid0, grad=True)
     metric = _metric_sum(model, batch, out) / n_total
-    grads = torch.autograd.grad(metric, [store[n] for n in names], allow_unused=True)
+    grads = torch.autograd.grad(metric, [store[n] for n in wrt], allow_unused=True)
     acts = {n: store[n].detach() for n in names}
     grads = [torch.zeros_like(acts[n]) if g is None else g
-             for n, g in zip(names, grads, strict=True)]
-    return dict(zip(names, grads, strict=True)), acts
+             for n, g in zip(wrt, grads, strict=True)]
+    return dict(zip(wrt, grads, strict=True)), acts
 
 
 def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, names,
-            n_total: int):
+            n_total: int, cached=None, wrt=None):
     """Yield (start acts, end acts, grads, acts at the gradient point) per gradient point.
 
     The start run is the one patched INTO (clean for "noise"), the end run the source. EAP:
     one no-grad forward of the end run and one forward+backward of the start run, whose
     activations double as the start activations. EAP-IG: both endpoint forwards, then one
     forward+backward per midpoint alpha = (k + 0.5) / steps of the input-embedding path.
+    `cached(which)`, when given, returns a run's endpoint activations ("clean" or
+    "corrupted") from a cache, or None to compute them with a forward. `wrt`: the names
+    whose gradients are needed (default: all `names`).
     """
     noise = direction == "noise"
     start_tokens = batch.clean_tokens if noise else batch.corrupted_tokens
     end_tokens = batch.corrupted_tokens if noise else batch.clean_tokens
-    end = _run(model, end_tokens, names)[1]
+    end, start = (None, None) if cached is None else (
+        cached("corrupted" if noise else "clean"), cached("clean" if noise else "corrupted"))
+    end = end or _run(model, end_tokens, names)[1]
     if method == "attribution":
-        grads, acts = _grads_at(model, batch, start_tokens, None, names, n_total)
+        grads, acts = _grads_at(model, batch, start_tokens, None, names, n_total, wrt)
         yield acts, end, grads, acts
         return
-    start = _run(model, start_tokens, names)[1]
+    start = start or _run(model, start_tokens, names)[1]
     for k in range(steps):
         resid0 = start[INPUT] + (k + 0.5) / steps * (end[INPUT] - start[INPUT])
-        grads, acts = _grads_at(model, batch, start_tokens, resid0, names, n_total)
+        grads, acts = _grads_at(model, batch, start_tokens, resid0, names, n_total, wrt)
         yield start, end, grads, acts
 
 
@@ -254,6 +260,7 @@ class EdgeScores:
         scores: `[n_senders, n_receivers]` (0 where no edge exists, see `valid`).
         valid: where the sender is upstream of the receiver.
         kv_groups: query heads per KV head (1 on MHA).
+        heads: every head's node score from the same passes (`head_attribution`'s result).
     """
 
     senders: list[str]
@@ -261,6 +268,7 @@ class EdgeScores:
     scores: Float[Tensor, "senders receivers"]
     valid: Bool[Tensor, "senders receivers"]
     kv_groups: int = 1
+    heads: Float[Tensor, "n_layers n_heads"] | None = None
 
     def edges(self) -> list[tuple[str, str, float]]:
         """Every valid edge as (sender, receiver, score), by |score| descending."""
@@ -306,24 +314,36 @@ def _graph(cfg, kinds, parallel: bool = False
     return senders, receivers, upstream
 
 
-def _edge_names(model) -> list[str]:
-    names = [INPUT, "ln_final.hook_in"]
+def _edge_names(model) -> tuple[list[str], list[str]]:
+    """The activations edge scoring reads, and those whose gradients it reads."""
+    names, wrt = [INPUT, FINAL], [FINAL]
     for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.{n}" for n in (
-            "hook_resid_pre", "attn.hook_z", "attn.hook_q", "attn.hook_k",
-            "attn.hook_v", "hook_mlp_out", "mlp.hook_in")]
-        names.append(mlp_input(model, layer)[1])
-    return list(dict.fromkeys(names))
+        block = f"blocks.{layer}."
+        grads = [block + n for n in ("attn.hook_z", "attn.hook_q", "attn.hook_k",
+                                     "attn.hook_v", "mlp.hook_in")]
+        names += grads + [block + "hook_resid_pre", block + "hook_mlp_out",
+                          mlp_input(model, layer)[1]]
+        wrt += grads
+    return list(dict.fromkeys(names)), wrt
 
 
-def _sender_outputs(model, acts, w: StackedWeights) -> Float[Tensor, "senders batch pos d_model"]:
-    """Each sender's write into the residual stream: embeddings, z_h W_O^h, MLP out."""
-    outs = [acts[INPUT]]
+def _sender_deltas(model, end, start, w: StackedWeights
+                   ) -> Float[Tensor, "senders batch pos d_model"]:
+    """Each sender's change of write into the residual stream, end run minus start run:
+    embeddings, (z_end - z_start)_h W_O^h for each head, MLP out; in float32 or better."""
+    z = end["blocks.0.attn.hook_z"]
+    n_heads = z.shape[2]
+    out = torch.empty(1 + (n_heads + 1) * model.cfg.n_layers, *end[INPUT].shape,
+                      dtype=at_least_float32(z[:1, :1, :1, :1]).dtype, device=z.device)
+    out[0] = end[INPUT] - start[INPUT]
     for layer in range(model.cfg.n_layers):
-        z = acts[f"blocks.{layer}.attn.hook_z"]
-        outs += list(torch.einsum("bphe,hed->hbpd", z, w["W_O"][layer].to(z.dtype)))
-        outs.append(acts[f"blocks.{layer}.hook_mlp_out"])
-    return torch.stack(outs)
+        name, row = f"blocks.{layer}.attn.hook_z", 1 + (n_heads + 1) * layer
+        dz = at_least_float32(end[name] - start[name])
+        out[row:row + n_heads] = torch.einsum("bphe,hed->hbpd", dz,
+                                              w["W_O"][layer].to(dz.dtype))
+        name = f"blocks.{layer}.hook_mlp_out"
+        out[row + n_heads] = end[name] - start[name]
+    return out
 
 
 def _norm_vjp(norm, resid: Tensor, cotangents: Tensor) -> Tensor:
@@ -337,39 +357,79 @@ def _norm_vjp(norm, resid: Tensor, cotangents: Tensor) -> Tensor:
     return g.reshape(cotangents.shape)
 
 
-def _receiver_grads(model, kind: str, layer: int, grads, acts, w: StackedWeights) -> Tensor:
-    """dM/d(residual input of every receiver of `kind` at `layer`): [r, b, pos, d_model]."""
-    if kind == "logits":
+def _receiver_grads(model, kinds: list[str], layer: int, grads, acts, w: StackedWeights
+                    ) -> Tensor:
+    """dM/d(residual input) of every receiver of `kinds` at `layer`, in receiver order:
+    [r, b, pos, d_model]. The q/k/v inputs share one norm VJP (they read the same norm)."""
+    if kinds == ["logits"]:
         return grads["ln_final.hook_in"].unsqueeze(0)
-    if kind == "mlp":
+    out = []
+    attn = [k for k in kinds if k in ("q", "k", "v")]
+    if attn:
+        cot = []
+        for kind in attn:
+            weight = w[f"W_{kind.upper()}"][layer]  # [h, d, e]
+            g = grads[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, h, e] (pre-rotary q/k)
+            cot.append(torch.einsum("bphe,hde->hbpd", g, weight.to(g.dtype)))
+        resid = acts[f"blocks.{layer}.hook_resid_pre"]
+        out.append(_norm_vjp(attn_norm(model, layer), resid, torch.cat(cot)))
+    if "mlp" in kinds:
         norm, point = mlp_input(model, layer)
-        return _norm_vjp(norm, acts[point], grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0))
-    weight = w[f"W_{kind.upper()}"][layer]  # [h, d, e]
-    g = grads[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, h, e] (pre-rotary q/k)
-    cot = torch.einsum("bphe,hde->hbpd", g, weight.to(g.dtype))
-    return _norm_vjp(attn_norm(model, layer), acts[f"blocks.{layer}.hook_resid_pre"], cot)
+        out.append(_norm_vjp(norm, acts[point],
+                             grads[f"blocks.{layer}.mlp.hook_in"].unsqueeze(0)))
+    return torch.cat(out)
 
 
 def _edge_scores_at(model, receivers, upstream, grads, acts, delta, w: StackedWeights
                     ) -> Tensor:
-    """Scores [senders, receivers] = sum over batch, pos, d of delta_u * g_v."""
+    """Scores [senders, receivers] = sum over batch, pos, d of delta_u * g_v: one product per
+    layer's receivers (the rows of senders not upstream of a receiver are zeroed)."""
     out = torch.zeros(delta.shape[0], len(receivers))
-    flat = delta.reshape(delta.shape[0], -1)
-    groups: dict[tuple[str, int], list[int]] = {}
-    for col, (_, kind, layer, _i) in enumerate(receivers):
-        groups.setdefault((kind, layer), []).append(col)
-    for (kind, layer), cols in groups.items():
-        g = _receiver_grads(model, kind, layer, grads, acts, w).reshape(len(cols), -1)
-        n_up = upstream[cols[0]]
-        scores = at_least_float32(flat[:n_up]) @ at_least_float32(g).T
-        out[:n_up, cols] = scores.detach().cpu()
+    flat = at_least_float32(delta.reshape(delta.shape[0], -1))
+    groups: dict[int, list[int]] = {}
+    for col, (_, _kind, layer, _i) in enumerate(receivers):
+        groups.setdefault(layer, []).append(col)
+    for layer, cols in groups.items():
+        kinds = list(dict.fromkeys(receivers[c][1] for c in cols))
+        g = _receiver_grads(model, kinds, layer, grads, acts, w).reshape(len(cols), -1)
+        ups = torch.tensor([upstream[c] for c in cols])
+        n_up = int(ups.max())
+        scores = (flat[:n_up] @ at_least_float32(g).T).detach().cpu()
+        out[:n_up, cols] = scores * (torch.arange(n_up)[:, None] < ups[None])
     return out
+
+
+def _sender_names(model) -> list[str]:
+    """The activations `_sender_outputs` reads."""
+    return [INPUT] + [f"blocks.{layer}.{n}" for layer in range(model.cfg.n_layers)
+                      for n in ("attn.hook_z", "hook_mlp_out")]
+
+
+def _from_runs(model, batch: TaskBatch, runs):
+    """`cached(which, index)` for `_passes`: the sender activations of prompts `index` from the
+    cached clean/corrupted runs (`interp.patching.runs.Runs`), None where a cache lacks one."""
+    if runs is None:
+        return None
+    if runs.batch is not batch and not (
+            torch.equal(runs.batch.clean_tokens, batch.clean_tokens)
+            and torch.equal(runs.batch.corrupted_tokens, batch.corrupted_tokens)):
+        raise ValueError("runs were prepared for other prompts than batch; pass the runs of "
+                         "this batch (prepare_runs(model, batch)) or none")
+    names = _sender_names(model)
+
+    def cached(which: str, index: Tensor) -> dict | None:
+        cache = runs.cache(which)
+        if not all(n in cache for n in names):
+            return None
+        rows = index.to(cache[INPUT].device)
+        return {n: cache[n][rows] for n in names}
+    return cached
 
 
 def edge_attribution(
     model, batch: TaskBatch, receivers: tuple[str, ...] = RECEIVER_KINDS,
     method: str = "attribution", steps: int = 5, direction: str = "noise",
-    chunk_size: int = 8,
+    chunk_size: int = 8, runs=None,
 ) -> EdgeScores:
     """EAP / EAP-IG scores for every sender -> receiver edge.
 
@@ -383,35 +443,54 @@ def edge_attribution(
     3 KV heads) a key/value input belongs to a KV head and is scored once per KV head
     ("L{l}KV{g}.k"); query head h uses KV head `h // kv_groups`.
 
+    The same passes give every head's node score (`EdgeScores.heads`), what
+    `head_attribution` returns: the gradient at `hook_z` is at hand.
+
     Args:
         receivers: which receiver kinds to score: "q", "k", "v", "mlp", "logits".
         method, steps, direction: as in `head_attribution`.
         chunk_size: prompts per forward (memory only).
+        runs: the batch's cached clean and corrupted runs (`prepare_runs`), or None. Their
+            embeddings, `hook_z` and `hook_mlp_out` stand in for the forward of the source
+            run (and of the start run for EAP-IG): one forward fewer, the same scores.
 
     Example:
-        >>> es = edge_attribution(model, batch)
+        >>> es = edge_attribution(model, batch, runs=prepare_runs(model, batch))
         >>> es.top(3)   # [("L9H9", "LOGITS", 1.2), ...]
+        >>> es.heads    # [n_layers, n_heads], = head_attribution(model, batch)
     """
     _check(method, direction, steps)
     bad = set(receivers) - set(RECEIVER_KINDS)
     if bad:
         raise ValueError(f"unknown receiver kinds {sorted(bad)}; use {RECEIVER_KINDS}")
+    cached = _from_runs(model, batch, runs)
     parallel = mlp_input(model, 0)[1].endswith("resid_pre")
     senders, recv, upstream = _graph(model.cfg, receivers, parallel)
-    names = _edge_names(model)
+    names, wrt = _edge_names(model)
     scores = torch.zeros(len(senders), len(recv))
+    heads = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     n_points = 1 if method == "attribution" else steps
     w = StackedWeights(model)
     for index in _chunks(len(batch), chunk_size):
         sub = batch.subset(index)
         delta = None
+        at = None if cached is None else (lambda which, index=index: cached(which, index))
         for start, end, grads, acts in _passes(model, sub, direction, method, steps, names,
-                                               len(batch)):
+                                               len(batch), at, wrt):
             if delta is None:
-                delta = _sender_outputs(model, end, w) - _sender_outputs(model, start, w)
+                delta = _sender_deltas(model, end, start, w)
             scores += _edge_scores_at(model, recv, upstream, grads, acts, delta, w) / n_points
+            heads += _head_grid(model, start, end, grads, sub) / n_points
     valid = torch.zeros_like(scores, dtype=torch.bool)
     for col, n_up in enumerate(upstream):
         valid[:n_up, col] = True
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
-    return EdgeScores(senders, [r[0] for r in recv], scores, valid, model.cfg.n_heads // n_kv)
+    return EdgeScores(senders, [r[0] for r in recv], scores, valid, model.cfg.n_heads // n_kv,
+                      heads)
+
+
+def _head_grid(model, start, end, grads, sub: TaskBatch) -> Float[Tensor, "n_layers n_heads"]:
+    """Every head's node score at one gradient point (`head_attribution`'s terms)."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    return torch.stack([head_scores(end[n] - start[n], grads[n], sub).detach().cpu()
+                        for n in names])

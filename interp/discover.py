@@ -36,7 +36,7 @@ from interp.patching.runs import prepare_runs
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # as in MIB
 SMALL = (1, 2, 5, 10, 20, 50)  # absolute counts below MIB's 0.1%, where small circuits live
 RECEIVERS = ("q", "k", "v", "mlp", "logits")
-EAP_FORWARDS = {"attribution": 4}  # corrupted forward + clean forward and backward (x2)
+EAP_FORWARDS = {"attribution": 3}  # clean forward and backward (x2); corrupted run cached
 
 
 @dataclass
@@ -181,12 +181,13 @@ def discover(model, batch, method: str = "attribution", steps: int = 5, target: 
     normalised_faithfulness(f_model, f_model, f_empty)  # refuses F(M) = F(0) before scoring
     stages("F(0): every sender ablated", 1, t)
     t = time.perf_counter()
-    scores = edge_attribution(model, batch, receivers=RECEIVERS, method=method, steps=steps)
+    scores = edge_attribution(model, batch, receivers=RECEIVERS, method=method, steps=steps,
+                              runs=runs)
     ranked = eap_edges(scores)
-    # least: the end (corrupted) run's sender outputs are in the cached runs already, so
-    # one forward fewer (its recomputation is the gap)
-    work = EAP_FORWARDS.get(method, 2 + 3 * steps)
-    stages("edge scores", work, t, work - 1)
+    # the endpoint runs' sender outputs come from the cached runs: EAP is one forward and
+    # backward of the clean run, EAP-IG one per step (the head grid comes with them)
+    work = EAP_FORWARDS.get(method, 3 * steps)
+    stages("edge scores", work, t)
     t = time.perf_counter()
     ks = sizes(len(ranked), fractions)
     edge_sets = [{e for e, _ in ranked[:k]} for k in ks]

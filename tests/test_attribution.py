@@ -8,6 +8,7 @@ from interp.attribution import edge_attribution, head_attribution
 from interp.interventions import patch_node, run_with_interventions
 from interp.metrics import LogitDiff, logits_at
 from interp.nodes import all_heads
+from interp.patching.runs import prepare_runs
 from interp.tasks.base import TaskBatch
 
 
@@ -123,6 +124,25 @@ def test_edge_scores_sum_to_node_score(tiny):
     batch = _batch(tiny)
     _edges_sum_to_nodes(tiny, batch, "attribution")
     _edges_sum_to_nodes(tiny, batch, "attribution-ig")
+
+
+def test_head_grid_and_cached_runs(tiny):
+    """The head grid that comes with the edge scores is the independent autograd derivative
+    (EAP) and `head_attribution`'s (EAP-IG); the cached runs change no score."""
+    batch = _batch(tiny)
+    runs = prepare_runs(tiny, batch)
+    eap = edge_attribution(tiny, batch, runs=runs, chunk_size=4)
+    assert torch.allclose(eap.heads, _autograd_estimate(tiny, batch), atol=1e-6, rtol=1e-4)
+    plain = edge_attribution(tiny, batch)  # both endpoint runs computed, one chunk
+    assert torch.allclose(eap.scores, plain.scores, atol=1e-7, rtol=1e-5)
+    ig = edge_attribution(tiny, batch, method="attribution-ig", steps=2, runs=runs)
+    assert torch.allclose(ig.heads, head_attribution(tiny, batch, "attribution-ig", steps=2),
+                          atol=1e-7, rtol=1e-5)
+    assert torch.allclose(ig.scores, edge_attribution(tiny, batch, method="attribution-ig",
+                                                      steps=2).scores, atol=1e-7, rtol=1e-5)
+    other = prepare_runs(tiny, _batch(tiny, seed=1))
+    with pytest.raises(ValueError, match="runs were prepared for other prompts"):
+        edge_attribution(tiny, batch, runs=other)
 
 
 def test_bad_arguments(tiny):

@@ -6,8 +6,9 @@ edge pruning at `--threshold` (`interp.acdc`).
 
 Writes to `<out>/<model>/discover-<task>/` (`-ig` with EAP-IG, `-acdc` with ACDC):
 summary.json (faithfulness curve, CPR, CMD, the best circuit, top edges, per-stage time and
-forward-equivalents, config, provenance), faithfulness_curve.html (EAP), and circuit.yaml, an
-edge-level circuit file read by `interp evaluate-circuit`.
+forward-equivalents, config, provenance), faithfulness_curve.html and head_scores.html (EAP;
+the head scores come with the edge scores, no extra pass), and circuit.yaml, an edge-level
+circuit file read by `interp evaluate-circuit`.
 """
 
 from interp.commands._args import add_run_arguments, fraction, non_negative, positive_int
@@ -73,7 +74,6 @@ def run(args) -> int:
 
 
 def _eap(run, task, batch, args, method: str):
-    from interp.attribution import head_attribution
     from interp.discover import discover, discover_lines, discover_summary
     from interp.plotting import head_heatmap, save_figure
     from interp.plotting.circuit import faithfulness_curve
@@ -84,8 +84,7 @@ def _eap(run, task, batch, args, method: str):
     label = f"{run.spec}, {task.name}, {method}"
     save_figure(faithfulness_curve(result, f"Faithfulness vs circuit size ({label})"),
                 run.folder / "faithfulness_curve.html", root=run.out)
-    with run.stage("head scores"):
-        grid = head_attribution(run.model, batch, method=method, steps=args.steps)
+    grid = result.edge_scores.heads  # head_attribution's grid, from the edge-score passes
     save_figure(head_heatmap(grid.tolist(), f"Head attribution, corrupted -> clean ({label})",
                              "estimated metric change"), run.folder / "head_scores.html",
                 root=run.out)
