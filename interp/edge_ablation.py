@@ -184,6 +184,8 @@ class EdgeAblation:
         self._readable = torch.arange(self.graph.n_senders)[None] < torch.tensor(
             [self.graph.readable(r) for r in range(self.graph.n_receivers)])[:, None]
         self._embed_mean: Tensor | None = None
+        self._ablated_attn: dict[int, Tensor] = {}  # layer -> every head ablated, plus b_O
+        self._index: dict[Edge, tuple[int, int]] = {}  # `graph.index`, memoised
         self.bases = [self._clean_base()]
 
     # -- edge sets ----------------------------------------------------------------------------
@@ -201,12 +203,18 @@ class EdgeAblation:
         """The `EdgeMask` keeping exactly `edges` (each at its positions; every position when
         None); ValueError for an edge the graph lacks or an unknown position name."""
         out = self.empty()
+        everywhere, positional = [], []
         for edge in edges:
-            r, s = self.graph.index(edge)
+            if edge not in self._index:
+                self._index[edge] = self.graph.index(edge)
             if edge.positions is None:
-                out.keep[r, s] = True
-                out.at.pop((r, s), None)
-            elif not out.keep[r, s]:
+                everywhere.append(self._index[edge])
+            else:
+                positional.append((edge, *self._index[edge]))
+        if everywhere:
+            out.keep[tuple(torch.tensor(everywhere).T)] = True
+        for edge, r, s in positional:  # where not kept everywhere
+            if not out.keep[r, s]:
                 self._position_mask(edge.positions)  # checks the names
                 merged = set(out.at.get((r, s), ())) | set(edge.positions)
                 out.at[(r, s)] = tuple(sorted(merged))
@@ -361,10 +369,9 @@ class EdgeAblation:
                 continue
             heads = [s for s in group if s < g.n_heads]
             if heads:
-                z = cache[f"blocks.{layer}.attn.hook_z"][None, ..., heads, :]
-                mean = nodes.z_means[layer][None, ..., heads, :]
-                out.append(self._head_outputs(layer, z, heads)[0]
-                           - self._head_outputs(layer, mean, heads)[0])
+                z = cache[f"blocks.{layer}.attn.hook_z"][..., heads, :]
+                mean = nodes.z_means[layer][..., heads, :]
+                out.append(self._head_outputs(layer, (z - mean)[None], heads)[0])
             if len(heads) < len(group):
                 mlp = cache[f"blocks.{layer}.hook_mlp_out"] - nodes.mlp_means()[layer]
                 out.append(mlp[None])
@@ -400,8 +407,14 @@ class EdgeAblation:
                                            self.batch.groups)
         return self._embed_mean
 
-    def _ablated_heads(self, layer: int) -> Float[Tensor, "heads prompts pos d_model"]:
-        return self._head_outputs(layer, self.nodes.z_means[layer][None])[0]
+    def _ablated_attention(self, layer: int) -> Float[Tensor, "prompts pos d_model"]:
+        """The layer's attention output with every head ablated (sum of a_s, plus b_O)."""
+        if layer not in self._ablated_attn:
+            z = self.nodes.z_means[layer]
+            out = z.flatten(-2) @ self.engine.w["W_O"][layer].flatten(0, 1)
+            b_o = self.engine.w["b_O"]
+            self._ablated_attn[layer] = out if b_o is None else out + b_o[layer]
+        return self._ablated_attn[layer]
 
     def _head_outputs(self, layer: int, z: Float[Tensor, "k prompts pos heads d_head"],
                       heads: list[int] | None = None) -> Float[Tensor, "k heads prompts pos d"]:
@@ -544,19 +557,15 @@ class EdgeAblation:
         model, g, h = self.model, self.graph, self.model.cfg.n_heads
         r0, first = layer * g.per_layer, g.sender_index(Head(layer, 0))
         heads = state.live[first:first + h].nonzero().flatten().tolist()
-        ablated_out = self._ablated_heads(layer)  # [heads, prompts, pos, d]
-        dead = [i for i in range(h) if i not in heads]
-        attn = ablated_out[dead].sum(0).expand_as(resid).clone()
+        attn = self._ablated_attention(layer)  # dead heads send a_s; live ones a_s + D_s
         if heads:
             rows = [r0 + kind * h + i for kind in range(3) for i in heads]
             unique, inverse = state.distinct(rows, g.senders_before(layer))
             x = self._inputs(state, resid, unique, g.senders_before(layer))
-            out = self._head_outputs(layer, self._attention(layer, x, inverse, heads), heads)
-            state.record([first + i for i in heads], out - ablated_out[heads])
-            attn = attn + out.sum(1)
-        b_o = self.engine.w["b_O"]
-        if b_o is not None:
-            attn = attn + b_o[layer]
+            z = self._attention(layer, x, inverse, heads) - self.nodes.z_means[layer][..., heads, :]
+            deltas = self._head_outputs(layer, z, heads)  # D_s = (z - mean z) W_O
+            state.record([first + i for i in heads], deltas)
+            attn = attn + deltas.sum(1)
         mlp_mean = self.nodes.mlp_means()[layer]
         if not state.live[first + h]:
             return resid + attn + mlp_mean
@@ -566,7 +575,7 @@ class EdgeAblation:
         norm = self.family.mlp_norm(model, layer)
         out = model.blocks[layer].mlp(norm(mlp_in.reshape(-1, *shape[-2:]))).view(shape)
         state.record([first + h], (out - mlp_mean)[:, None])
-        return resid + attn + out
+        return (resid + attn if g.parallel else mid) + out
 
     def _attention(self, layer: int, x: Float[Tensor, "k inputs prompts pos d_model"],
                    inverse: list[int], heads: list[int]
