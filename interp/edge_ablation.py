@@ -57,6 +57,7 @@ Example:
     >>> ev.metrics([circuit, ev.full(), ev.empty()]).mean(-1)  # [3]
 """
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -503,7 +504,7 @@ class EdgeAblation:
         R - A @ D, plus P * (B_P @ D) for the senders that positional edges keep at
         positions P (`_item_inputs` for A, `_State.product` for each B_P)."""
         cols = state.n_cols(n_senders)
-        out = resid.new_empty(resid.shape[0], len(rows), *resid.shape[1:])
+        out = state.scratch((resid.shape[0], len(rows), *resid.shape[1:]))
         for item in range(resid.shape[0]):
             self._item_inputs(state, item, resid[item], rows, cols, out[item])
         for pos, kept in state.kept_at:
@@ -637,6 +638,15 @@ class _State:
         self.deltas = like.new_zeros(len(self.ablated), len(self.cols), *like.shape)
         self._total, self._total_cols = None, 0
         self._gathered: Tensor | None = None
+        self._scratch: Tensor | None = None
+
+    def scratch(self, shape: tuple[int, ...]) -> Tensor:
+        """A buffer of `shape` that the next call hands out again (the receivers' inputs of
+        one step): a fresh tensor this large costs page faults at every layer."""
+        n = math.prod(shape)
+        if self._scratch is None or len(self._scratch) < n:
+            self._scratch = self.deltas.new_empty(n)
+        return self._scratch[:n].view(shape)
 
     def running_sum(self, item: int, cols: int) -> Float[Tensor, "prompts pos d_model"]:
         """The sum of the item's first `cols` columns of D. Kept for every item and
