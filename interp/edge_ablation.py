@@ -25,6 +25,12 @@ only at some positions adds back D_s there). The receiver's norm, projection, ro
 attention and MLP are then recomputed from x_r, the new outputs update D and R, and the
 logits read R_final - A_logits @ D at the metric's read positions. No forward per edge.
 
+The rows of A_L are 0/1, so the matmul only runs over the columns where a layer's receivers
+differ: the columns every receiver ablates are one shared sum, either added directly or as
+S - (the columns every receiver keeps), S the running sum of all of D (whichever reads fewer
+columns: a top-k circuit's receivers keep a few of many held senders), and the columns no
+receiver ablates drop. An MLP, a single receiver, reads only such sums.
+
 Memory: a run holds D_s only for the senders it needs them for: live senders (some receiver
 keeps an edge from them; the others send a_s everywhere, so they enter R as a_s and are not
 computed) that some receiver reads ablated. A sparse circuit holds its own heads' D_s; the
