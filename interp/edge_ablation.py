@@ -212,12 +212,13 @@ class EdgeAblation:
         out = self.empty()
         everywhere, positional = [], []
         for edge in edges:
-            if edge not in self._index:
-                self._index[edge] = self.graph.index(edge)
+            at = self._index.get(edge)  # hashing an Edge is most of this loop's time
+            if at is None:
+                at = self._index[edge] = self.graph.index(edge)
             if edge.positions is None:
-                everywhere.append(self._index[edge])
+                everywhere.append(at)
             else:
-                positional.append((edge, *self._index[edge]))
+                positional.append((edge, *at))
         if everywhere:
             out.keep[tuple(torch.tensor(everywhere).T)] = True
         for edge, r, s in positional:  # where not kept everywhere
