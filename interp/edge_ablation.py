@@ -25,6 +25,12 @@ only at some positions adds back D_s there). The receiver's norm, projection, ro
 attention and MLP are then recomputed from x_r, the new outputs update D and R, and the
 logits read R_final - A_logits @ D at the metric's read positions. No forward per edge.
 
+The rows of A_L are 0/1, so the matmul only runs over the columns where a layer's receivers
+differ: the columns every receiver ablates are one shared sum, either added directly or as
+S - (the columns every receiver keeps), S the running sum of all of D (whichever reads fewer
+columns: a top-k circuit's receivers keep a few of many held senders), and the columns no
+receiver ablates drop. An MLP, a single receiver, reads only such sums.
+
 Memory: a run holds D_s only for the senders it needs them for: live senders (some receiver
 keeps an edge from them; the others send a_s everywhere, so they enter R as a_s and are not
 computed) that some receiver reads ablated. A sparse circuit holds its own heads' D_s; the
@@ -57,6 +63,7 @@ Example:
     >>> ev.metrics([circuit, ev.full(), ev.empty()]).mean(-1)  # [3]
 """
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -184,6 +191,8 @@ class EdgeAblation:
         self._readable = torch.arange(self.graph.n_senders)[None] < torch.tensor(
             [self.graph.readable(r) for r in range(self.graph.n_receivers)])[:, None]
         self._embed_mean: Tensor | None = None
+        self._ablated_attn: dict[int, Tensor] = {}  # layer -> every head ablated, plus b_O
+        self._index: dict[Edge, tuple[int, int]] = {}  # `graph.index`, memoised
         self.bases = [self._clean_base()]
 
     # -- edge sets ----------------------------------------------------------------------------
@@ -201,12 +210,19 @@ class EdgeAblation:
         """The `EdgeMask` keeping exactly `edges` (each at its positions; every position when
         None); ValueError for an edge the graph lacks or an unknown position name."""
         out = self.empty()
+        everywhere, positional = [], []
         for edge in edges:
-            r, s = self.graph.index(edge)
+            at = self._index.get(edge)  # hashing an Edge is most of this loop's time
+            if at is None:
+                at = self._index[edge] = self.graph.index(edge)
             if edge.positions is None:
-                out.keep[r, s] = True
-                out.at.pop((r, s), None)
-            elif not out.keep[r, s]:
+                everywhere.append(at)
+            else:
+                positional.append((edge, *at))
+        if everywhere:
+            out.keep[tuple(torch.tensor(everywhere).T)] = True
+        for edge, r, s in positional:  # where not kept everywhere
+            if not out.keep[r, s]:
                 self._position_mask(edge.positions)  # checks the names
                 merged = set(out.at.get((r, s), ())) | set(edge.positions)
                 out.at[(r, s)] = tuple(sorted(merged))
@@ -361,10 +377,9 @@ class EdgeAblation:
                 continue
             heads = [s for s in group if s < g.n_heads]
             if heads:
-                z = cache[f"blocks.{layer}.attn.hook_z"][None, ..., heads, :]
-                mean = nodes.z_means[layer][None, ..., heads, :]
-                out.append(self._head_outputs(layer, z, heads)[0]
-                           - self._head_outputs(layer, mean, heads)[0])
+                z = cache[f"blocks.{layer}.attn.hook_z"][..., heads, :]
+                mean = nodes.z_means[layer][..., heads, :]
+                out.append(self._head_outputs(layer, (z - mean)[None], heads)[0])
             if len(heads) < len(group):
                 mlp = cache[f"blocks.{layer}.hook_mlp_out"] - nodes.mlp_means()[layer]
                 out.append(mlp[None])
@@ -400,8 +415,14 @@ class EdgeAblation:
                                            self.batch.groups)
         return self._embed_mean
 
-    def _ablated_heads(self, layer: int) -> Float[Tensor, "heads prompts pos d_model"]:
-        return self._head_outputs(layer, self.nodes.z_means[layer][None])[0]
+    def _ablated_attention(self, layer: int) -> Float[Tensor, "prompts pos d_model"]:
+        """The layer's attention output with every head ablated (sum of a_s, plus b_O)."""
+        if layer not in self._ablated_attn:
+            z = self.nodes.z_means[layer]
+            out = z.flatten(-2) @ self.engine.w["W_O"][layer].flatten(0, 1)
+            b_o = self.engine.w["b_O"]
+            self._ablated_attn[layer] = out if b_o is None else out + b_o[layer]
+        return self._ablated_attn[layer]
 
     def _head_outputs(self, layer: int, z: Float[Tensor, "k prompts pos heads d_head"],
                       heads: list[int] | None = None) -> Float[Tensor, "k heads prompts pos d"]:
@@ -484,38 +505,48 @@ class EdgeAblation:
                     groups[key][1][item, r, s] = True
         return list(groups.values())
 
-    def _mix(self, state: "_State", rows: list[int], n_senders: int
-             ) -> Float[Tensor, "k receivers prompts pos d_model"]:
-        """For each receiver in `rows`: the sum of D_s over the senders it ablates (among
-        the first `n_senders`), A @ D, minus P * (B_P @ D) for the senders that positional
-        edges keep at positions P. One matmul over [A; B_P1; B_P2; ...] reads D once."""
+    def _inputs(self, state: "_State", resid: Float[Tensor, "k prompts pos d_model"],
+                rows: list[int], n_senders: int) -> Float[Tensor, "k receivers prompts pos d"]:
+        """The input (*) of each receiver in `rows`, among the first `n_senders` senders:
+        R - A @ D, plus P * (B_P @ D) for the senders that positional edges keep at
+        positions P (`_item_inputs` for A, `_State.product` for each B_P)."""
         cols = state.n_cols(n_senders)
-        k, shape = state.deltas.shape[0], state.deltas.shape[2:]
-        masks = [state.ablated[:, rows, :cols]] + [kept[:, rows, :cols]
-                                                   for _, kept in state.kept_at]
-        product = self._matmul(state, torch.cat(masks, 1))
-        if product is None:
-            return state.deltas.new_zeros(k, len(rows), *shape)
-        parts = product.view(k, len(masks), len(rows), *shape).unbind(1)
-        out = parts[0]
-        for (pos, _), back in zip(state.kept_at, parts[1:], strict=True):
-            out = out - pos.to(out.dtype) * back
+        out = state.scratch((resid.shape[0], len(rows), *resid.shape[1:]))
+        for item in range(resid.shape[0]):
+            self._item_inputs(state, item, resid[item], rows, cols, out[item])
+        for pos, kept in state.kept_at:
+            back = state.product(kept[:, rows, :cols])
+            if back is not None:
+                out += pos * back.view_as(out)
         return out
 
     @staticmethod
-    def _matmul(state: "_State", a: Tensor) -> Tensor | None:
-        """a @ D over the live senders a uses: [k, rows, prompts * pos * d] (None: none)."""
-        k, cols = a.shape[0], a.shape[2]
-        used = a.flatten(0, 1).any(0)
-        n_used = int(used.sum())
-        if n_used == 0:
-            return None
-        if 4 * n_used >= cols:  # multiplying by a few zero columns beats copying D
-            d = state.deltas[:, :cols].reshape(k, cols, -1)
-        else:  # e.g. the full graph minus a few senders: multiply by those only
-            index = used.nonzero().flatten()
-            a, d = a[:, :, index], state.deltas.index_select(1, index).reshape(k, n_used, -1)
-        return torch.bmm(a.to(d.dtype), d)
+    def _item_inputs(state: "_State", item: int, resid: Float[Tensor, "prompts pos d_model"],
+                     rows: list[int], cols: int, out: Float[Tensor, "receivers prompts pos d"]
+                     ) -> None:
+        """R - A @ D for one item's receivers, into `out`. A's rows are 0/1: the columns
+        every row ablates (I) are one sum shared by all rows, the columns no row ablates
+        drop, and only the columns where rows differ (E) are multiplied per row:
+
+            A @ D = sum_I D + A_E @ D_E = S - sum_{kept by all} D - (1 - A_E) @ D_E
+
+        with S the sum of every column (`_State.running_sum`, updated once per column).
+        The shared sum reads whichever of I and the kept-by-all columns is smaller: e.g.
+        a top-k circuit's receivers keep a few of many held senders."""
+        a = state.ablated[item, rows, :cols]
+        every, some = a.all(0), a.any(0)
+        n_every, n_none = int(every.sum()), cols - int(some.sum())
+        if n_every <= n_none:
+            common, weights, sign = state.column_sum(item, every), a, -1.0
+        else:
+            common = state.running_sum(item, cols) - state.column_sum(item, ~some)
+            weights, sign = ~a, 1.0
+        torch.sub(resid, common, out=out[0])
+        out[1:] = out[0]
+        differ = some & ~every
+        if differ.any():
+            flat = out.view(len(rows), -1)
+            state.addmm(flat, item, weights, differ, sign)
 
     def _mix_read(self, state: "_State", read: Tensor) -> Float[Tensor, "k prompts d_model"]:
         rows = torch.arange(len(read))
@@ -534,29 +565,25 @@ class EdgeAblation:
         model, g, h = self.model, self.graph, self.model.cfg.n_heads
         r0, first = layer * g.per_layer, g.sender_index(Head(layer, 0))
         heads = state.live[first:first + h].nonzero().flatten().tolist()
-        ablated_out = self._ablated_heads(layer)  # [heads, prompts, pos, d]
-        dead = [i for i in range(h) if i not in heads]
-        attn = ablated_out[dead].sum(0).expand_as(resid).clone()
+        attn = self._ablated_attention(layer)  # dead heads send a_s; live ones a_s + D_s
         if heads:
             rows = [r0 + kind * h + i for kind in range(3) for i in heads]
             unique, inverse = state.distinct(rows, g.senders_before(layer))
-            x = resid[:, None] - self._mix(state, unique, g.senders_before(layer))
-            out = self._head_outputs(layer, self._attention(layer, x, inverse, heads), heads)
-            state.record([first + i for i in heads], out - ablated_out[heads])
-            attn = attn + out.sum(1)
-        b_o = self.engine.w["b_O"]
-        if b_o is not None:
-            attn = attn + b_o[layer]
+            x = self._inputs(state, resid, unique, g.senders_before(layer))
+            z = self._attention(layer, x, inverse, heads) - self.nodes.z_means[layer][..., heads, :]
+            deltas = self._head_outputs(layer, z, heads)  # D_s = (z - mean z) W_O
+            state.record([first + i for i in heads], deltas)
+            attn = attn + deltas.sum(1)
         mlp_mean = self.nodes.mlp_means()[layer]
         if not state.live[first + h]:
             return resid + attn + mlp_mean
         mid = resid if g.parallel else resid + attn
-        mlp_in = mid - self._mix(state, [r0 + 3 * h], g.senders_before(layer, mlp=True))[:, 0]
+        mlp_in = self._inputs(state, mid, [r0 + 3 * h], g.senders_before(layer, mlp=True))[:, 0]
         shape = mlp_in.shape
         norm = self.family.mlp_norm(model, layer)
         out = model.blocks[layer].mlp(norm(mlp_in.reshape(-1, *shape[-2:]))).view(shape)
         state.record([first + h], (out - mlp_mean)[:, None])
-        return resid + attn + out
+        return (resid + attn if g.parallel else mid) + out
 
     def _attention(self, layer: int, x: Float[Tensor, "k inputs prompts pos d_model"],
                    inverse: list[int], heads: list[int]
@@ -616,6 +643,73 @@ class _State:
 
     def allocate(self, like: Float[Tensor, "prompts pos d_model"]) -> None:
         self.deltas = like.new_zeros(len(self.ablated), len(self.cols), *like.shape)
+        self._total, self._total_cols = None, 0
+        self._gathered: Tensor | None = None
+        self._scratch: Tensor | None = None
+
+    def scratch(self, shape: tuple[int, ...]) -> Tensor:
+        """A buffer of `shape` that the next call hands out again (the receivers' inputs of
+        one step): a fresh tensor this large costs page faults at every layer."""
+        n = math.prod(shape)
+        if self._scratch is None or len(self._scratch) < n:
+            self._scratch = self.deltas.new_empty(n)
+        return self._scratch[:n].view(shape)
+
+    def running_sum(self, item: int, cols: int) -> Float[Tensor, "prompts pos d_model"]:
+        """The sum of the item's first `cols` columns of D. Kept for every item and
+        extended as later layers ask for more columns (they are filled in sender order),
+        so each column is added once per run."""
+        if self._total is None:
+            self._total = torch.zeros_like(self.deltas[:, 0])
+        for col in range(self._total_cols, cols):
+            self._total += self.deltas[:, col]
+        self._total_cols = max(self._total_cols, cols)
+        total = self._total[item]
+        if cols < self._total_cols:  # an earlier prefix (not asked for by `_run`'s order)
+            total = total - self.deltas[item, cols:self._total_cols].sum(0)
+        return total
+
+    def column_sum(self, item: int, which: Bool[Tensor, " cols"]
+                   ) -> Float[Tensor, "prompts pos d_model"] | float:
+        """The sum of the item's columns of D where `which` is True (0.0 for none), one
+        column at a time (a strided gather or a sum over dim 0 reads D slower)."""
+        index = which.nonzero().flatten().tolist()
+        if not index:
+            return 0.0
+        total = self.deltas[item, index[0]].clone()
+        for col in index[1:]:
+            total += self.deltas[item, col]
+        return total
+
+    def addmm(self, out: Float[Tensor, "receivers n"], item: int,
+              weights: Bool[Tensor, "receivers cols"], which: Bool[Tensor, " cols"],
+              sign: float) -> None:
+        """out += sign * weights[:, which] @ D[item, which] (D's columns flattened)."""
+        index = which.nonzero().flatten()
+        lo, hi = int(index[0]), int(index[-1]) + 1
+        deltas = self.deltas[item].view(self.deltas.shape[1], -1)
+        if 4 * len(index) >= 3 * (hi - lo):  # a few zero columns beat copying D
+            w, d = weights[:, lo:hi] & which[lo:hi], deltas[lo:hi]
+        else:
+            if self._gathered is None or len(self._gathered) < len(index):
+                self._gathered = deltas.new_empty(len(index), deltas.shape[1])
+            w = weights[:, index]
+            d = torch.index_select(deltas, 0, index, out=self._gathered[:len(index)])
+        out.addmm_(w.to(d.dtype), d, alpha=sign)
+
+    def product(self, a: Bool[Tensor, "k rows cols"]) -> Float[Tensor, "k rows n"] | None:
+        """a @ D over the columns a uses (None: none), D's columns flattened."""
+        k, cols = a.shape[0], a.shape[2]
+        used = a.flatten(0, 1).any(0)
+        n_used = int(used.sum())
+        if n_used == 0:
+            return None
+        if 4 * n_used >= cols:  # multiplying by a few zero columns beats copying D
+            d = self.deltas[:, :cols].reshape(k, cols, -1)
+        else:
+            index = used.nonzero().flatten()
+            a, d = a[:, :, index], self.deltas.index_select(1, index).reshape(k, n_used, -1)
+        return torch.bmm(a.to(d.dtype), d)
 
     def distinct(self, rows: list[int], n_senders: int) -> tuple[list[int], list[int]]:
         """Receivers with distinct mixes over the first `n_senders` senders (their masks

@@ -242,3 +242,45 @@ def test_entries_for_edges_the_graph_lacks_do_not_stop_resuming(case):
     fresh = EdgeAblation(model, runs)
     assert torch.allclose(got, fresh.metrics([_forced(fresh, minus)]), atol=1e-5)
     assert fresh.n_forwards == 1
+
+
+def test_receiver_inputs_equal_the_plain_masked_sum(case):
+    """`_inputs` (a shared sum for the columns every row ablates or keeps, the kept
+    complement, differing columns sliced or gathered) equals R - A @ D + P * (B_P @ D)
+    written out, for two items in one batch: one whose rows ablate most senders (the
+    complement; differing columns 0 and 5, gathered) and one whose rows keep most (the
+    direct sum; differing columns 1, 2, 4, sliced with column 3, which every row ablates,
+    in between), with an edge kept only at END."""
+    import interp.edge_ablation as engine
+
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    g, h = ev.graph, model.cfg.n_heads
+    rows = list(range(g.per_layer, g.per_layer + 3 * h))  # layer 1's q, k, v receivers
+    n = g.senders_before(1)
+    assert n == 6  # the embeddings and layer 0's heads and MLP
+    most_ablated, most_kept = ev.empty(), ev.full()
+    most_kept.keep[rows, 3] = False
+    for i, row in enumerate(rows):
+        most_ablated.keep[row, 0] = i % 2 == 0
+        most_ablated.keep[row, 5] = i % 3 == 0
+        most_kept.keep[row, 1] = most_kept.keep[row, 4] = i % 2 == 0
+        most_kept.keep[row, 2] = i % 3 == 0
+    most_kept.at[(rows[1], 1)] = ("END",)
+    masks = [most_ablated, most_kept]
+    everything = torch.ones(g.n_senders, dtype=torch.bool)
+    state = engine._State(everything, everything, masks, ev._kept_at(masks), g)
+    resid = torch.randn(2, len(ev.batch), ev.seq, model.cfg.d_model, dtype=torch.float64)
+    state.allocate(resid[0])
+    state.deltas.normal_()
+    for receivers, senders in ((rows, n), ([g.per_layer + 3 * h], g.senders_before(1, True))):
+        got = ev._inputs(state, resid, receivers, senders)
+        end = keep_mask(ev.batch, ["END"], ev.seq)[..., None]
+        for item, mask in enumerate(masks):
+            for j, r in enumerate(receivers):
+                want = resid[item].clone()
+                for s in range(senders):
+                    if not mask.keep[r, s]:
+                        kept_here = end if (r, s) in mask.at else torch.zeros_like(end)
+                        want -= torch.where(kept_here, 0.0, state.deltas[item, s])
+                assert torch.allclose(got[item, j], want, atol=1e-10), (item, r)
