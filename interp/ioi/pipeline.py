@@ -133,11 +133,14 @@ class IOIRun:
             self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed,
                                source=self.config.dataset)
             self.ds.write_jsonl(self.folder / "dataset.jsonl")
-            # the fast engine reads only head outputs of the corrupted run
+            # the fast engine reads only head outputs of the corrupted run; without exact
+            # activation patching (it reads resid_mid everywhere) path patching alone
+            # reads `POSITION_READS`, at the named positions
             fast = family_of(self.model) is not None
+            sliced = POSITION_READS if fast and not self.config.exact else ()
             self.runs = prepare_runs(self.model, self.ds.batch, lean_clean_hooks(self.model),
                                      corrupted_hooks=("attn.hook_z",) if fast else None,
-                                     positions_only=POSITION_READS if fast else ())
+                                     positions_only=sliced)
         clean, acc = _mean_stats(self.runs.clean_metric)
         corrupted, corr_acc = _mean_stats(self.runs.corrupted_metric)
         self.summary.update(prepend_bos=self.ds.batch.prepend_bos, **self.ds.batch.bos.record(),
