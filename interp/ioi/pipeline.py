@@ -223,11 +223,14 @@ class IOIRun:
         return_freed_memory()
         with self.run.stage("circuit_evaluation"):
             self.circuit_eval = self._node_level(circuit, wider, groups)
+        with self.run.stage("edge_faithfulness"):
+            edges = self._edge_level()
+        self.mean_runs = self.clf.mean_runs = None  # read by the node and edge levels only
+        return_freed_memory()
         with self.run.stage("faithfulness_spread"):
             self.circuit_eval["faithfulness_spread"] = self._spread(circuit, wider)
         self.means.means.clear()  # the resamples' means: read by the spread only
-        with self.run.stage("edge_faithfulness"):
-            self.circuit_eval["edge_faithfulness"] = self._edge_level()
+        self.circuit_eval["edge_faithfulness"] = edges
         self.summary["circuit"] = self.circuit_eval
         self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
             "clean_logit_diff": self.summary["clean_logit_diff"],
@@ -260,9 +263,11 @@ class IOIRun:
         f_m = self.runs.clean_metric.mean().item()
         values = {"classes": [], "with_unclassified": []}
         for draw in range(1, self.means.n_resamples + 1):
-            runs = self.means.runs_for(self.runs, self.ds.records, draw, HEAD_MEANS)
-            f_c, f_w = MeanAblation(self.model, runs).metrics([circuit, wider]).mean(-1)
-            del runs  # before the next draw's copy of the means is made
+            ev = MeanAblation(self.model, self.means.runs_for(self.runs, self.ds.records,
+                                                               draw, HEAD_MEANS))
+            ev.runs.corrupted_cache.clear()  # head-only circuits read `ev.z_means` alone
+            f_c, f_w = ev.metrics([circuit, wider]).mean(-1)
+            del ev  # before the next draw's copy of the means is made
             values["classes"].append(f_c.item() / f_m)
             values["with_unclassified"].append(f_w.item() / f_m)
         return {k: {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "values": v}
