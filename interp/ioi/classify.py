@@ -33,7 +33,7 @@ from interp.ioi.scores import attention_scores, copying_scores
 from interp.nodes import Head, all_heads
 from interp.patching import Receiver, path_patch
 from interp.patching.path import QueryScreen, ScreenedPaths, screened
-from interp.patching.runs import Runs
+from interp.patching.runs import AtPositions, Runs
 
 CLASSES = ("name_movers", "backup_name_movers", "negative_name_movers", "s_inhibition",
            "induction", "duplicate_token", "previous_token")
@@ -383,7 +383,8 @@ ABLATED_READS = ("attn.hook_z", "attn.hook_pattern", "hook_mlp_out")  # per laye
 @torch.inference_mode()
 def _ablated_run(model, runs: Runs, mean_runs: Runs, circuit, start: int = 0) -> dict:
     """What the backup step reads of the clean prompts' run with everything outside `circuit`
-    mean-ablated (`ABLATED_READS` per layer, the embeddings, the final norm's scale).
+    mean-ablated (`ABLATED_READS` per layer, the embeddings, the final norm's scale). The
+    layers it runs keep their head and MLP outputs at the read position only (`AtPositions`).
 
     `circuit` must keep every head of the layers before `start` at all positions: those
     layers are then the clean run's, read from `runs.clean_cache`, and the ablated run
@@ -396,9 +397,11 @@ def _ablated_run(model, runs: Runs, mean_runs: Runs, circuit, start: int = 0) ->
     names = [f"blocks.{layer}.{hook}" for layer in range(start, model.cfg.n_layers)
              for hook in ABLATED_READS] + ["ln_final.hook_scale"]
 
+    read = runs.batch.read_positions[:, None]
+
     def keeper(name: str):
-        def keep(act, hook):
-            cache[name] = act
+        def keep(act, hook):  # DLA reads head and MLP outputs at the read position only
+            cache[name] = act if name.endswith("hook_pattern") else AtPositions(act, read)
             return act
         return keep
 

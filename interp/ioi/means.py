@@ -105,12 +105,15 @@ class MeanSample:
         means = {k: v / count.view(*count.shape, *[1] * (v.dim() - 2)) for k, v in sums.items()}
         return cls(means, n_per_template, n_resamples, seed, tokens.numel())
 
-    def runs_for(self, runs: Runs, records: list[dict], draw: int = 0) -> Runs:
+    def runs_for(self, runs: Runs, records: list[dict], draw: int = 0,
+                 hooks: tuple[str, ...] | None = None) -> Runs:
         """`runs` whose corrupted cache holds, for each prompt, its template's mean (of draw
-        `draw`: 0 = whole sample, 1.. = resamples), so `MeanAblation` ablates with it."""
+        `draw`: 0 = whole sample, 1.. = resamples), so `MeanAblation` ablates with it.
+        `hooks`: only the hooks whose names end with one of these (None: every one)."""
         template = torch.tensor([r["template_index"] for r in records])
         seq = runs.batch.clean_tokens.shape[1]
-        cache = {name: _fit(mean[draw][template], seq) for name, mean in self.means.items()}
+        cache = {name: _fit(mean[draw][template], seq) for name, mean in self.means.items()
+                 if hooks is None or name.endswith(hooks)}
         return dataclasses.replace(runs, corrupted_cache=cache)  # fresh grads and bases
 
     def record(self) -> dict:

@@ -36,7 +36,13 @@ from interp.nodes import parse_node
 from interp.patching import act_patch_heads, prepare_runs
 from interp.patching.counter import counting
 from interp.patching.gradients import act_patch_attribution
-from interp.patching.runs import lean_clean_hooks, release
+from interp.patching.runs import (
+    POSITION_READS,
+    AtPositions,
+    lean_clean_hooks,
+    named_positions,
+    release,
+)
 from interp.runner import ExperimentRun, return_freed_memory
 
 
@@ -66,6 +72,9 @@ def _grid(t: torch.Tensor) -> list[list[float]]:
 AFTER_CLASSIFICATION = ("hook_resid_pre", "attn.hook_z", "attn.hook_pattern", "hook_mlp_out",
                         "hook_resid_post")
 
+# what mean ablation of head-only circuits reads of the means (the spread's resamples)
+HEAD_MEANS = ("attn.hook_z",)
+
 CIRCUIT_FILE_HOLDS = ("the 7 classes only: the hypothesis the paper's procedure defines; "
                       "`faithfulness_with_unclassified` adds the strong unclassified heads "
                       "(kept at END) to show what the classes miss")
@@ -90,9 +99,14 @@ def _mean_stats(values: torch.Tensor) -> tuple[float, float]:
 
 def _drop_head_gradients(runs) -> None:
     """Free the clean gradients at `hook_z`: the EAP estimates of activation patching are
-    their only reader; path-patching screens read those at `hook_q/k/v`."""
-    for name in [n for n in runs.grads or {} if n.endswith("attn.hook_z")]:
-        del runs.grads[name]
+    their only reader; path-patching screens read those at `hook_q/k/v`, at the named and
+    read positions only: the rest is freed too (`AtPositions`)."""
+    grads, positions = runs.grads or {}, named_positions(runs.batch)
+    for name in list(grads):
+        if name.endswith("attn.hook_z"):
+            del grads[name]
+        else:
+            grads[name] = AtPositions(grads[name], positions)
 
 
 def config_record(config: IOIConfig) -> dict:
@@ -119,10 +133,14 @@ class IOIRun:
             self.ds = build_ioi(self.model, self.config.n_prompts, self.config.seed,
                                source=self.config.dataset)
             self.ds.write_jsonl(self.folder / "dataset.jsonl")
-            # the fast engine reads only head outputs of the corrupted run
+            # the fast engine reads only head outputs of the corrupted run; without exact
+            # activation patching (it reads resid_mid everywhere) path patching alone
+            # reads `POSITION_READS`, at the named positions
             fast = family_of(self.model) is not None
+            sliced = POSITION_READS if fast and not self.config.exact else ()
             self.runs = prepare_runs(self.model, self.ds.batch, lean_clean_hooks(self.model),
-                                     corrupted_hooks=("attn.hook_z",) if fast else None)
+                                     corrupted_hooks=("attn.hook_z",) if fast else None,
+                                     positions_only=sliced)
         clean, acc = _mean_stats(self.runs.clean_metric)
         corrupted, corr_acc = _mean_stats(self.runs.corrupted_metric)
         self.summary.update(prepend_bos=self.ds.batch.prepend_bos, **self.ds.batch.bos.record(),
@@ -205,11 +223,14 @@ class IOIRun:
         return_freed_memory()
         with self.run.stage("circuit_evaluation"):
             self.circuit_eval = self._node_level(circuit, wider, groups)
+        with self.run.stage("edge_faithfulness"):
+            edges = self._edge_level()
+        self.mean_runs = self.clf.mean_runs = None  # read by the node and edge levels only
+        return_freed_memory()
         with self.run.stage("faithfulness_spread"):
             self.circuit_eval["faithfulness_spread"] = self._spread(circuit, wider)
         self.means.means.clear()  # the resamples' means: read by the spread only
-        with self.run.stage("edge_faithfulness"):
-            self.circuit_eval["edge_faithfulness"] = self._edge_level()
+        self.circuit_eval["edge_faithfulness"] = edges
         self.summary["circuit"] = self.circuit_eval
         self.summary["paper_comparison"] = compare_with_paper(self.spec, self.classes, {
             "clean_logit_diff": self.summary["clean_logit_diff"],
@@ -242,9 +263,11 @@ class IOIRun:
         f_m = self.runs.clean_metric.mean().item()
         values = {"classes": [], "with_unclassified": []}
         for draw in range(1, self.means.n_resamples + 1):
-            runs = self.means.runs_for(self.runs, self.ds.records, draw)
-            f_c, f_w = MeanAblation(self.model, runs).metrics([circuit, wider]).mean(-1)
-            del runs  # before the next draw's copy of the means is made
+            ev = MeanAblation(self.model, self.means.runs_for(self.runs, self.ds.records,
+                                                               draw, HEAD_MEANS))
+            ev.runs.corrupted_cache.clear()  # head-only circuits read `ev.z_means` alone
+            f_c, f_w = ev.metrics([circuit, wider]).mean(-1)
+            del ev  # before the next draw's copy of the means is made
             values["classes"].append(f_c.item() / f_m)
             values["with_unclassified"].append(f_w.item() / f_m)
         return {k: {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "values": v}

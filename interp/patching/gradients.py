@@ -30,12 +30,13 @@ def gradient_names(model) -> list[str]:
             for x in HOOKS]
 
 
-def clean_gradients(model, runs: Runs, chunk: int = 8) -> dict[str, Tensor]:
+def clean_gradients(model, runs: Runs, chunk: int = 8) -> dict:
     """d(mean metric over the batch)/d(activation) on the clean run, per hook name.
 
     Prompts go through in chunks of `chunk` (memory only: the sum does not depend on it).
     The backward keeps every activation of a chunk alive: 8 prompts keep that near the
     size of the gradients themselves (32 tripled it) at no cost in time on a CPU.
+    A caller may have cut some to the positions it reads (`interp.patching.runs.AtPositions`).
     """
     if runs.grads is None:
         runs.grads = metric_gradients(model, runs.batch, gradient_names(model), chunk_size=chunk)

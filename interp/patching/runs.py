@@ -53,6 +53,12 @@ def lean_clean_hooks(model) -> tuple[str, ...] | None:
         "ln_final.hook_scale", "ln_final.hook_normalized", "hook_embed", "hook_pos_embed")
 
 
+# read by path patching only, at the receivers' and the metric's positions: with
+# `prepare_runs(..., positions_only=POSITION_READS)` they are cached there alone
+POSITION_READS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "hook_attn_out",
+                  "attn.hook_out")
+
+
 def mid_is_pre_plus_attn(family) -> bool:
     """Whether `hook_resid_mid` is `hook_resid_pre + hook_attn_out` (the block's own add):
     a sequential block without a norm after attention."""
@@ -75,8 +81,55 @@ class DerivedCache(dict):
             block = name[:-len("hook_resid_mid")]
             pre, attn = block + "hook_resid_pre", block + "hook_attn_out"
             if pre in self and attn in self:
+                if isinstance(self[attn], AtPositions):  # read at its positions only
+                    return _SumAt(self[pre], self[attn])
                 return self[pre] + self[attn]
         raise KeyError(name)
+
+
+class AtPositions:
+    """A cached activation kept at a few positions of each prompt only, read as the full
+    tensor would be there: `act[rows, pos, ...]` with `rows` and `pos` (broadcastable)
+    index tensors. Reading a position it does not hold raises KeyError.
+
+    Example:
+        >>> at = AtPositions(act, torch.tensor([[2, 5], [3, 4]]))  # act [2, seq, d]
+        >>> torch.equal(at[torch.arange(2), torch.tensor([5, 3])], act[[0, 1], [5, 3]])
+        True
+    """
+
+    def __init__(self, act: Float[Tensor, "batch pos ..."], positions: Int[Tensor, "batch k"]):
+        positions = positions.to(act.device)
+        rows = torch.arange(act.shape[0], device=act.device)[:, None]
+        self.slot = torch.full(act.shape[:2], -1, dtype=torch.long, device=act.device)
+        self.slot[rows, positions] = torch.arange(positions.shape[1], device=act.device)
+        self.values = act[rows, positions]  # [batch, k, ...], a copy: `act` can be freed
+        self.shape, self.dtype, self.device = act.shape, act.dtype, act.device
+
+    def __getitem__(self, key):
+        rows, pos, *rest = key
+        slot = self.slot[rows, pos]
+        if bool((slot < 0).any()):
+            raise KeyError("a position this cache does not hold was read (it keeps the "
+                           "task's named and read positions only)")
+        return self.values[(rows, slot, *rest)]
+
+
+@dataclass
+class _SumAt:
+    """`a + b` read at positions (`DerivedCache`'s `hook_resid_mid` when `hook_attn_out` is
+    an `AtPositions`): the same sums, element by element."""
+
+    a: object
+    b: object
+
+    def __getitem__(self, key):
+        return self.a[key] + self.b[key]
+
+
+def named_positions(batch: TaskBatch) -> Int[Tensor, "batch k"]:
+    """Each prompt's named positions and its read position: what `AtPositions` caches."""
+    return torch.stack([*batch.positions.values(), batch.read_positions], -1)
 
 
 Which = Literal["clean", "corrupted"]
@@ -120,31 +173,50 @@ def _only(endings: tuple[str, ...]):
     return lambda name: name.endswith(endings)
 
 
-def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch, keep):
+def _cached_run(model, tokens: Int[Tensor, "batch pos"], batch: TaskBatch, keep,
+                positions_only: tuple[str, ...] = ()):
     """The run's cache and metric. Only the read positions are unembedded (the unembedding
-    is a row-wise linear map: the same logits there, without [batch, pos, vocab] of them)."""
+    is a row-wise linear map: the same logits there, without [batch, pos, vocab] of them).
+    Kept hooks whose names end with one of `positions_only` are stored as `AtPositions`
+    (at `named_positions`), sliced as the forward runs: the full tensors are never held."""
     read = batch.read_positions.to(tokens.device)
     rows = torch.arange(len(read), device=tokens.device)
+    named = named_positions(batch)
+    sliced: dict[str, AtPositions] = {}
 
     def at_read(resid, hook=None):
         return resid[rows, read][:, None]
 
-    hooks = [("unembed.hook_in", at_read)] if "unembed.hook_in" in model.hook_dict else []
+    def slicer(name: str):
+        def store(act, hook=None):
+            sliced[name] = AtPositions(act.detach(), named)
+        return store
+
+    hooks = [(name, slicer(name)) for name in model.hook_dict
+             if positions_only and name.endswith(positions_only) and keep(name)]
+    sliced_names = {name for name, _ in hooks}
+    read_only = "unembed.hook_in" in model.hook_dict
+    if read_only:
+        hooks.append(("unembed.hook_in", at_read))
     with model.hooks(fwd_hooks=hooks):
-        logits, cache = model.run_with_cache(tokens, names_filter=keep)
-    at = logits[:, 0] if hooks else logits_at(logits, batch.read_positions)
+        logits, cache = model.run_with_cache(
+            tokens, names_filter=lambda name: keep(name) and name not in sliced_names)
+    at = logits[:, 0] if read_only else logits_at(logits, batch.read_positions)
     metric = at_least_float32(batch.metric(at))
-    return DerivedCache(cache.items()), metric
+    return DerivedCache([*cache.items(), *sliced.items()]), metric
 
 
 @torch.inference_mode()
 def prepare_runs(model, batch: TaskBatch, clean_hooks: tuple[str, ...] | None = None,
-                 corrupted_hooks: tuple[str, ...] | None = None) -> Runs:
+                 corrupted_hooks: tuple[str, ...] | None = None,
+                 positions_only: tuple[str, ...] = ()) -> Runs:
     """Run clean and corrupted prompts once, caching what the sweeps need.
 
     `clean_hooks` / `corrupted_hooks`: cache only the hooks whose names end with one of
     these (e.g. ("attn.hook_z",)) when the caller knows what its stages read; None: every
-    hook any sweep reads.
+    hook any sweep reads. `positions_only`: cached hooks whose names end with one of these
+    are kept at the batch's named and read positions only (`AtPositions`), for callers
+    whose stages read them nowhere else (e.g. `POSITION_READS`).
     """
     batch.check(model)
     device = model.cfg.device
@@ -152,10 +224,11 @@ def prepare_runs(model, batch: TaskBatch, clean_hooks: tuple[str, ...] | None = 
     corrupted_tokens = batch.corrupted_tokens.to(device)
     every = _keeper(model)
     clean_cache, clean_metric = _cached_run(
-        model, clean_tokens, batch, every if clean_hooks is None else _only(clean_hooks))
+        model, clean_tokens, batch, every if clean_hooks is None else _only(clean_hooks),
+        positions_only)
     corrupted_cache, corrupted_metric = _cached_run(
         model, corrupted_tokens, batch,
-        every if corrupted_hooks is None else _only(corrupted_hooks))
+        every if corrupted_hooks is None else _only(corrupted_hooks), positions_only)
     for which, values in (("clean", clean_metric), ("corrupted", corrupted_metric)):
         if not torch.isfinite(values).all():
             bad = int((~torch.isfinite(values)).sum())

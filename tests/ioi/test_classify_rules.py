@@ -30,6 +30,7 @@ from interp.ioi.templates import BABA_TEMPLATES
 from interp.models import load_model
 from interp.nodes import Head
 from interp.patching import prepare_runs
+from interp.patching.runs import AtPositions
 
 D_HEAD, NAME_DIMS, POS0 = 16, 16, 16
 
@@ -163,10 +164,15 @@ def test_backup_run_resumed_equals_the_full_ablated_forward(built):
     reads = {f"blocks.{la}.{h}" for la in range(2) for h in ("attn.hook_z", "attn.hook_pattern",
                                                              "hook_mlp_out")}
     assert reads | {"hook_embed", "ln_final.hook_scale"} <= set(resumed)
-    for name, value in resumed.items():
-        assert torch.allclose(value, full[name], atol=1e-5), name
-    z, clean = resumed["blocks.1.attn.hook_z"], runs.clean_cache["blocks.1.attn.hook_z"]
-    assert (z[:, :, 0] - clean[:, :, 0]).abs().max() > 1e-3  # the ablation did act
+    rows, read = torch.arange(len(runs.batch)), runs.batch.read_positions
+    for name, value in resumed.items():  # the layers it ran: outputs at the read only
+        got, want = ((value[rows, read], full[name][rows, read])
+                     if isinstance(value, AtPositions) else (value, full[name]))
+        assert torch.allclose(got, want, atol=1e-5), name
+    assert isinstance(resumed["blocks.1.hook_mlp_out"], AtPositions)
+    z = resumed["blocks.1.attn.hook_z"][rows, read]
+    clean = runs.clean_cache["blocks.1.attn.hook_z"][rows, read]
+    assert (z[:, 0] - clean[:, 0]).abs().max() > 1e-3  # the ablation did act
 
 
 def test_label_rules_on_hand_signatures():

@@ -39,11 +39,13 @@ def test_circuit_evaluation_reads_resid_pre_and_head_outputs_only(tiny):
 
 
 def test_lean_clean_cache_gives_the_same_ioi_run(tiny):
-    """The IOI stages on the lean clean cache equal those on every cached hook."""
-    from interp.patching.runs import lean_clean_hooks
+    """The IOI stages on the lean clean cache (as `interp ioi` caches it: q/k/v and the
+    attention output at the named positions only) equal those on every cached hook."""
+    from interp.patching.runs import POSITION_READS, lean_clean_hooks
 
     batch = build_ioi(tiny, 8, seed=5).batch
-    lean = prepare_runs(tiny, batch, lean_clean_hooks(tiny), ("attn.hook_z",))
+    lean = prepare_runs(tiny, batch, lean_clean_hooks(tiny), ("attn.hook_z",),
+                        positions_only=POSITION_READS)
     full = prepare_runs(tiny, batch)
     last = tiny.cfg.n_layers - 1  # the first layer's (head step) and the last's (edge engine)
     assert {n for n in lean.clean_cache if n.endswith("hook_resid_post")} == {
@@ -104,3 +106,30 @@ def test_lean_cache_rebuilds_resid_mid_bit_for_bit():
     with pytest.raises(KeyError):
         release(lean, ("hook_resid_pre",))
         lean.clean_cache["blocks.0.hook_resid_mid"]  # attn_out released: nothing to rebuild
+
+
+def test_positions_only_cache_equals_the_full_cache_there(tiny):
+    """Hooks cached at the named and read positions only (`AtPositions`) read as the full
+    cache does there and refuse other positions (GPT-2, a GQA Llama); `hook_resid_mid` is
+    rebuilt there from them bit for bit."""
+    from interp.patching.runs import POSITION_READS, AtPositions, lean_clean_hooks
+    from tests.tiny_families import tiny_model
+
+    for model in (tiny, tiny_model("llama")):
+        batch = build_ioi(model, 8, seed=5).batch
+        slim = prepare_runs(model, batch, lean_clean_hooks(model), ("attn.hook_z",),
+                            positions_only=POSITION_READS)
+        full = prepare_runs(model, batch)
+        rows = torch.arange(len(batch))
+        sliced = [n for n, v in slim.clean_cache.items() if isinstance(v, AtPositions)]
+        assert {n.split(".", 2)[-1] for n in sliced} >= {"attn.hook_q", "attn.hook_k",
+                                                         "attn.hook_v"}
+        for name in sliced:
+            for pos in [*batch.positions.values(), batch.read_positions]:
+                assert torch.equal(slim.clean_cache[name][rows, pos],
+                                   full.clean_cache[name][rows, pos])
+            with pytest.raises(KeyError):
+                slim.clean_cache[name][rows, torch.zeros_like(pos)]  # never a named position
+        mid = "blocks.1.hook_resid_mid"
+        s2 = rows[:, None], batch.positions["S2"][:, None]
+        assert torch.equal(slim.clean_cache[mid][s2], full.clean_cache[mid][s2])
