@@ -305,6 +305,7 @@ def acdc(model, runs, threshold: float | None, metric: str = "kl", kind: str = "
     m(full model)| (for KL: 1% of KL(clean || every sender ablated)), so one default suits
     models whose outputs differ in scale; the value used is `result.threshold`.
     """
+    from interp.discover import EAP_FORWARDS
     from interp.edge_ablation import EdgeAblation
 
     if metric not in METRICS:
@@ -322,7 +323,9 @@ def acdc(model, runs, threshold: float | None, metric: str = "kl", kind: str = "
     scorer = EngineScorer(engine, None if prescreen is None else edges)
     result = acdc_walk(edges, scorer, model.cfg.n_layers, threshold, metric, progress)
     result.prescreen, result.n_edges_total = prescreen, len(all_edges)
-    result.forward_equivalents = engine.n_forwards + (0 if prescreen is None else 4)
+    # the prescreen's EAP: one forward and backward of the clean run (corrupted run cached)
+    result.forward_equivalents = engine.n_forwards + (0 if prescreen is None
+                                                      else EAP_FORWARDS["attribution"])
     return result
 
 
@@ -333,7 +336,7 @@ def _prescreened(model, runs, n: int) -> set[Edge]:
 
     if n < 1:
         raise UserValueError(f"--prescreen {n}: must be >= 1 (the edges ACDC tests)")
-    ranked = eap_edges(edge_attribution(model, runs.batch, receivers=RECEIVERS))
+    ranked = eap_edges(edge_attribution(model, runs.batch, receivers=RECEIVERS, runs=runs))
     return {e for e, _ in ranked[:n]}
 
 

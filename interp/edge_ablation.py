@@ -581,7 +581,7 @@ class EdgeAblation:
         mlp_in = self._inputs(state, mid, [r0 + 3 * h], g.senders_before(layer, mlp=True))[:, 0]
         shape = mlp_in.shape
         norm = self.family.mlp_norm(model, layer)
-        out = model.blocks[layer].mlp(norm(mlp_in.reshape(-1, *shape[-2:]))).view(shape)
+        out = self.family.mlp(model, layer)(norm(mlp_in.reshape(-1, *shape[-2:]))).view(shape)
         state.record([first + h], (out - mlp_mean)[:, None])
         return (resid + attn if g.parallel else mid) + out
 
