@@ -7,10 +7,11 @@ a temporary folder, never to `results/`. Forward-equivalents count token x block
 (`interp.patching.counter`; backward passes not counted) in units of one forward of the
 command's prompt batch (its first full batch through block 0, padding included).
 
-Minimum forward-equivalents: `interp ioi`'s come from its summary (`costs`, per stage, see
-`interp.ioi.costs`); `evaluate-circuit` needs its two cached runs and the two runs that share
-no layer with the clean run (C and the empty circuit): 4; `discover` needs its two cached
-runs and one gradient pass: 3 (its faithfulness curve not counted).
+Minimum forward-equivalents: the sum of the stage minimums each command records in its
+summary.json (`costs` of `interp ioi` and `evaluate-circuit`, see `interp.ioi.costs` and
+`interp.edge_circuit.minimum_forwards`; `stages` of `discover`). discover's stages count its
+EAP backward as two forwards, which the measured column does not: its measured figure can be
+below its minimum.
 
 Example:
     >>> report = run_experiments("smollm2-135m")
