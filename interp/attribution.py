@@ -400,7 +400,7 @@ def _edge_scores_at(model, receivers, upstream, grads, acts, delta, w: StackedWe
 
 
 def _sender_names(model) -> list[str]:
-    """The activations `_sender_outputs` reads."""
+    """The activations `_sender_deltas` reads of each run (what `_from_runs` takes from a cache)."""
     return [INPUT] + [f"blocks.{layer}.{n}" for layer in range(model.cfg.n_layers)
                       for n in ("attn.hook_z", "hook_mlp_out")]
 

@@ -97,7 +97,7 @@ def _mean_stats(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), (values > 0).float().mean().item()
 
 
-def _drop_head_gradients(runs) -> None:
+def _trim_gradients(runs) -> None:
     """Free the clean gradients at `hook_z`: the EAP estimates of activation patching are
     their only reader; path-patching screens read those at `hook_q/k/v`, at the named and
     read positions only: the rest is freed too (`AtPositions`)."""
@@ -171,7 +171,7 @@ class IOIRun:
             else:  # EAP estimates from the clean-run gradients the classification reuses
                 self.act_all, self.act_end = (act_patch_attribution(self.model, self.runs, pos)
                                               for pos in (None, "END"))
-                _drop_head_gradients(self.runs)
+                _trim_gradients(self.runs)
         self.summary.update(direct_logit_attribution=_grid(self.dla),
                             activation_patching_all_positions=_grid(self.act_all),
                             activation_patching_end=_grid(self.act_end),
