@@ -191,14 +191,16 @@ def minimum_forwards(result: dict, spec: CircuitSpec, batch, n_layers: int
       with the embeddings and MLPs implicit every head is its mean, so no position reads
       another and only the read positions run (1 / prompt length); otherwise F(0) resumes
       from C (not counted);
-    - completeness: for each group K, M \\ K from K's first layer on, tokens up to the reads
-      (the layers before are the clean run's); C \\ K resumes from C (not counted);
-    - minimality: each C \\ e resumes from C (not counted);
+    - completeness: for each group K, M \\ K and C \\ K from K's first layer on, tokens up
+      to the reads (the layers before are the clean run's, or C's);
+    - minimality (when run): each C \\ e from its receiver's layer on, resumed from C
+      (an edge into the logits needs no block);
     - node level: the groups' node circuit and its F(0), as above (the edge level's, when
       the embeddings and MLPs are implicit: `all_heads_ablated` keeps it).
 
     Before, the empty circuit counted a full forward and M \\ K nothing: the first is not
-    needed (`all_heads_ablated`), the second is (the layers after K's change everywhere).
+    needed (`all_heads_ablated`), the second is (the layers after K's change everywhere);
+    C \\ K and C \\ e counted nothing, though they change from K's or e's layer on too.
     """
     share, one_token = read_share(batch), 1.0 / batch.clean_tokens.shape[1]
     removed = share * sum((n_layers - min(n.layer for n in nodes)) / n_layers
@@ -207,7 +209,16 @@ def minimum_forwards(result: dict, spec: CircuitSpec, batch, n_layers: int
     if result["level"] != "edges":
         return {"dataset": 0.0, "runs": 2.0, "evaluate": circuit + removed}
     implicit = spec.implicit() == (True, True)  # F(0) once, at edge level, shared
+    minimal = 0.0 if "skipped" in result["minimality"] else share * sum(
+        (n_layers - _receiver_layer(spec, e, n_layers)) / n_layers for e in spec.edges)
     return {"dataset": 0.0, "runs": 2.0,
             "edge_faithfulness": share + (one_token if implicit else 0.0),
-            "edge_completeness": removed, "edge_minimality": 0.0,
+            "edge_completeness": 2 * removed, "edge_minimality": minimal,
             "node_level_faithfulness": share + (0.0 if implicit else one_token)}
+
+
+def _receiver_layer(spec: CircuitSpec, edge: GroupEdge, n_layers: int) -> int:
+    """The first layer a file edge's removal changes: its earliest receiver's (n_layers for
+    the logits)."""
+    return min((node.layer if isinstance(node, (Head, Mlp)) else n_layers)
+               for node, _ in spec.endpoints(edge.receiver))

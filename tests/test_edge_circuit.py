@@ -72,7 +72,8 @@ def test_minimality_is_skipped_for_files_with_many_edges(tiny, runs, monkeypatch
 @pytest.mark.parametrize("edges,level", [(True, "edges"), (False, "nodes")])
 def test_evaluate_circuit_records_the_level(tmp_path, edges, level):
     path = tmp_path / "c.yaml"
-    path.write_text(GROUPS + ("edges:\n  - {from: a, to: logits}\n" if edges else ""))
+    path.write_text(GROUPS + ("edges:\n  - {from: a, to: logits}\n"
+                              "  - {from: b, to: c, input: v}\n" if edges else ""))
     assert main(["evaluate-circuit", "--task", "ioi", "--circuit", str(path), "--model",
                  "random:tiny", "--n-prompts", "6", "--out", str(tmp_path)]) == 0
     summary = json.loads(next(tmp_path.glob("random-tiny/evaluate-ioi-c/summary.json"))
@@ -83,6 +84,8 @@ def test_evaluate_circuit_records_the_level(tmp_path, edges, level):
     assert minimums["runs"] == 2.0 and sum(minimums.values()) > 2.0
     for stage, minimum in minimums.items():  # a lower bound: never above what was counted
         assert summary["costs"][stage]["forward_equivalents"] >= minimum - 1e-9, stage
+    if edges:  # C \\ K and C \\ e change from their layers on: not free
+        assert minimums["edge_completeness"] > 0 and minimums["edge_minimality"] > 0
 
 
 def test_empty_circuit_from_the_reads_equals_the_edge_ablated_run(tiny, runs):
