@@ -665,7 +665,7 @@ class _State:
             self._total += self.deltas[:, col]
         self._total_cols = max(self._total_cols, cols)
         total = self._total[item]
-        if cols < self._total_cols:  # an earlier prefix (not asked for by `_run`'s order)
+        if cols < self._total_cols:  # an earlier prefix (`_run`'s ascending order never asks)
             total = total - self.deltas[item, cols:self._total_cols].sum(0)
         return total
 

@@ -284,3 +284,7 @@ def test_receiver_inputs_equal_the_plain_masked_sum(case):
                         kept_here = end if (r, s) in mask.at else torch.zeros_like(end)
                         want -= torch.where(kept_here, 0.0, state.deltas[item, s])
                 assert torch.allclose(got[item, j], want, atol=1e-10), (item, r)
+    for cols in (5, 2, 6):  # the running prefix sums, extended, then an earlier prefix
+        for item in range(2):
+            want = state.deltas[item, :cols].sum(0)
+            assert torch.allclose(state.running_sum(item, cols), want, atol=1e-10), cols
