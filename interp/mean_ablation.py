@@ -32,7 +32,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.arch import slow_reason
+from interp.arch import StackedWeights, slow_reason
 from interp.errors import UserValueError
 from interp.forward import repeat_kwargs, run_blocks
 from interp.metrics import logits_at
@@ -116,13 +116,44 @@ def keep_mask(batch, positions: list[str] | None, seq: int) -> Bool[Tensor, "bat
     return mask
 
 
+class GroupMeans:
+    """The mean of each group's rows of an activation, held once per group ([groups, pos,
+    ...]) and expanded to one row per prompt when read: a group's prompts share it, so
+    holding it per prompt would copy it (e.g. 100 IOI prompts, 14 templates).
+
+    Example:
+        >>> means = GroupMeans(act, groups)  # act [batch, pos, ...], groups [batch]
+        >>> torch.equal(means.full(), group_means(act, groups))
+        True
+    """
+
+    def __init__(self, act: Float[Tensor, "batch pos ..."], groups: Int[Tensor, " batch"]):
+        ids, self.row_group = groups.unique(return_inverse=True)
+        self.values = torch.stack([act[groups == g].mean(0) for g in ids])
+
+    def full(self) -> Float[Tensor, "batch pos ..."]:
+        """Each prompt's row: its group's mean (a fresh tensor)."""
+        return self.values[self.row_group.to(self.values.device)]
+
+
+class PerLayerMeans:
+    """`GroupMeans` of one hook of every layer, read as a list of per-prompt tensors:
+    `means[layer]` is `group_means` of `cache[f"blocks.{layer}.{hook}"]`, built from the
+    per-group values on each read (only those are held)."""
+
+    def __init__(self, cache: Mapping[str, Tensor], hook: str, groups, n_layers: int):
+        self.layers = [GroupMeans(cache[f"blocks.{la}.{hook}"], groups) for la in range(n_layers)]
+
+    def __getitem__(self, layer: int) -> Tensor:
+        return self.layers[layer].full()
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
 def group_means(act: Float[Tensor, "batch pos ..."], groups) -> Tensor:
     """Each prompt's row replaced by the mean of its group's rows (same template)."""
-    out = torch.empty_like(act)
-    for g in groups.unique():
-        rows = groups == g
-        out[rows] = act[rows].mean(0, keepdim=True)
-    return out
+    return GroupMeans(act, groups).full()
 
 
 class MeanAblation:
@@ -137,9 +168,9 @@ class MeanAblation:
         self.seq = self.batch.clean_tokens.shape[1]
         cfg, cache = model.cfg, runs.corrupted_cache
         groups = self.batch.groups
-        self.z_means = [group_means(cache[f"blocks.{la}.attn.hook_z"], groups)
-                        for la in range(cfg.n_layers)]
-        self._mlp_means: list[Tensor] | None = None
+        self.z_means = PerLayerMeans(cache, "attn.hook_z", groups, cfg.n_layers)
+        self._mlp_means: PerLayerMeans | None = None
+        self._weights: StackedWeights | None = None  # the bases' engines share them
         self.empty: Tensor | None = None  # F(0) per prompt, once computed (`all_heads_ablated`)
         full = Ablation(torch.ones(cfg.n_layers, len(self.batch), self.seq, cfg.n_heads,
                                    dtype=torch.bool), None)
@@ -147,11 +178,10 @@ class MeanAblation:
         self.bases = [_Base(full, [clean[f"blocks.{la}.hook_resid_pre"]
                                    for la in range(cfg.n_layers)], runs.clean_metric)]
 
-    def mlp_means(self) -> list[Tensor]:
+    def mlp_means(self) -> PerLayerMeans:
         if self._mlp_means is None:
-            cache, groups = self.runs.corrupted_cache, self.batch.groups
-            self._mlp_means = [group_means(cache[f"blocks.{la}.hook_mlp_out"], groups)
-                               for la in range(self.model.cfg.n_layers)]
+            self._mlp_means = PerLayerMeans(self.runs.corrupted_cache, "hook_mlp_out",
+                                            self.batch.groups, self.model.cfg.n_layers)
         return self._mlp_means
 
     def ablation(self, circuit: Circuit) -> Ablation:
@@ -262,7 +292,9 @@ class MeanAblation:
     def _engine(self, base: _Base) -> BaseRun:
         if base.engine is None:
             cache = {f"blocks.{la}.hook_resid_pre": r for la, r in enumerate(base.resid_pre)}
-            base.engine = BaseRun(self.model, self.runs, "clean", cache)
+            if self._weights is None:  # one copy for every base (each holds all layers')
+                self._weights = StackedWeights(self.model)
+            base.engine = BaseRun(self.model, self.runs, "clean", cache, self._weights)
         return base.engine
 
     def _run_sparse(self, items: list[tuple[Ablation, _Base]], start: int) -> Tensor:
