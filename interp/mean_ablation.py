@@ -26,6 +26,7 @@ Example:
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -205,11 +206,11 @@ class MeanAblation:
         for layer in range(start, self.model.cfg.n_layers):
             keep = torch.cat([a.heads[layer] for a in ablations])[..., None]
             hooks.append(_replace(f"blocks.{layer}.attn.hook_z", keep,
-                                  self.z_means[layer].repeat(k, 1, 1, 1)))
+                                  partial(_repeated, self.z_means, layer, k)))
             if any(a.mlps is not None for a in ablations):
                 keep = torch.cat([a.mlp_keep(layer) for a in ablations])[..., None]
                 hooks.append(_replace(f"blocks.{layer}.hook_mlp_out", keep,
-                                      self.mlp_means()[layer].repeat(k, 1, 1)))
+                                      partial(_repeated, self.mlp_means(), layer, k)))
         return hooks
 
     def _best_base(self, ablation: Ablation) -> tuple[_Base, int]:
@@ -338,7 +339,15 @@ class MeanAblation:
         return torch.stack(out)
 
 
-def _replace(name: str, keep: Tensor, mean: Tensor):
+def _repeated(means: PerLayerMeans, layer: int, k: int) -> Tensor:
+    """One layer's per-prompt means for k items (item-major rows)."""
+    mean = means[layer]
+    return mean.repeat(k, *[1] * (mean.dim() - 1))
+
+
+def _replace(name: str, keep: Tensor, mean):
+    """A hook keeping `act` where `keep`, else `mean()`: built when the hook runs, so a
+    forward holds one layer's per-prompt means at a time."""
     def hook(act, hook=None):
-        return torch.where(keep.to(act.device), act, mean.to(act.device))
+        return torch.where(keep.to(act.device), act, mean().to(act.device))
     return (name, hook)

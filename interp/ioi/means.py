@@ -103,8 +103,9 @@ class MeanSample:
                 except _Stopped:
                     pass
         count = mix.sum(-1)  # [draw, template]
-        means = {k: v / count.view(*count.shape, *[1] * (v.dim() - 2)) for k, v in sums.items()}
-        return cls(means, n_per_template, n_resamples, seed, tokens.numel())
+        for v in sums.values():  # in place: no second copy of every hook's sums
+            v /= count.view(*count.shape, *[1] * (v.dim() - 2))
+        return cls(sums, n_per_template, n_resamples, seed, tokens.numel())
 
     def runs_for(self, runs: Runs, records: list[dict], draw: int = 0,
                  hooks: tuple[str, ...] | None = None) -> Runs:
@@ -124,6 +125,10 @@ class MeanSample:
         `runs_for` then gives draw 0 alone of those."""
         for name in [n for n in self.means if not n.endswith(keep)]:
             self.means[name] = self.means[name][:1].clone()
+
+    def record(self) -> dict:
+        return {"n_mean_prompts_per_template": self.n_per_template,
+                "n_resamples": self.n_resamples, "mean_sample_seed": self.seed + MEAN_SEED_OFFSET}
 
 
 class PromptMeans(MutableMapping):
@@ -157,10 +162,6 @@ class PromptMeans(MutableMapping):
 
     def __len__(self) -> int:
         return len(self.means)
-
-    def record(self) -> dict:
-        return {"n_mean_prompts_per_template": self.n_per_template,
-                "n_resamples": self.n_resamples, "mean_sample_seed": self.seed + MEAN_SEED_OFFSET}
 
 
 def _fit(act: Float[Tensor, "batch pos ..."], seq: int) -> Float[Tensor, "batch seq ..."]:
