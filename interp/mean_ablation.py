@@ -250,7 +250,7 @@ class MeanAblation:
         resid = []
         for layer in range(self.model.cfg.n_layers):
             x = clean.resid_pre[layer].clone()
-            x[tokens.rows, tokens.pos] = record[layer].to(x.dtype)
+            x[tokens.rows, tokens.pos] = record.pop(layer).to(x.dtype)  # (freed as used)
             resid.append(x)
         base = _Base(ablation, resid, metric_from_resid(self.model, self.batch, final))
         self.bases.append(base)
@@ -330,13 +330,24 @@ class MeanAblation:
         chunks = [c for key in sorted({p[0] for p in pending})
                   for same in [[p for p in pending if p[0] == key]]
                   for c in (same[lo:lo + step] for lo in range(0, len(same), step))]
-        for chunk in tqdm(chunks, desc="ablated runs", disable=not progress):
+        for k, chunk in enumerate(tqdm(chunks, desc="ablated runs", disable=not progress)):
             items = [(ablations[i], placed[i][0]) for _, _, i in chunk]
             run = self._run_sparse if sparse and all(
                 a.mlps is None and b.ablation.mlps is None for a, b in items) else self._run_resumed
             for (_, _, i), value in zip(chunk, run(items, chunk[0][1]), strict=True):
                 out[i] = value
+            if k + 1 == len(chunks) or chunks[k + 1][0][0] != chunk[0][0]:
+                self._drop_engines()  # this base's last chunk: its keys and values go
+        self._drop_engines()
         return torch.stack(out)
+
+    def _drop_engines(self) -> None:
+        """Free the bases' sparse-engine keys and values (every layer's, ~0.1 GB each on
+        SmolLM2-135M): `metrics` runs one base's chunks after another, so one base's are
+        alive at a time; a base's next use rebuilds them (the same values, one projection
+        per layer). The residual streams stay."""
+        for base in self.bases:
+            base.engine = None
 
 
 def _repeated(means: PerLayerMeans, layer: int, k: int) -> Tensor:

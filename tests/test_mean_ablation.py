@@ -143,12 +143,25 @@ def test_group_means_held_per_group_equal_a_plain_loop(tiny, runs):
     assert not torch.equal(layers[0], plain)
 
 
-def test_bases_share_one_copy_of_the_weights(tiny, runs):
+def test_bases_share_one_copy_of_the_weights(tiny, runs, monkeypatch):
+    """The bases' engines share one `StackedWeights`; their keys and values are freed after
+    each `metrics` call and rebuilt on the next: the same metrics, bit for bit."""
+    from interp import mean_ablation
+
+    weights = []
+
+    class Recording(mean_ablation.BaseRun):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            weights.append(id(self.w))
+
+    monkeypatch.setattr(mean_ablation, "BaseRun", Recording)
     ev = MeanAblation(tiny, runs)
     bases = [{Head(0, 1): None, Head(1, 0): None}, {Head(0, 2): None, Head(1, 0): None}]
     circuits = bases + [without(c, [Head(1, 0)]) for c in bases]  # resumed from the bases
     got = ev.metrics(circuits)
-    assert len(ev.bases) == 3
-    assert len({id(b.engine.w) for b in ev.bases if b.engine is not None}) == 1
+    assert len(ev.bases) == 3 and len(weights) >= 3 and len(set(weights)) == 1
+    assert all(b.engine is None for b in ev.bases)
+    assert torch.equal(ev.metrics(circuits[::-1]), got.flip(0))  # engines rebuilt
     for circuit, row in zip(circuits, got, strict=True):
         assert torch.allclose(row, circuit_metric(tiny, runs, circuit), atol=1e-4)

@@ -237,6 +237,13 @@ class Classifier:
         self.step_effects[step] = values
         return values
 
+    def _end_path_patching(self) -> None:
+        """Free what only the path-patching steps read before the backup step runs: the
+        logits step's query screen and the sparse engine's base runs (keys and values of
+        every layer, stacked weights; rebuilt if a later caller patches again)."""
+        self._queries = None
+        self.runs.bases.clear()
+
     def _query_screen(self, senders: list[Head]) -> QueryScreen | None:
         """A `QueryScreen` for the logits step to fill, when the later steps screen and the
         fast engine runs this model (None otherwise)."""
@@ -363,6 +370,7 @@ class Classifier:
         si = self.s_inhibition(nm)
         ind, dup = self.induction_duplicate(si)
         prev = self.previous_token(ind, set(nm + neg + si + ind + dup))
+        self._end_path_patching()
         backup = self.backup(nm, set(nm + neg + si + ind + dup + prev))
         classes = {"name_movers": nm, "backup_name_movers": backup,
                    "negative_name_movers": neg, "s_inhibition": si, "induction": ind,
