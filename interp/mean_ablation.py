@@ -243,15 +243,10 @@ class MeanAblation:
         """`_run_base` on the tokens 0..read of every prompt (`interp.patching.sparse`)."""
         clean, reads = self.bases[0], self.batch.read_positions
         tokens = ChangedTokens.span(torch.zeros_like(reads), reads, 1)
-        record: dict[int, Tensor] = {}
+        resid = [x.clone() for x in clean.resid_pre]
         final = forward_changed(self.model, self._engine(clean),
                                 clean.resid_pre[0][tokens.rows, tokens.pos], tokens, 0, [],
-                                self._edit_z([ablation]), record)
-        resid = []
-        for layer in range(self.model.cfg.n_layers):
-            x = clean.resid_pre[layer].clone()
-            x[tokens.rows, tokens.pos] = record.pop(layer).to(x.dtype)  # (freed as used)
-            resid.append(x)
+                                self._edit_z([ablation]), _WriteInto(resid, tokens))
         base = _Base(ablation, resid, metric_from_resid(self.model, self.batch, final))
         self.bases.append(base)
         return base
@@ -348,6 +343,20 @@ class MeanAblation:
         per layer). The residual streams stay."""
         for base in self.bases:
             base.engine = None
+
+
+class _WriteInto(dict):
+    """`forward_changed`'s `record` that writes each layer's changed tokens into that
+    layer's full residual stream as the forward runs (`resid[layer][rows, pos] = x`),
+    instead of holding every layer's tokens until it ends."""
+
+    def __init__(self, resid: list[Tensor], tokens: ChangedTokens):
+        super().__init__()
+        self.resid, self.tokens = resid, tokens
+
+    def __setitem__(self, layer: int, x: Tensor) -> None:
+        target = self.resid[layer]
+        target[self.tokens.rows, self.tokens.pos] = x.to(target.dtype)
 
 
 def _repeated(means: PerLayerMeans, layer: int, k: int) -> Tensor:

@@ -181,7 +181,8 @@ class IOIRun:
         s = self.summary
         self.skipped = skip_reason(s["clean_logit_diff"], s["clean_accuracy"], thresholds)
         clf = Classifier(self.model, self.runs, self.att, thresholds, self.progress,
-                         self.config.paths, self.config.top_k, self.mean_runs, self.dla)
+                         self.config.paths, self.config.top_k, self.mean_runs, self.dla,
+                         lean=True)  # `evaluate` frees them anyway
         with self.run.stage("classification"):
             if self.skipped:
                 print(f"[interp ioi] no heads labelled: {self.skipped}", file=sys.stderr)
