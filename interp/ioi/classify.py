@@ -205,6 +205,7 @@ class Classifier:
         (`QueryScreen`); the exact step reuses the screen's receiver inputs.
         """
         senders = self.heads
+        self.runs.bases.clear()  # the last step's engine (keys, values): not alive in this one
         if receivers != "logits":
             senders = [h for h in senders if h.layer < max(r.head.layer for r in receivers)]
         if not senders:
