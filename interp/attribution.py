@@ -160,13 +160,17 @@ def _passes(model, batch: TaskBatch, direction: str, method: str, steps: int, na
 
 
 def metric_gradients(model, batch: TaskBatch, names: list[str], steps: int | None = None,
-                     chunk_size: int = 16) -> dict[str, Tensor]:
+                     chunk_size: int = 16, positions: dict[str, Tensor] | None = None
+                     ) -> dict[str, Tensor]:
     """d(mean metric)/d(activation) at `names`, prompt by prompt: `[batch, ...]` per name.
 
     `steps=None`: on the clean run (one forward+backward per chunk). `steps=m`: EAP-IG,
     averaged over m midpoints of the input-embedding path from the clean run to the
     corrupted one ("noise" direction). Callers may sit inside inference mode.
+    `positions`: name -> `[batch, k]` positions; those names' gradients are kept there
+    only, `[batch, k, ...]` (`grad[rows, positions]`), chunk by chunk as they are computed.
     """
+    positions = positions or {}
     if steps is not None:
         _check("attribution-ig", "noise", steps)
     out: dict[str, Tensor] = {}  # filled chunk by chunk: no per-chunk copies to concatenate
@@ -179,6 +183,8 @@ def metric_gradients(model, batch: TaskBatch, names: list[str], steps: int | Non
                 grads = _ig_grads(model, sub, names, steps, len(batch))
             for n in names:
                 g = grads.pop(n).detach()
+                if n in positions:
+                    g = g[torch.arange(len(index))[:, None], positions[n][index].to(g.device)]
                 if n not in out:
                     out[n] = g.new_empty((len(batch), *g.shape[1:]))
                 out[n][index[0]:index[-1] + 1] = g

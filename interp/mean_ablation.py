@@ -26,13 +26,14 @@ Example:
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.arch import slow_reason
+from interp.arch import StackedWeights, slow_reason
 from interp.errors import UserValueError
 from interp.forward import repeat_kwargs, run_blocks
 from interp.metrics import logits_at
@@ -116,13 +117,44 @@ def keep_mask(batch, positions: list[str] | None, seq: int) -> Bool[Tensor, "bat
     return mask
 
 
+class GroupMeans:
+    """The mean of each group's rows of an activation, held once per group ([groups, pos,
+    ...]) and expanded to one row per prompt when read: a group's prompts share it, so
+    holding it per prompt would copy it (e.g. 100 IOI prompts, 14 templates).
+
+    Example:
+        >>> means = GroupMeans(act, groups)  # act [batch, pos, ...], groups [batch]
+        >>> torch.equal(means.full(), group_means(act, groups))
+        True
+    """
+
+    def __init__(self, act: Float[Tensor, "batch pos ..."], groups: Int[Tensor, " batch"]):
+        ids, self.row_group = groups.unique(return_inverse=True)
+        self.values = torch.stack([act[groups == g].mean(0) for g in ids])
+
+    def full(self) -> Float[Tensor, "batch pos ..."]:
+        """Each prompt's row: its group's mean (a fresh tensor)."""
+        return self.values[self.row_group.to(self.values.device)]
+
+
+class PerLayerMeans:
+    """`GroupMeans` of one hook of every layer, read as a list of per-prompt tensors:
+    `means[layer]` is `group_means` of `cache[f"blocks.{layer}.{hook}"]`, built from the
+    per-group values on each read (only those are held)."""
+
+    def __init__(self, cache: Mapping[str, Tensor], hook: str, groups, n_layers: int):
+        self.layers = [GroupMeans(cache[f"blocks.{la}.{hook}"], groups) for la in range(n_layers)]
+
+    def __getitem__(self, layer: int) -> Tensor:
+        return self.layers[layer].full()
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
 def group_means(act: Float[Tensor, "batch pos ..."], groups) -> Tensor:
     """Each prompt's row replaced by the mean of its group's rows (same template)."""
-    out = torch.empty_like(act)
-    for g in groups.unique():
-        rows = groups == g
-        out[rows] = act[rows].mean(0, keepdim=True)
-    return out
+    return GroupMeans(act, groups).full()
 
 
 class MeanAblation:
@@ -137,9 +169,9 @@ class MeanAblation:
         self.seq = self.batch.clean_tokens.shape[1]
         cfg, cache = model.cfg, runs.corrupted_cache
         groups = self.batch.groups
-        self.z_means = [group_means(cache[f"blocks.{la}.attn.hook_z"], groups)
-                        for la in range(cfg.n_layers)]
-        self._mlp_means: list[Tensor] | None = None
+        self.z_means = PerLayerMeans(cache, "attn.hook_z", groups, cfg.n_layers)
+        self._mlp_means: PerLayerMeans | None = None
+        self._weights: StackedWeights | None = None  # the bases' engines share them
         self.empty: Tensor | None = None  # F(0) per prompt, once computed (`all_heads_ablated`)
         full = Ablation(torch.ones(cfg.n_layers, len(self.batch), self.seq, cfg.n_heads,
                                    dtype=torch.bool), None)
@@ -147,11 +179,10 @@ class MeanAblation:
         self.bases = [_Base(full, [clean[f"blocks.{la}.hook_resid_pre"]
                                    for la in range(cfg.n_layers)], runs.clean_metric)]
 
-    def mlp_means(self) -> list[Tensor]:
+    def mlp_means(self) -> PerLayerMeans:
         if self._mlp_means is None:
-            cache, groups = self.runs.corrupted_cache, self.batch.groups
-            self._mlp_means = [group_means(cache[f"blocks.{la}.hook_mlp_out"], groups)
-                               for la in range(self.model.cfg.n_layers)]
+            self._mlp_means = PerLayerMeans(self.runs.corrupted_cache, "hook_mlp_out",
+                                            self.batch.groups, self.model.cfg.n_layers)
         return self._mlp_means
 
     def ablation(self, circuit: Circuit) -> Ablation:
@@ -175,11 +206,11 @@ class MeanAblation:
         for layer in range(start, self.model.cfg.n_layers):
             keep = torch.cat([a.heads[layer] for a in ablations])[..., None]
             hooks.append(_replace(f"blocks.{layer}.attn.hook_z", keep,
-                                  self.z_means[layer].repeat(k, 1, 1, 1)))
+                                  partial(_repeated, self.z_means, layer, k)))
             if any(a.mlps is not None for a in ablations):
                 keep = torch.cat([a.mlp_keep(layer) for a in ablations])[..., None]
                 hooks.append(_replace(f"blocks.{layer}.hook_mlp_out", keep,
-                                      self.mlp_means()[layer].repeat(k, 1, 1)))
+                                      partial(_repeated, self.mlp_means(), layer, k)))
         return hooks
 
     def _best_base(self, ablation: Ablation) -> tuple[_Base, int]:
@@ -212,15 +243,10 @@ class MeanAblation:
         """`_run_base` on the tokens 0..read of every prompt (`interp.patching.sparse`)."""
         clean, reads = self.bases[0], self.batch.read_positions
         tokens = ChangedTokens.span(torch.zeros_like(reads), reads, 1)
-        record: dict[int, Tensor] = {}
+        resid = [x.clone() for x in clean.resid_pre]
         final = forward_changed(self.model, self._engine(clean),
                                 clean.resid_pre[0][tokens.rows, tokens.pos], tokens, 0, [],
-                                self._edit_z([ablation]), record)
-        resid = []
-        for layer in range(self.model.cfg.n_layers):
-            x = clean.resid_pre[layer].clone()
-            x[tokens.rows, tokens.pos] = record[layer].to(x.dtype)
-            resid.append(x)
+                                self._edit_z([ablation]), _WriteInto(resid, tokens))
         base = _Base(ablation, resid, metric_from_resid(self.model, self.batch, final))
         self.bases.append(base)
         return base
@@ -262,7 +288,9 @@ class MeanAblation:
     def _engine(self, base: _Base) -> BaseRun:
         if base.engine is None:
             cache = {f"blocks.{la}.hook_resid_pre": r for la, r in enumerate(base.resid_pre)}
-            base.engine = BaseRun(self.model, self.runs, "clean", cache)
+            if self._weights is None:  # one copy for every base (each holds all layers')
+                self._weights = StackedWeights(self.model)
+            base.engine = BaseRun(self.model, self.runs, "clean", cache, self._weights)
         return base.engine
 
     def _run_sparse(self, items: list[tuple[Ablation, _Base]], start: int) -> Tensor:
@@ -297,16 +325,49 @@ class MeanAblation:
         chunks = [c for key in sorted({p[0] for p in pending})
                   for same in [[p for p in pending if p[0] == key]]
                   for c in (same[lo:lo + step] for lo in range(0, len(same), step))]
-        for chunk in tqdm(chunks, desc="ablated runs", disable=not progress):
+        for k, chunk in enumerate(tqdm(chunks, desc="ablated runs", disable=not progress)):
             items = [(ablations[i], placed[i][0]) for _, _, i in chunk]
             run = self._run_sparse if sparse and all(
                 a.mlps is None and b.ablation.mlps is None for a, b in items) else self._run_resumed
             for (_, _, i), value in zip(chunk, run(items, chunk[0][1]), strict=True):
                 out[i] = value
+            if k + 1 == len(chunks) or chunks[k + 1][0][0] != chunk[0][0]:
+                self._drop_engines()  # this base's last chunk: its keys and values go
+        self._drop_engines()
         return torch.stack(out)
 
+    def _drop_engines(self) -> None:
+        """Free the bases' sparse-engine keys and values (every layer's, ~0.1 GB each on
+        SmolLM2-135M): `metrics` runs one base's chunks after another, so one base's are
+        alive at a time; a base's next use rebuilds them (the same values, one projection
+        per layer). The residual streams stay."""
+        for base in self.bases:
+            base.engine = None
 
-def _replace(name: str, keep: Tensor, mean: Tensor):
+
+class _WriteInto(dict):
+    """`forward_changed`'s `record` that writes each layer's changed tokens into that
+    layer's full residual stream as the forward runs (`resid[layer][rows, pos] = x`),
+    instead of holding every layer's tokens until it ends."""
+
+    def __init__(self, resid: list[Tensor], tokens: ChangedTokens):
+        super().__init__()
+        self.resid, self.tokens = resid, tokens
+
+    def __setitem__(self, layer: int, x: Tensor) -> None:
+        target = self.resid[layer]
+        target[self.tokens.rows, self.tokens.pos] = x.to(target.dtype)
+
+
+def _repeated(means: PerLayerMeans, layer: int, k: int) -> Tensor:
+    """One layer's per-prompt means for k items (item-major rows)."""
+    mean = means[layer]
+    return mean.repeat(k, *[1] * (mean.dim() - 1))
+
+
+def _replace(name: str, keep: Tensor, mean):
+    """A hook keeping `act` where `keep`, else `mean()`: built when the hook runs, so a
+    forward holds one layer's per-prompt means at a time."""
     def hook(act, hook=None):
-        return torch.where(keep.to(act.device), act, mean.to(act.device))
+        return torch.where(keep.to(act.device), act, mean().to(act.device))
     return (name, hook)

@@ -125,3 +125,43 @@ def test_a_new_base_is_the_plain_forward_up_to_the_reads(tiny, runs):
         for row, read in enumerate(reads.tolist()):
             assert torch.allclose(base.resid_pre[layer][row, :read + 1],
                                   cache[name][row, :read + 1], atol=1e-5)
+
+
+def test_group_means_held_per_group_equal_a_plain_loop(tiny, runs):
+    """`GroupMeans` holds one row per group; expanded, each prompt's row is the plain mean
+    of its group's rows (bit for bit), and `PerLayerMeans` reads as the per-layer list."""
+    from interp.mean_ablation import GroupMeans, PerLayerMeans
+
+    groups = torch.arange(len(runs.batch)) % 3  # (the batch's own templates are all distinct)
+    act = runs.corrupted_cache["blocks.1.attn.hook_z"]
+    plain = torch.stack([act[groups == groups[i]].mean(0) for i in range(len(groups))])
+    means = GroupMeans(act, groups)
+    assert means.values.shape[0] == len(groups.unique()) < len(groups)
+    assert torch.equal(means.full(), plain)
+    layers = PerLayerMeans(runs.corrupted_cache, "attn.hook_z", groups, tiny.cfg.n_layers)
+    assert len(layers) == tiny.cfg.n_layers and torch.equal(layers[1], plain)
+    assert not torch.equal(layers[0], plain)
+
+
+def test_bases_share_one_copy_of_the_weights(tiny, runs, monkeypatch):
+    """The bases' engines share one `StackedWeights`; their keys and values are freed after
+    each `metrics` call and rebuilt on the next: the same metrics, bit for bit."""
+    from interp import mean_ablation
+
+    weights = []
+
+    class Recording(mean_ablation.BaseRun):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            weights.append(id(self.w))
+
+    monkeypatch.setattr(mean_ablation, "BaseRun", Recording)
+    ev = MeanAblation(tiny, runs)
+    bases = [{Head(0, 1): None, Head(1, 0): None}, {Head(0, 2): None, Head(1, 0): None}]
+    circuits = bases + [without(c, [Head(1, 0)]) for c in bases]  # resumed from the bases
+    got = ev.metrics(circuits)
+    assert len(ev.bases) == 3 and len(weights) >= 3 and len(set(weights)) == 1
+    assert all(b.engine is None for b in ev.bases)
+    assert torch.equal(ev.metrics(circuits[::-1]), got.flip(0))  # engines rebuilt
+    for circuit, row in zip(circuits, got, strict=True):
+        assert torch.allclose(row, circuit_metric(tiny, runs, circuit), atol=1e-4)

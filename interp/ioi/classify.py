@@ -145,16 +145,20 @@ class Classifier:
             `interp.ioi.means`); default `runs` (means over the batch's own p_ABC prompts).
         dla: the clean run's mean direct logit attribution per head [layer, head], when the
             caller has it (default: computed here).
+        lean: free the corrupted cache and the clean gradients of `runs` once the
+            path-patching steps are done (before the backup step), for a caller that reads
+            neither afterwards (`interp ioi`).
     """
 
     def __init__(self, model, runs: Runs, attention: dict, thresholds: Thresholds,
                  progress: bool = True, paths: str = "screen", top_k: int = 10,
-                 mean_runs: Runs | None = None, dla: torch.Tensor | None = None):
+                 mean_runs: Runs | None = None, dla: torch.Tensor | None = None,
+                 lean: bool = False):
         if paths not in ("exact", "screen"):
             raise ValueError(f"paths must be 'exact' or 'screen', got '{paths}'")
         self.model, self.runs, self.att, self.t = model, runs, attention, thresholds
         self.mean_runs = mean_runs or runs
-        self.progress, self.paths, self.top_k = progress, paths, top_k
+        self.progress, self.paths, self.top_k, self.lean = progress, paths, top_k, lean
         self.estimated: dict[str, list[str]] = {}
         # per q/k/v step: its receivers, the senders whose patched receiver inputs the step
         # needs (all, unless the logits sweep's `QueryScreen` gave the estimate) and those
@@ -201,6 +205,7 @@ class Classifier:
         (`QueryScreen`); the exact step reuses the screen's receiver inputs.
         """
         senders = self.heads
+        self.runs.bases.clear()  # the last step's engine (keys, values): not alive in this one
         if receivers != "logits":
             senders = [h for h in senders if h.layer < max(r.head.layer for r in receivers)]
         if not senders:
@@ -236,6 +241,17 @@ class Classifier:
         self._exact = exact_heads
         self.step_effects[step] = values
         return values
+
+    def _end_path_patching(self) -> None:
+        """Free what only the path-patching steps read before the backup step runs: the
+        logits step's query screen and the sparse engine's base runs (keys and values of
+        every layer, stacked weights; rebuilt if a later caller patches again); with
+        `lean`, the corrupted cache and the gradients too."""
+        self._queries = None
+        self.runs.bases.clear()
+        if self.lean:
+            self.runs.corrupted_cache.clear()
+            self.runs.grads = None
 
     def _query_screen(self, senders: list[Head]) -> QueryScreen | None:
         """A `QueryScreen` for the logits step to fill, when the later steps screen and the
@@ -363,6 +379,7 @@ class Classifier:
         si = self.s_inhibition(nm)
         ind, dup = self.induction_duplicate(si)
         prev = self.previous_token(ind, set(nm + neg + si + ind + dup))
+        self._end_path_patching()
         backup = self.backup(nm, set(nm + neg + si + ind + dup + prev))
         classes = {"name_movers": nm, "backup_name_movers": backup,
                    "negative_name_movers": neg, "s_inhibition": si, "induction": ind,

@@ -15,6 +15,7 @@ Example:
 """
 
 import dataclasses
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -102,23 +103,65 @@ class MeanSample:
                 except _Stopped:
                     pass
         count = mix.sum(-1)  # [draw, template]
-        means = {k: v / count.view(*count.shape, *[1] * (v.dim() - 2)) for k, v in sums.items()}
-        return cls(means, n_per_template, n_resamples, seed, tokens.numel())
+        for v in sums.values():  # in place: no second copy of every hook's sums
+            v /= count.view(*count.shape, *[1] * (v.dim() - 2))
+        return cls(sums, n_per_template, n_resamples, seed, tokens.numel())
 
     def runs_for(self, runs: Runs, records: list[dict], draw: int = 0,
                  hooks: tuple[str, ...] | None = None) -> Runs:
         """`runs` whose corrupted cache holds, for each prompt, its template's mean (of draw
-        `draw`: 0 = whole sample, 1.. = resamples), so `MeanAblation` ablates with it.
+        `draw`: 0 = whole sample, 1.. = resamples), so `MeanAblation` ablates with it; built
+        when read (`PromptMeans`).
         `hooks`: only the hooks whose names end with one of these (None: every one)."""
         template = torch.tensor([r["template_index"] for r in records])
         seq = runs.batch.clean_tokens.shape[1]
-        cache = {name: _fit(mean[draw][template], seq) for name, mean in self.means.items()
+        means = {name: mean[draw] for name, mean in self.means.items()
                  if hooks is None or name.endswith(hooks)}
-        return dataclasses.replace(runs, corrupted_cache=cache)  # fresh grads and bases
+        return dataclasses.replace(runs, corrupted_cache=PromptMeans(means, template, seq))
+
+    def drop_resamples(self, keep: tuple[str, ...]) -> None:
+        """Free the resamples' means (draws 1..) of the hooks whose names end with none of
+        `keep` (e.g. `("attn.hook_z",)` when only head-only circuits read the resamples);
+        `runs_for` then gives draw 0 alone of those."""
+        for name in [n for n in self.means if not n.endswith(keep)]:
+            self.means[name] = self.means[name][:1].clone()
 
     def record(self) -> dict:
         return {"n_mean_prompts_per_template": self.n_per_template,
                 "n_resamples": self.n_resamples, "mean_sample_seed": self.seed + MEAN_SEED_OFFSET}
+
+
+class PromptMeans(MutableMapping):
+    """A corrupted cache whose entry for each hook is every prompt's template mean
+    `[batch, seq, ...]`, built when read from the per-template means (`MeanSample.means`
+    of one draw): the per-prompt tensors are never all held at once.
+
+    Example:
+        >>> cache = PromptMeans({"blocks.0.attn.hook_z": mean}, template, seq)
+        >>> torch.equal(cache["blocks.0.attn.hook_z"], _fit(mean[template], seq))
+        True
+    """
+
+    def __init__(self, means: dict[str, Tensor], template: Tensor, seq: int):
+        self.means, self.template, self.seq = dict(means), template, seq
+
+    def __getitem__(self, name: str) -> Tensor:
+        return _fit(self.means[name][self.template], self.seq)
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        raise TypeError("PromptMeans is built from template means; it holds no other values")
+
+    def __delitem__(self, name: str) -> None:
+        del self.means[name]
+
+    def clear(self) -> None:  # (MutableMapping's would build each entry to pop it)
+        self.means.clear()
+
+    def __iter__(self):
+        return iter(self.means)
+
+    def __len__(self) -> int:
+        return len(self.means)
 
 
 def _fit(act: Float[Tensor, "batch pos ..."], seq: int) -> Float[Tensor, "batch seq ..."]:

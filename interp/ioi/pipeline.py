@@ -35,14 +35,8 @@ from interp.mean_ablation import MeanAblation
 from interp.nodes import parse_node
 from interp.patching import act_patch_heads, prepare_runs
 from interp.patching.counter import counting
-from interp.patching.gradients import act_patch_attribution
-from interp.patching.runs import (
-    POSITION_READS,
-    AtPositions,
-    lean_clean_hooks,
-    named_positions,
-    release,
-)
+from interp.patching.gradients import act_patch_attribution, clean_gradients
+from interp.patching.runs import POSITION_READS, lean_clean_hooks, release
 from interp.runner import ExperimentRun, return_freed_memory
 
 
@@ -97,16 +91,16 @@ def _mean_stats(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), (values > 0).float().mean().item()
 
 
-def _trim_gradients(runs) -> None:
+# the clean gradients the path-patching screens read, at the named and read positions only
+SCREEN_GRADIENTS = ("attn.hook_q", "attn.hook_k", "attn.hook_v")
+
+
+def _drop_z_gradients(runs) -> None:
     """Free the clean gradients at `hook_z`: the EAP estimates of activation patching are
-    their only reader; path-patching screens read those at `hook_q/k/v`, at the named and
-    read positions only: the rest is freed too (`AtPositions`)."""
-    grads, positions = runs.grads or {}, named_positions(runs.batch)
-    for name in list(grads):
-        if name.endswith("attn.hook_z"):
-            del grads[name]
-        else:
-            grads[name] = AtPositions(grads[name], positions)
+    their only reader (those at `SCREEN_GRADIENTS` were kept at their positions only)."""
+    grads = runs.grads or {}
+    for name in [n for n in grads if n.endswith("attn.hook_z")]:
+        del grads[name]
 
 
 def config_record(config: IOIConfig) -> dict:
@@ -156,6 +150,7 @@ class IOIRun:
         with self.run.stage("mean_sample"):
             self.means = MeanSample.build(self.model, self.ds.source, self.config.n_mean_prompts,
                                           self.config.seed, self.config.n_resamples)
+            self.means.drop_resamples(HEAD_MEANS)  # the spread reads the heads' alone
             self.mean_runs = self.means.runs_for(self.runs, self.ds.records)
         self.summary["mean_sample"] = self.means.record()
 
@@ -169,9 +164,10 @@ class IOIRun:
                     act_patch_heads(self.model, self.runs, "noise", pos, progress=self.progress)
                     for pos in (None, "END"))
             else:  # EAP estimates from the clean-run gradients the classification reuses
+                clean_gradients(self.model, self.runs, positions_only=SCREEN_GRADIENTS)
                 self.act_all, self.act_end = (act_patch_attribution(self.model, self.runs, pos)
                                               for pos in (None, "END"))
-                _trim_gradients(self.runs)
+                _drop_z_gradients(self.runs)
         self.summary.update(direct_logit_attribution=_grid(self.dla),
                             activation_patching_all_positions=_grid(self.act_all),
                             activation_patching_end=_grid(self.act_end),
@@ -185,7 +181,8 @@ class IOIRun:
         s = self.summary
         self.skipped = skip_reason(s["clean_logit_diff"], s["clean_accuracy"], thresholds)
         clf = Classifier(self.model, self.runs, self.att, thresholds, self.progress,
-                         self.config.paths, self.config.top_k, self.mean_runs, self.dla)
+                         self.config.paths, self.config.top_k, self.mean_runs, self.dla,
+                         lean=True)  # `evaluate` frees them anyway
         with self.run.stage("classification"):
             if self.skipped:
                 print(f"[interp ioi] no heads labelled: {self.skipped}", file=sys.stderr)

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.attribution import head_scores, metric_gradients
-from interp.patching.runs import Runs
+from interp.patching.runs import AtPositions, Runs, named_positions
 
 HOOKS = ("z", "q", "k", "v")
 
@@ -30,16 +30,26 @@ def gradient_names(model) -> list[str]:
             for x in HOOKS]
 
 
-def clean_gradients(model, runs: Runs, chunk: int = 8) -> dict:
+def clean_gradients(model, runs: Runs, chunk: int = 8,
+                    positions_only: tuple[str, ...] = ()) -> dict:
     """d(mean metric over the batch)/d(activation) on the clean run, per hook name.
 
     Prompts go through in chunks of `chunk` (memory only: the sum does not depend on it).
     The backward keeps every activation of a chunk alive: 8 prompts keep that near the
     size of the gradients themselves (32 tripled it) at no cost in time on a CPU.
-    A caller may have cut some to the positions it reads (`interp.patching.runs.AtPositions`).
+    `positions_only`: the gradients of names ending with one of these are kept at the
+    batch's named and read positions only (`AtPositions`), cut chunk by chunk as the
+    backward passes run, for callers that read them nowhere else (e.g. the path-patching
+    screens' q/k/v). A caller may also cut some later.
     """
     if runs.grads is None:
-        runs.grads = metric_gradients(model, runs.batch, gradient_names(model), chunk_size=chunk)
+        names, batch = gradient_names(model), runs.batch
+        at = named_positions(batch)
+        cut = {n: at for n in names if positions_only and n.endswith(positions_only)}
+        grads = metric_gradients(model, batch, names, chunk_size=chunk, positions=cut)
+        seq = batch.clean_tokens.shape[1]
+        runs.grads = {n: AtPositions.of_values(g, at, seq) if n in cut else g
+                      for n, g in grads.items()}
     return runs.grads
 
 

@@ -5,6 +5,7 @@ Example:
     >>> runs.clean_metric.shape  # [batch]
 """
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -99,12 +100,28 @@ class AtPositions:
     """
 
     def __init__(self, act: Float[Tensor, "batch pos ..."], positions: Int[Tensor, "batch k"]):
-        positions = positions.to(act.device)
         rows = torch.arange(act.shape[0], device=act.device)[:, None]
-        self.slot = torch.full(act.shape[:2], -1, dtype=torch.long, device=act.device)
-        self.slot[rows, positions] = torch.arange(positions.shape[1], device=act.device)
-        self.values = act[rows, positions]  # [batch, k, ...], a copy: `act` can be freed
-        self.shape, self.dtype, self.device = act.shape, act.dtype, act.device
+        # [batch, k, ...], a copy: `act` can be freed
+        self._hold(act[rows, positions.to(act.device)], positions, act.shape[1])
+
+    @classmethod
+    def of_values(cls, values: Float[Tensor, "batch k ..."], positions: Int[Tensor, "batch k"],
+                  seq: int) -> "AtPositions":
+        """The `AtPositions` of an activation with `seq` positions from its values already
+        taken at `positions` (`values[b, j] = act[b, positions[b, j]]`)."""
+        at = cls.__new__(cls)
+        at._hold(values, positions, seq)
+        return at
+
+    def _hold(self, values: Tensor, positions: Tensor, seq: int) -> None:
+        device = values.device
+        positions = positions.to(device)
+        rows = torch.arange(values.shape[0], device=device)[:, None]
+        self.slot = torch.full((values.shape[0], seq), -1, dtype=torch.long, device=device)
+        self.slot[rows, positions] = torch.arange(positions.shape[1], device=device)
+        self.values = values
+        self.shape = torch.Size((values.shape[0], seq, *values.shape[2:]))
+        self.dtype, self.device = values.dtype, device
 
     def __getitem__(self, key):
         rows, pos, *rest = key
@@ -146,7 +163,7 @@ class Runs:
 
     batch: TaskBatch
     clean_cache: dict
-    corrupted_cache: dict
+    corrupted_cache: MutableMapping  # a dict, or one built when read (`ioi.means.PromptMeans`)
     clean_metric: Float[Tensor, " batch"]
     corrupted_metric: Float[Tensor, " batch"]
     clean_kwargs: dict
@@ -156,7 +173,7 @@ class Runs:
     # `interp.patching.sparse.base_run`, by run
     bases: dict = field(default_factory=dict, init=False)
 
-    def cache(self, which: Which) -> dict:
+    def cache(self, which: Which) -> MutableMapping:
         return self.clean_cache if _which(which) == "clean" else self.corrupted_cache
 
     def kwargs(self, which: Which) -> dict:

@@ -93,9 +93,10 @@ class BaseRun:
     holding `blocks.L.hook_resid_pre` (e.g. a mean-ablated run, `interp.mean_ablation`).
     """
 
-    def __init__(self, model, runs: Runs, which: str = "clean", cache: dict | None = None):
+    def __init__(self, model, runs: Runs, which: str = "clean", cache: dict | None = None,
+                 weights: StackedWeights | None = None):
         self._setup(model, runs.cache(which) if cache is None else cache, len(runs.batch),
-                    runs.kwargs(which))
+                    runs.kwargs(which), weights)
 
     @classmethod
     def of_cache(cls, model, cache: dict, kwargs: dict, n_prompts: int) -> "BaseRun":
@@ -105,12 +106,15 @@ class BaseRun:
         run._setup(model, cache, n_prompts, kwargs)
         return run
 
-    def _setup(self, model, cache: dict, n_prompts: int, kwargs: dict) -> None:
+    def _setup(self, model, cache: dict, n_prompts: int, kwargs: dict,
+               weights: StackedWeights | None = None) -> None:
         check_supported(model)
         self.family = family_of(model)
         self.model, self.cache, self.n_prompts = model, cache, n_prompts
         self._kv: dict[int, tuple[Tensor, Tensor]] = {}
-        self.w = StackedWeights(model)
+        # `weights`: the stacked weights of another base run of the same computation, shared
+        # (each copy holds every layer's attention weights, ~106 MB on SmolLM2-135M)
+        self.w = StackedWeights(model) if weights is None else weights
         self.cos, self.sin = self.family.rotary_tables(kwargs)
 
     def resid_pre(self, layer: int) -> Float[Tensor, "prompts pos d_model"]:

@@ -223,3 +223,17 @@ def test_zero_logit_difference_is_refused(tmp_path):
     with pytest.raises(UserValueError, match="about 0"):
         run_ioi(model, IOIConfig(n_prompts=4, n_mean_prompts=1, n_resamples=1), tmp_path,
                 progress=False)
+
+
+def test_lean_classifier_frees_the_path_inputs_with_the_same_result(built):
+    """`lean=True` frees the corrupted cache and the gradients after the path-patching
+    steps: the same classes and scores as the plain classifier (the fixture's), on fresh
+    runs of the same prompts."""
+    model, runs, clf, classes = built
+    fresh = prepare_runs(model, runs.batch)
+    lean = Classifier(model, fresh, clf.att, Thresholds(), progress=False, lean=True,
+                      mean_runs=clf.mean_runs)
+    assert lean.run() == classes and lean.scores == clf.scores
+    assert lean.backup_effects == clf.backup_effects
+    assert not fresh.corrupted_cache and fresh.grads is None and not fresh.bases
+    assert runs.corrupted_cache  # the plain classifier keeps them

@@ -133,3 +133,27 @@ def test_positions_only_cache_equals_the_full_cache_there(tiny):
         mid = "blocks.1.hook_resid_mid"
         s2 = rows[:, None], batch.positions["S2"][:, None]
         assert torch.equal(slim.clean_cache[mid][s2], full.clean_cache[mid][s2])
+
+
+def test_gradients_cut_to_positions_equal_the_full_gradients_there(tiny):
+    """`clean_gradients(..., positions_only=...)` keeps q/k/v gradients at the named and
+    read positions only, cut chunk by chunk: the full gradients' values there, bit for bit
+    (chunks of 3 prompts over 8: the last chunk is short); other positions are refused."""
+    from interp.patching.gradients import clean_gradients
+    from interp.patching.runs import AtPositions
+
+    batch = build_ioi(tiny, 8, seed=6).batch
+    full, cut = prepare_runs(tiny, batch), prepare_runs(tiny, batch)
+    plain = clean_gradients(tiny, full, chunk=3)
+    kept = clean_gradients(tiny, cut, chunk=3, positions_only=("attn.hook_q", "attn.hook_v"))
+    rows = torch.arange(len(batch))
+    for name, grad in plain.items():
+        if name.endswith(("hook_q", "hook_v")):
+            assert isinstance(kept[name], AtPositions) and kept[name].shape == grad.shape
+            for pos in [*batch.positions.values(), batch.read_positions]:
+                assert torch.equal(kept[name][rows, pos], grad[rows, pos])
+            with pytest.raises(KeyError):
+                kept[name][rows, torch.zeros_like(pos)]
+        else:
+            assert torch.equal(kept[name], grad)
+    assert plain["blocks.1.attn.hook_q"].abs().sum() > 0
