@@ -6,7 +6,8 @@ from the cached residual stream, finishes block L (`Family.head_step`: MLP L on 
 block, nothing on a parallel one) and runs blocks L+1.. only on the tokens the patch
 can change (from the patched position to the read position; `interp.patching.sparse`), with
 the last block only at the read position, and unembeds only the columns the metric reads.
-All heads of one layer run in one batch (heads x prompts), split to fit the memory budget.
+All heads of one layer run in one batch (heads x prompts), split to fit the memory budget;
+on CPU these chunks run side by side, one per torch thread (`interp.patching.workers`).
 Models outside `interp.arch.FAMILIES` take the general path: one hooked forward of
 the bridge per head, batched over prompts (`interp.patching.naive`), with a one-line notice.
 """
@@ -87,7 +88,7 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
             "attribution-ig" (EAP-IG with `steps` interpolation points); see
             `interp.attribution.head_attribution`.
         budget_gb: activation memory budget per batched forward (None: the device default);
-            items are split to fit.
+            items are split to fit. On CPU, `torch.get_num_threads()` chunks run at once.
     """
     if method not in METHODS:
         raise UserValueError(f"method must be one of {METHODS}, got {method!r}")
