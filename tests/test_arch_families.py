@@ -120,8 +120,50 @@ def test_family_mlp_equals_the_bridge_mlp(case):
         assert ref.abs().max() > 1e-3
         assert torch.allclose(fast(x), ref, atol=1e-6, rtol=1e-5)
     assert (fast is not bridge) == (name in ("gpt2", "gptj"))
+    with torch.enable_grad():  # under autograd: the same values and input gradients
+        x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        (g_fast,) = torch.autograd.grad(fast(x_fast).square().sum(), x_fast)
+        (g_ref,) = torch.autograd.grad(bridge(x_ref).square().sum(), x_ref)
+    assert torch.allclose(g_fast, g_ref, atol=1e-5, rtol=1e-4)
     model.train()
     try:
         assert family.mlp(model, 1) is bridge
+    finally:
+        model.eval()
+
+
+LAYER_NORM_FAMILIES = ("gpt2", "gptj", "neox")  # nn.LayerNorm; the others use RMSNorms
+
+
+def _layer_norm_by_hand(norm, x):
+    hf = norm.original_component
+    centred = x - x.mean(-1, keepdim=True)
+    scale = (centred.square().mean(-1, keepdim=True) + hf.eps).sqrt()
+    return centred / scale * hf.weight + hf.bias
+
+
+def test_family_norms_equal_the_bridge_norms(case):
+    """The engine's norms (`F.layer_norm` where the block wraps an `nn.LayerNorm`) compute
+    what the bridge's norms and a hand-written LayerNorm do; RMSNorm families and a model in
+    training mode keep the bridge's own modules."""
+    name, model, _ = case
+    family = family_of(model)
+    if family is None:
+        pytest.skip("general path: no engine norms")
+    x = 3 * torch.randn(3, 5, model.cfg.d_model, generator=torch.Generator().manual_seed(0)) + 1
+    block = model.blocks[1]
+    names = [n for n in ("ln1", "ln2", "ln1_post", "ln2_post") if hasattr(block, n)]
+    assert "ln1" in names
+    for norm_name in names:
+        bridge, fast = getattr(block, norm_name), family.norm(model, 1, norm_name)
+        with torch.no_grad():
+            ref = bridge(x)
+            assert torch.allclose(fast(x), ref, atol=1e-5)
+            if name in LAYER_NORM_FAMILIES:
+                assert torch.allclose(fast(x), _layer_norm_by_hand(bridge, x), atol=1e-5)
+        assert (fast is not bridge) == (name in LAYER_NORM_FAMILIES)
+    model.train()
+    try:
+        assert family.norm(model, 1, "ln1") is block.ln1
     finally:
         model.eval()

@@ -6,15 +6,17 @@ from the cached residual stream, finishes block L (`Family.head_step`: MLP L on 
 block, nothing on a parallel one) and runs blocks L+1.. only on the tokens the patch
 can change (from the patched position to the read position; `interp.patching.sparse`), with
 the last block only at the read position, and unembeds only the columns the metric reads.
-All heads of one layer run in one batch (heads x prompts), split to fit the memory budget.
+All heads of one layer run in one batch (heads x prompts), split to fit the memory budget;
+on CPU these chunks run side by side, one per torch thread (`interp.patching.workers`).
 Models outside `interp.arch.FAMILIES` take the general path: one hooked forward of
 the bridge per head, batched over prompts (`interp.patching.naive`), with a one-line notice.
 """
 
+from functools import partial
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp.arch import family_of, notify_slow
 from interp.attribution import METHODS as ATTRIBUTION_METHODS
@@ -28,6 +30,7 @@ from interp.patching.sparse import (
     first_differing_token,
     forward_changed,
 )
+from interp.patching.workers import run_items
 
 METHODS = ("exact", *ATTRIBUTION_METHODS)
 DIRECTIONS = {"noise": ("clean", "corrupted"), "denoise": ("corrupted", "clean")}
@@ -40,8 +43,9 @@ def _base_source(direction: str) -> tuple[str, str]:
     return DIRECTIONS[direction]
 
 
-def _layer_effects(model, runs: Runs, engine: BaseRun, layer: int, direction: str,
-                   positions: str | None, budget: float | None) -> Float[Tensor, " n_heads"]:
+def _chunk_effects(model, runs: Runs, engine: BaseRun, layer: int, heads: Tensor,
+                   direction: str, positions: str | None) -> Float[Tensor, " heads"]:
+    """Mean metric change of patching each of `heads` (of one layer), one batch for all."""
     base, source = _base_source(direction)
     batch = runs.batch
     z_base = runs.cache(base)[f"blocks.{layer}.attn.hook_z"]
@@ -54,23 +58,18 @@ def _layer_effects(model, runs: Runs, engine: BaseRun, layer: int, direction: st
         diff = diff * mask[:, :, None, None]
     cache = runs.cache(base)
     base_metric = runs.clean_metric if base == "clean" else runs.corrupted_metric
-    n_heads, n_batch = model.cfg.n_heads, len(batch)
-    step = chunk_size(model, n_batch, diff.shape[1], budget)
-    out = []
-    for start in range(0, n_heads, step):
-        heads = torch.arange(start, min(start + step, n_heads), device=diff.device)
-        tokens = ChangedTokens.span(first, batch.read_positions, len(heads))
-        rows, pos = tokens.rows % n_batch, tokens.pos
+    n_batch = len(batch)
+    tokens = ChangedTokens.span(first, batch.read_positions, len(heads))
+    rows, pos = tokens.rows % n_batch, tokens.pos
 
-        def at(name: str, rows=rows, pos=pos):
-            return cache[name][rows, pos]
+    def at(name: str):
+        return cache[name][rows, pos]
 
-        delta = head_out(engine.w["W_O"][layer], diff, heads).flatten(0, 1)  # [k*batch, pos, d]
-        x = engine.family.head_step(model, layer, at, delta[tokens.rows, tokens.pos])
-        final = forward_changed(model, engine, x, tokens, layer + 1)
-        resid = final.view(len(heads), n_batch, -1)
-        out.append((metric_from_resid(model, batch, resid) - base_metric).mean(-1))
-    return torch.cat(out)
+    delta = head_out(engine.w["W_O"][layer], diff, heads.to(diff.device)).flatten(0, 1)
+    x = engine.family.head_step(model, layer, at, delta[tokens.rows, tokens.pos])
+    final = forward_changed(model, engine, x, tokens, layer + 1)
+    resid = final.view(len(heads), n_batch, -1)
+    return (metric_from_resid(model, batch, resid) - base_metric).mean(-1)
 
 
 def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str | None = None,
@@ -89,7 +88,7 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
             "attribution-ig" (EAP-IG with `steps` interpolation points); see
             `interp.attribution.head_attribution`.
         budget_gb: activation memory budget per batched forward (None: the device default);
-            items are split to fit.
+            items are split to fit. On CPU, `torch.get_num_threads()` chunks run at once.
     """
     if method not in METHODS:
         raise UserValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -109,7 +108,13 @@ def act_patch_heads(model, runs: Runs, direction: str = "noise", positions: str 
 def _exact(model, runs: Runs, direction: str, positions: str | None, budget_gb: float | None,
            progress: bool) -> Float[Tensor, "layer head"]:
     engine = base_run(model, runs, _base_source(direction)[0])
-    layers = range(model.cfg.n_layers)
-    rows = [_layer_effects(model, runs, engine, layer, direction, positions, budget_gb)
-            for layer in tqdm(layers, desc="activation patching", disable=not progress)]
-    return torch.stack(rows)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    for layer in range(1, n_layers):  # shared by the items: filled before they run
+        engine.kv(layer)
+    step = chunk_size(model, len(runs.batch), runs.batch.clean_tokens.shape[1], budget_gb)
+    chunks = [torch.arange(start, min(start + step, n_heads)) for start in range(0, n_heads, step)]
+    # layer by layer: the earliest layers, whose patches run the most blocks, go first
+    items = [partial(_chunk_effects, model, runs, engine, layer, heads, direction, positions)
+             for layer in range(n_layers) for heads in chunks]
+    effects = run_items(items, model.cfg.device, progress, desc="activation patching")
+    return torch.cat(effects).view(n_layers, n_heads)

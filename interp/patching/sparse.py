@@ -133,6 +133,23 @@ class BaseRun:
             out = torch.einsum("...d,hde->...he", h, w)
         return out if bias is None else out + bias
 
+    def project_many(self, layer: int, kinds: tuple[str, ...],
+                     h: Float[Tensor, "n d_model"]) -> dict[str, Tensor]:
+        """`project` of every kind in `kinds` as one matmul (kind -> [n, heads, d_head]): one
+        pass over h, one bias add, one output allocation instead of one each per kind."""
+        weights = [self.w[f"W_{kind.upper()}"][layer] for kind in kinds]  # [heads, d, e]
+        w = torch.cat([x.permute(1, 0, 2).flatten(1) for x in weights], 1)
+        sizes = [x.shape[0] * x.shape[2] for x in weights]
+        biases = [self.w[f"b_{kind.upper()}"] for kind in kinds]
+        if all(b is None for b in biases):
+            out = h @ w
+        else:
+            bias = torch.cat([h.new_zeros(size) if b is None else b[layer].flatten()
+                              for b, size in zip(biases, sizes, strict=True)])
+            out = torch.addmm(bias, h, w)
+        return {kind: part.unflatten(-1, (x.shape[0], x.shape[2]))
+                for kind, part, x in zip(kinds, out.split(sizes, -1), weights, strict=True)}
+
     def rotate(self, layer: int, kind: str, x: Tensor, prompt: Tensor, pos: Tensor) -> Tensor:
         """q or k [n, heads, d_head] (pre-norm, pre-rotary, as in hook_q/hook_k) as the
         attention scores use them: the family's q/k norm, then its rotary at `pos`."""
@@ -151,8 +168,8 @@ class BaseRun:
             h = self.family.attn_input(self.model, layer, resid).reshape(b * s, d)
             prompt = torch.arange(b).repeat_interleave(s)
             pos = torch.arange(s).repeat(b)
-            k = self.rotate(layer, "k", self.project(layer, "k", h), prompt, pos)
-            v = self.project(layer, "v", h)
+            kv = self.project_many(layer, ("k", "v"), h)
+            k, v = self.rotate(layer, "k", kv["k"], prompt, pos), kv["v"]
             self._kv[layer] = (k.view(b, s, *k.shape[1:]), v.view(b, s, *v.shape[1:]))
         return self._kv[layer]
 
@@ -190,8 +207,11 @@ def _attend(model, base: BaseRun, layer: int, h: Tensor, tokens: ChangedTokens,
             edit_z=None) -> Float[Tensor, "n_queries d_model"]:
     """Attention output at the query tokens (indices into `tokens`) of one layer."""
     prompt = tokens.rows % base.n_prompts
-    qkv = {kind: base.project(layer, kind, h[queries] if kind == "q" else h)
-           for kind in ("q", "k", "v")}
+    if len(queries) == len(h):  # every token is a query
+        qkv = base.project_many(layer, ("q", "k", "v"), h)
+    else:
+        qkv = {"q": base.project(layer, "q", h[queries]),
+               **base.project_many(layer, ("k", "v"), h)}
     k_clean, v_clean = base.kv(layer)
     n_heads = qkv["q"].shape[-2]
     if any(ov.kind != "q" for ov in overrides):  # receiver-only k/v: one copy per query head
@@ -336,5 +356,6 @@ def forward_changed(model, base: BaseRun, x: Float[Tensor, "n d_model"],
                        queries, mine, edit_z)
         edit = (mlp_out or {}).get(layer)
         mlp = None if edit is None else edit.mlp(base.family.mlp(model, layer), queries)
-        x = base.family.block_step(model, layer, x[queries], attn, mlp)
+        x = base.family.block_step(model, layer, x if queries is every else x[queries], attn,
+                                   mlp)
     return x

@@ -9,6 +9,7 @@ from interp.nodes import Head, all_heads
 from interp.patching import Receiver, act_patch_heads, path_patch, prepare_runs
 from interp.patching.naive import act_patch_heads_naive, path_patch_naive
 from interp.tasks.base import TaskBatch
+from tests.patching.torch_threads import torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,10 @@ def test_act_patch_exact_equals_naive(tiny, runs, direction, positions):
     ref = act_patch_heads_naive(tiny, runs, direction, positions)
     assert fast.abs().max() > 0
     assert torch.allclose(fast, ref, atol=1e-4)
+    with torch_threads(2):  # one head per item, two items side by side (patching.workers)
+        side_by_side = act_patch_heads(tiny, runs, direction, positions, budget_gb=1e-6,
+                                       progress=False)
+    assert torch.allclose(side_by_side, ref, atol=1e-4)
 
 
 def test_act_patch_splits_under_small_budget(tiny, runs):
