@@ -277,10 +277,20 @@ class EdgeScores:
     heads: Float[Tensor, "n_layers n_heads"] | None = None
 
     def edges(self) -> list[tuple[str, str, float]]:
-        """Every valid edge as (sender, receiver, score), by |score| descending."""
-        idx = self.valid.nonzero().tolist()
-        rows = [(self.senders[s], self.receivers[r], float(self.scores[s, r])) for s, r in idx]
-        return sorted(rows, key=lambda e: -abs(e[2]))
+        """Every valid edge as (sender, receiver, score), by |score| descending (ties in
+        (sender, receiver) order)."""
+        (senders, receivers), values = self.ranked()
+        return [(self.senders[s], self.receivers[r], v)
+                for s, r, v in zip(senders.tolist(), receivers.tolist(), values.tolist(),
+                                   strict=True)]
+
+    def ranked(self) -> tuple[tuple[Tensor, Tensor], Float[Tensor, " edges"]]:
+        """((sender, receiver) indices, score in float64) of every valid edge, by |score|
+        descending (ties in (sender, receiver) order)."""
+        senders, receivers = self.valid.nonzero().unbind(1)
+        values = self.scores[senders, receivers].double()
+        order = torch.argsort(-values.abs(), stable=True)
+        return (senders[order], receivers[order]), values[order]
 
     def top(self, k: int) -> list[tuple[str, str, float]]:
         return self.edges()[:k]
@@ -353,14 +363,13 @@ def _sender_deltas(model, end, start, w: StackedWeights
 
 
 def _norm_vjp(norm, resid: Tensor, cotangents: Tensor) -> Tensor:
-    """cotangents [r, b, pos, d] at the norm's output -> at its (pre-norm) residual input."""
-    r = cotangents.shape[0]
-    x = resid.detach().unsqueeze(0).expand(r, *resid.shape).reshape(-1, *resid.shape[1:])
-    x = x.clone().requires_grad_(True)
+    """cotangents [r, b, pos, d] at the norm's output -> at its (pre-norm) residual input:
+    one forward of the norm, and its backward batched over the r cotangents."""
+    x = resid.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         y = norm(x)
-        (g,) = torch.autograd.grad(y, x, cotangents.reshape(y.shape))
-    return g.reshape(cotangents.shape)
+        (g,) = torch.autograd.grad(y, x, cotangents, is_grads_batched=True)
+    return g
 
 
 def _receiver_grads(model, kinds: list[str], layer: int, grads, acts, w: StackedWeights

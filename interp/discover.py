@@ -26,6 +26,9 @@ Example:
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
 
 from interp.attribution import EdgeScores, edge_attribution
 from interp.circuit import normalised_faithfulness
@@ -48,8 +51,9 @@ class CurvePoint:
     node_metric: float | None = None  # the induced nodes, node ablation (node_level=True)
     node_normalised: float | None = None
 
-    @property
+    @cached_property
     def nodes(self) -> list[Node]:
+        """The heads and MLPs its edges touch (`edge_nodes`)."""
         return edge_nodes(self.edges)
 
     def row(self) -> dict:
@@ -105,16 +109,15 @@ def eap_edges(scores: EdgeScores) -> list[tuple[Edge, float]]:
     """Every edge of the graph with its EAP score, by |score| descending. A GQA k/v score
     belongs to a KV head: each of its query heads' edges gets an equal share (the shares
     sum to it), and they stay adjacent in the ranking."""
-    out = []
-    senders, receivers = {}, {}  # names parsed once (~120k edges, a few hundred names)
-    for sender, receiver, value in scores.edges():
-        if receiver not in receivers:
-            receivers[receiver] = _receivers(receiver, scores.kv_groups)
-        if sender not in senders:
-            senders[sender] = _sender(sender)
-        targets = receivers[receiver]
-        out += [(Edge(senders[sender], r, kind), value / len(targets)) for r, kind in targets]
-    return sorted(out, key=lambda e: -abs(e[1]))  # stable
+    senders = [_sender(name) for name in scores.senders]  # names parsed once
+    receivers = [_receivers(name, scores.kv_groups) for name in scores.receivers]
+    (s, r), values = scores.ranked()  # by |score|, then (sender, receiver)
+    shares = values / torch.tensor([len(t) for t in receivers], dtype=values.dtype)[r]
+    order = torch.argsort(-shares.abs(), stable=True)  # by |share|, then |score|, ...
+    return [(Edge(senders[u], head, kind), share)
+            for u, v, share in zip(s[order].tolist(), r[order].tolist(),
+                                   shares[order].tolist(), strict=True)
+            for head, kind in receivers[v]]
 
 
 def edge_nodes(edges, kv_groups: int = 1) -> list[Node]:
@@ -164,6 +167,14 @@ class _Stages:
                              "minimum_forward_equivalents": round(least, 3)}
 
 
+def discovery_runs(model, batch):
+    """The batch's clean and corrupted runs, caching what `discover` reads: edge ablation's
+    hooks (and the node ablation's, a subset) and the edge scores' senders, a subset too."""
+    from interp.edge_ablation import CORRUPTED_HOOKS, clean_hooks
+
+    return prepare_runs(model, batch, clean_hooks(model), CORRUPTED_HOOKS)
+
+
 def discover(model, batch, method: str = "attribution", steps: int = 5, target: float = 0.8,
              fractions=FRACTIONS, progress: bool = True, node_level: bool = False,
              runs=None) -> Discovery:
@@ -172,7 +183,7 @@ def discover(model, batch, method: str = "attribution", steps: int = 5, target: 
     from interp.edge_ablation import EdgeAblation
 
     stages, t = _Stages(), time.perf_counter()
-    runs = runs or prepare_runs(model, batch)  # checks the batch against the model first
+    runs = runs or discovery_runs(model, batch)  # checks the batch against the model first
     stages("clean and corrupted runs", 2, t)
     t = time.perf_counter()
     f_model = runs.clean_metric.mean().item()
@@ -190,7 +201,7 @@ def discover(model, batch, method: str = "attribution", steps: int = 5, target: 
     stages("edge scores", work, t)
     t = time.perf_counter()
     ks = sizes(len(ranked), fractions)
-    edge_sets = [{e for e, _ in ranked[:k]} for k in ks]
+    edge_sets = [[e for e, _ in ranked[:k]] for k in ks]
     before = ev.n_forwards
     values = ev.metrics(edge_sets, progress).mean(-1).tolist()
     # least = done: each circuit resumes at its first layer with an ablated edge, and

@@ -66,13 +66,13 @@ Example:
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from interp.arch import family_of, slow_reason
+from interp.arch import family_of, fast_norm, slow_reason
 from interp.edges import Edge, EdgeGraph
 from interp.errors import UserValueError
 from interp.mean_ablation import Circuit, MeanAblation, group_means, keep_mask
@@ -80,6 +80,7 @@ from interp.nodes import Head, Mlp
 from interp.patching import counter
 from interp.patching.runs import Runs, metric_from_resid
 from interp.patching.sparse import _attend_dense, _Scores, base_run
+from interp.patching.workers import run_items, side_by_side_items
 
 MAX_BASES = 4  # cached base runs, the clean one included
 IDENTICAL = 1 << 30  # `first_difference` of two edge sets that agree on every receiver
@@ -269,10 +270,17 @@ class EdgeAblation:
         placed = [self._best_base(m, live) for m, live in zip(masks, lives, strict=True)]
         out = [base.metric if start == IDENTICAL else None for base, start in placed]
         pending = sorted((start, i) for i, (_, start) in enumerate(placed) if start != IDENTICAL)
-        chunks = self._chunks(pending, masks, lives)
-        for chunk in tqdm(chunks, desc="edge-ablated runs", disable=not progress):
-            items = [(masks[i], placed[i][0]) for _, i in chunk]
-            values = self._run(items, chunk[0][0])[0]
+        side_by_side = side_by_side_items(self.model.cfg.device)
+        chunks = self._chunks(pending, masks, lives, self.budget_gb / side_by_side)
+        n_layers = self.model.cfg.n_layers
+        # the longest runs first (most senders computed over most layers), so that runs side
+        # by side finish together
+        chunks.sort(key=lambda c: -len(c) * int(lives[c[0][1]].sum()) * (n_layers - c[0][0]))
+        jobs = [partial(self._run, [(masks[i], placed[i][0]) for _, i in chunk], chunk[0][0])
+                for chunk in chunks]
+        done = run_items(jobs, self.model.cfg.device, progress, desc="edge-ablated runs")
+        for chunk, (values, _, _) in zip(chunks, done, strict=True):
+            self._count(len(chunk), chunk[0][0])
             for (_, i), value in zip(chunk, values, strict=True):
                 out[i] = value
         return torch.stack(out)
@@ -289,6 +297,7 @@ class EdgeAblation:
             self.bases.append(base)
             return
         metric, deltas, resid = self._run([(mask, base)], start, keep=True)
+        self._count(1, start)
         if len(self.bases) >= MAX_BASES:
             self.bases.pop(1)
         self.bases.append(_Base(mask.copy(), live, deltas[0], resid, metric[0]))
@@ -330,10 +339,10 @@ class EdgeAblation:
         return self.bases[best], starts[best]
 
     def _chunks(self, pending: list[tuple[int, int]], masks: list[EdgeMask],
-                lives: list[Tensor]) -> list[list[tuple[int, int]]]:
+                lives: list[Tensor], budget_gb: float) -> list[list[tuple[int, int]]]:
         """`pending` (start, set index), sorted by start, cut into batches of one start and
         one set of live senders (a batch computes the union of its items' live senders,
-        and holds D_s for those any item reads ablated) that fit the memory budget."""
+        and holds D_s for those any item reads ablated) that fit `budget_gb` each."""
         cfg = self.model.cfg
         row_bytes = 4 * len(self.batch) * self.seq * cfg.d_model
         chunks, ablated = [], None
@@ -346,7 +355,7 @@ class EdgeAblation:
                     grown = ablated | mine
                     held = int((lives[i] & grown).sum())
                     cost = (len(chunks[-1]) + 1) * row_bytes * (held + 6 * cfg.n_heads + 4)
-                    fits = cost <= self.budget_gb * 2**30
+                    fits = cost <= budget_gb * 2**30
             if fits:
                 chunks[-1].append((start, i))
                 ablated = grown
@@ -461,13 +470,18 @@ class EdgeAblation:
             resid = self._layer(layer, resid, state)
             if keep:
                 kept.append(resid[0])
-        self.n_forwards += len(items) * (n_layers - start) / n_layers
-        counter.add(len(items) * resid[0].shape[:-1].numel() * (n_layers - start))
         read = self.batch.read_positions
         rows = torch.arange(len(read))
         final = resid[:, rows, read] - self._mix_read(state, read)
         metric = metric_from_resid(self.model, self.batch, final)
         return metric, state.deltas if keep else None, kept
+
+    def _count(self, n_items: int, start: int) -> None:
+        """Count `n_items` runs resumed at `start` (in the caller's thread: `_run` may run
+        on a worker, side by side with others)."""
+        n_layers = self.model.cfg.n_layers
+        self.n_forwards += n_items * (n_layers - start) / n_layers
+        counter.add(n_items * self.batch.clean_tokens.numel() * (n_layers - start))
 
     def _live(self, masks: list[EdgeMask]) -> Bool[Tensor, " senders"]:
         live = torch.zeros(self.graph.n_senders, dtype=torch.bool)
@@ -580,7 +594,7 @@ class EdgeAblation:
         mid = resid if g.parallel else resid + attn
         mlp_in = self._inputs(state, mid, [r0 + 3 * h], g.senders_before(layer, mlp=True))[:, 0]
         shape = mlp_in.shape
-        norm = self.family.mlp_norm(model, layer)
+        norm = fast_norm(self.family.mlp_norm(model, layer))
         out = self.family.mlp(model, layer)(norm(mlp_in.reshape(-1, *shape[-2:]))).view(shape)
         state.record([first + h], (out - mlp_mean)[:, None])
         return (resid + attn if g.parallel else mid) + out

@@ -133,6 +133,8 @@ def test_family_mlp_equals_the_bridge_mlp(case):
 
 
 LAYER_NORM_FAMILIES = ("gpt2", "gptj", "neox")  # nn.LayerNorm; the others use RMSNorms
+LLAMA_RMS_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # weight * x / rms(x); Gemma: 1 + w
+FAST_NORM_FAMILIES = LAYER_NORM_FAMILIES + LLAMA_RMS_FAMILIES
 
 
 def _layer_norm_by_hand(norm, x):
@@ -142,9 +144,15 @@ def _layer_norm_by_hand(norm, x):
     return centred / scale * hf.weight + hf.bias
 
 
+def _rms_norm_by_hand(norm, x):
+    hf = norm.original_component
+    return x / (x.square().mean(-1, keepdim=True) + hf.variance_epsilon).sqrt() * hf.weight
+
+
 def test_family_norms_equal_the_bridge_norms(case):
-    """The engine's norms (`F.layer_norm` where the block wraps an `nn.LayerNorm`) compute
-    what the bridge's norms and a hand-written LayerNorm do; RMSNorm families and a model in
+    """The engine's norms (`F.layer_norm` where the block wraps an `nn.LayerNorm`,
+    `F.rms_norm` where it wraps a Llama-form RMSNorm) compute what the bridge's norms and a
+    hand-written norm do; Gemma's RMSNorms (1 + weight), a bfloat16 input and a model in
     training mode keep the bridge's own modules."""
     name, model, _ = case
     family = family_of(model)
@@ -161,9 +169,40 @@ def test_family_norms_equal_the_bridge_norms(case):
             assert torch.allclose(fast(x), ref, atol=1e-5)
             if name in LAYER_NORM_FAMILIES:
                 assert torch.allclose(fast(x), _layer_norm_by_hand(bridge, x), atol=1e-5)
-        assert (fast is not bridge) == (name in LAYER_NORM_FAMILIES)
+            if name in LLAMA_RMS_FAMILIES:
+                assert torch.allclose(fast(x), _rms_norm_by_hand(bridge, x), atol=1e-5)
+        assert (fast is not bridge) == (name in FAST_NORM_FAMILIES)
+    if name in LLAMA_RMS_FAMILIES:  # the bridge's numerics for another dtype
+        with torch.no_grad():
+            half = x.to(torch.bfloat16)
+            ref = block.ln1.original_component(half)
+            assert torch.equal(family.norm(model, 1, "ln1")(half), ref)
     model.train()
     try:
         assert family.norm(model, 1, "ln1") is block.ln1
     finally:
         model.eval()
+
+
+def test_llama_rms_norms_compute_llamas_forward():
+    """Every class `fast_norm` runs as `F.rms_norm` has LlamaRMSNorm's forward, line for line
+    (a new transformers version that changes one must drop it from the list); Gemma's and
+    OLMo-2's RMSNorms, which differ, are not listed."""
+    import inspect
+
+    import transformers
+
+    from interp.arch import LLAMA_RMS_NORMS
+
+    def source(name: str) -> str:
+        family = name.removesuffix("RMSNorm").lower()
+        module = getattr(transformers.models, family)
+        cls = getattr(getattr(module, f"modeling_{family}"), name)
+        return inspect.getsource(cls.forward)
+
+    llama = source("LlamaRMSNorm")
+    assert "rsqrt" in llama and "self.weight *" in llama
+    for name in LLAMA_RMS_NORMS:
+        assert source(name) == llama, name
+    for name in ("GemmaRMSNorm", "Olmo2RMSNorm"):
+        assert name not in LLAMA_RMS_NORMS and source(name) != llama

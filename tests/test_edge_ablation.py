@@ -142,6 +142,31 @@ def test_batched_and_resumed_runs_equal_single_runs(case):
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+def test_chunks_side_by_side_equal_one_by_one(case):
+    """On 2 CPU threads the chunks run side by side (one thread each, longest first) and give
+    the 1-thread loop's metrics in the callers' order, with the same forward count."""
+    from tests.patching.torch_threads import torch_threads
+
+    model, runs = case
+    ev = EdgeAblation(model, runs)
+    full = ev.full()
+    sets = [_without(ev, full, Edge(Head(0, h), Head(1, h), "q")) for h in range(2)]
+    sets += [ev.empty(), ev.node_mask({Head(0, 1): None, Head(1, 2): ["END"]}),
+             _without(ev, full, Edge(EMBED, Mlp(1)))]
+    counts, values = [], []
+    for threads in (1, 2):
+        ev = EdgeAblation(model, runs, budget_gb=1e-9)  # one set per chunk
+        with torch_threads(threads):
+            values.append(ev.metrics(sets))
+            assert torch.get_num_threads() == threads
+        counts.append(ev.n_forwards)
+    alone = torch.cat([EdgeAblation(model, runs).metrics([s]) for s in sets])
+    assert torch.allclose(values[0], alone, atol=1e-5)  # each set's value in its place
+    assert torch.allclose(values[1], alone, atol=1e-5)
+    assert len({round(v, 4) for v in alone.mean(1).tolist()}) >= 3  # different circuits
+    assert counts[0] == counts[1] > 0
+
+
 def test_edges_with_positions(case):
     model, runs = case
     ev = EdgeAblation(model, runs)
