@@ -6,7 +6,8 @@ Everything family-specific they need is a method of a `Family`:
 
 - the attention input norm (`attn_input`) and the MLP's input norm and gradient point
   (`mlp_norm`, `mlp_input_hook`); norms run as `F.layer_norm` where the block wraps an
-  `nn.LayerNorm` (`Family.norm`, `fast_norm`), the bridge's module otherwise;
+  `nn.LayerNorm` and as `F.rms_norm` where it wraps a Llama-form RMSNorm (`Family.norm`,
+  `fast_norm`), the bridge's module otherwise;
 - the block step (`block_step`): sequential `mid = x + a; out = mid + mlp(ln2(mid))`, parallel
   `out = x + a + mlp(ln(x))` (GPT-J, GPT-NeoX/Pythia), or with post-norms around attention and
   MLP outputs (Gemma 2);
