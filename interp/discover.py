@@ -34,7 +34,6 @@ from interp.attribution import EdgeScores, edge_attribution
 from interp.circuit import normalised_faithfulness
 from interp.edges import EMBED, LOGITS, Edge
 from interp.nodes import Head, Mlp, Node, parse_node
-from interp.patching.runs import prepare_runs
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # as in MIB
 SMALL = (1, 2, 5, 10, 20, 50)  # absolute counts below MIB's 0.1%, where small circuits live
@@ -167,23 +166,15 @@ class _Stages:
                              "minimum_forward_equivalents": round(least, 3)}
 
 
-def discovery_runs(model, batch):
-    """The batch's clean and corrupted runs, caching what `discover` reads: edge ablation's
-    hooks (and the node ablation's, a subset) and the edge scores' senders, a subset too."""
-    from interp.edge_ablation import CORRUPTED_HOOKS, clean_hooks
-
-    return prepare_runs(model, batch, clean_hooks(model), CORRUPTED_HOOKS)
-
-
 def discover(model, batch, method: str = "attribution", steps: int = 5, target: float = 0.8,
              fractions=FRACTIONS, progress: bool = True, node_level: bool = False,
              runs=None) -> Discovery:
     """Score edges, evaluate circuits of several sizes by edge ablation, pick the best
     (module docstring)."""
-    from interp.edge_ablation import EdgeAblation
+    from interp.edge_ablation import EdgeAblation, edge_runs
 
     stages, t = _Stages(), time.perf_counter()
-    runs = runs or discovery_runs(model, batch)  # checks the batch against the model first
+    runs = runs or edge_runs(model, batch)  # checks the batch against the model first
     stages("clean and corrupted runs", 2, t)
     t = time.perf_counter()
     f_model = runs.clean_metric.mean().item()
@@ -207,9 +198,8 @@ def discover(model, batch, method: str = "attribution", steps: int = 5, target: 
     # least = done: each circuit resumes at its first layer with an ablated edge, and
     # computes every token (a mean-ablated sender changes every position)
     stages("faithfulness curve (edge ablation)", ev.n_forwards - before, t)
-    points = [CurvePoint(k, [e for e, _ in ranked[:k]], value,
-                         normalised_faithfulness(value, f_model, f_empty))
-              for k, value in zip(ks, values, strict=True)]
+    points = [CurvePoint(k, edges, value, normalised_faithfulness(value, f_model, f_empty))
+              for k, edges, value in zip(ks, edge_sets, values, strict=True)]
     node_empty = _node_level(model, runs, points, f_model, stages, progress) if node_level \
         else None
     cpr, cmd = areas([(p.n_edges / len(ranked), p.normalised) for p in points])

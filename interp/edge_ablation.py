@@ -78,7 +78,7 @@ from interp.errors import UserValueError
 from interp.mean_ablation import Circuit, MeanAblation, group_means, keep_mask
 from interp.nodes import Head, Mlp
 from interp.patching import counter
-from interp.patching.runs import Runs, metric_from_resid
+from interp.patching.runs import Runs, metric_from_resid, prepare_runs
 from interp.patching.sparse import _attend_dense, _Scores, base_run
 from interp.patching.workers import run_items, side_by_side_items
 
@@ -94,6 +94,12 @@ def clean_hooks(model) -> tuple[str, ...]:
     MLP output, and the last layer's resid_post."""
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     return ("hook_resid_pre", "attn.hook_z", "hook_mlp_out", last)
+
+
+def edge_runs(model, batch) -> Runs:
+    """`prepare_runs` caching only what EdgeAblation reads (`clean_hooks`, `CORRUPTED_HOOKS`):
+    also what its node ablation and the edge scores (`interp.attribution`) read."""
+    return prepare_runs(model, batch, clean_hooks(model), CORRUPTED_HOOKS)
 
 
 class EdgeAblationUnsupported(UserValueError):

@@ -69,14 +69,15 @@ def test_curve_endpoints_are_the_full_model_and_no_edges(model):
                for s in result.stages.values())
 
 
-def test_discovery_runs_hold_what_the_edge_scores_read(model):
-    """The edge scores take both runs' sender outputs from discover's lean caches (a missing
-    hook would cost a forward of its own), and get the scores of a forward of each run."""
+def test_edge_runs_hold_what_the_edge_scores_read(model):
+    """The edge scores take both runs' sender outputs from discover's lean caches
+    (`edge_runs`; a missing hook would cost a forward of its own), and get the scores of a
+    forward of each run."""
     from interp.attribution import _from_runs
-    from interp.discover import discovery_runs
+    from interp.edge_ablation import edge_runs
 
     batch = get_task("ioi").build(model, 4, 0)
-    runs = discovery_runs(model, batch)
+    runs = edge_runs(model, batch)
     cached = _from_runs(model, batch, runs)
     index = torch.arange(len(batch))
     assert cached("clean", index) is not None and cached("corrupted", index) is not None

@@ -67,7 +67,7 @@ def run(args) -> int:
 def _run(run, task, args):
     from interp.circuit import evaluate
     from interp.circuits.format import load_circuit
-    from interp.edge_ablation import CORRUPTED_HOOKS, clean_hooks
+    from interp.edge_ablation import edge_runs
     from interp.edge_circuit import evaluate_edges
     from interp.patching.runs import prepare_runs
 
@@ -75,9 +75,9 @@ def _run(run, task, args):
         batch = task.build(run.model, args.n_prompts, args.seed)
     spec = load_circuit(args.circuit, model=run.model, positions=batch.positions)
     with run.stage("runs"):  # node ablation reads clean resid_pre, corrupted z and MLP outs
-        clean, corrupted = ((clean_hooks(run.model), CORRUPTED_HOOKS) if spec.edges else
-                            (("hook_resid_pre",), ("attn.hook_z", "hook_mlp_out")))
-        runs = prepare_runs(run.model, batch, clean_hooks=clean, corrupted_hooks=corrupted)
+        runs = edge_runs(run.model, batch) if spec.edges else prepare_runs(
+            run.model, batch, clean_hooks=("hook_resid_pre",),
+            corrupted_hooks=("attn.hook_z", "hook_mlp_out"))
     if spec.edges:
         result = evaluate_edges(run.model, runs, spec, args.minimality_threshold,
                                 spec.ablation, args.seed, stage=run.stage)
